@@ -1,0 +1,120 @@
+"""The `Method` interface and the plumbing the five methods share.
+
+A method owns its encoders, heads and any non-gradient state (MoCo's queue, Vi2CLR's clusters); the
+trainer (`fastvid.train.train`) owns the loop, the optimiser and the checkpoints. Per step the trainer
+calls `out = method(batch)`, back-propagates `out["loss"]`, steps the optimiser, then `method.after_step()`.
+
+Each method module defines a config dataclass (`Method.Config`) and `configs/<name>.yaml` mirrors a run:
+
+    method: <name>            # key of fastvid.methods.METHODS
+    model: {...}              # the method's Config dataclass, field for field
+    optim: {...}              # OptimConfig below
+    data: {...}               # fastvid.data.DataConfig (the shards path comes from --data)
+    train: {...}              # fastvid.train.TrainConfig
+
+State that must survive a checkpoint and is not a parameter lives in registered buffers (fixed shape)
+or in `get_extra_state`/`set_extra_state` (shape known only at run time), so `state_dict()` carries it.
+"""
+from __future__ import annotations
+
+import abc
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from fastvid.models import Encoder
+
+if TYPE_CHECKING:  # the loader's types; imported lazily so the methods import without DALI
+    from fastvid.data import ViewSpec
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule, in optimiser steps (one step = one accumulated batch)."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9  # SGD momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    # constant; step: lr *= gamma at each milestone step; cosine: to lr * min_lr_ratio at the last step
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+
+
+def mlp_head(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
+    """Projection head Linear -> [BN] -> ReLU -> ... -> Linear through `dims` (in, hidden..., out);
+    `dims` of length 2 is a single linear layer (MoCo v1)."""
+    if len(dims) < 2:
+        raise ValueError(f"a head needs at least input and output sizes, got dims={list(dims)}")
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-2], dims[1:-1]):
+        layers += [nn.Linear(d_in, d_out, bias=not batch_norm)]
+        layers += [nn.BatchNorm1d(d_out)] if batch_norm else []
+        layers += [nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(dims[-2], dims[-1]))
+    return nn.Sequential(*layers)
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of `module`, updated only through `momentum_update` (MoCo's key encoder)."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (MoCo eq. 2)."""
+    for p_q, p_k in zip(online.parameters(), target.parameters(), strict=True):
+        p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+
+class Method(nn.Module, abc.ABC):
+    """Base of the five methods; subclasses set `Config` and implement `views`, `forward`, `encoders`."""
+
+    Config: ClassVar[type]  # the method's config dataclass (mirrored by configs/<name>.yaml `model:`)
+    needs_feature_pass: ClassVar[bool] = False  # True: the trainer calls before_epoch with data
+    momentum: float = 0.0  # m in theta_k <- m theta_k + (1 - m) theta_q; set by momentum methods
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @abc.abstractmethod
+    def views(self) -> list[ViewSpec]:
+        """The loader views this method consumes (a preset from `fastvid.data.views`)."""
+
+    @abc.abstractmethod
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"loss": scalar, <term>: scalar, ...} for one batch from the loader."""
+
+    @abc.abstractmethod
+    def encoders(self) -> dict[str, Encoder]:
+        """The representation networks the method trains, by role ("video", "rgb", "flow", ...)."""
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) module pairs moved by `after_step`; none by default."""
+        return []
+
+    def after_step(self) -> None:
+        """Called after each optimiser step: momentum updates (queues update inside forward)."""
+        for online, target in self.momentum_pairs():
+            momentum_update(online, target, self.momentum)
+
+    def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, torch.Tensor]] | None) -> None:
+        """Called at the start of each epoch; `feature_batches` is a pass over the data when
+        `needs_feature_pass` (Vi2CLR clusters features here), else None."""
+
+    def encoder_state_dicts(self) -> dict[str, dict[str, Any]]:
+        """{role: {"arch", "in_channels", "state_dict"}}: loadable with `fastvid.models.load_backbone`
+        into the matching torchvision model (classifier left to train)."""
+        return {role: enc.export() for role, enc in self.encoders().items()}
