@@ -1,0 +1,197 @@
+"""Clustering for Vi2CLR's pseudo-labels: FINCH (the paper's default) and k-means (its alternative).
+
+FINCH, Sarfraz et al., CVPR 2019 ("Efficient parameter-free clustering using first neighbor relations"):
+1. each point's first neighbour kappa_i is its nearest other point (cosine distance);
+2. i and j are linked when j = kappa_i, or kappa_j = i, or kappa_i = kappa_j; the connected components of
+   that graph are the first partition;
+3. the clusters' means are clustered the same way, giving the next (coarser) partition, and so on until one
+   cluster is left or nothing merges any more (that last step is not kept, as in the authors' code).
+Vi2CLR (sec. 4.3) takes the second partition; `select_partition` can instead take the one whose number of
+clusters is nearest a requested count, and k-means gets FINCH's estimated K (as the paper does) unless one
+is given.
+
+Each cluster also gets ProtoNCE's concentration (Li et al., PCL, eq. 12), which Vi2CLR eq. (3) divides by:
+phi = sum_z |v_z - c| / (Z log(Z + alpha)) over the Z members; a singleton gets the largest phi; phi is
+clipped to its 10th-90th percentiles and scaled so that its mean equals the temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch import Tensor
+
+
+@dataclass
+class Clusters:
+    """One clustering of N features: what Vi2CLR's losses read (and what its checkpoint keeps)."""
+
+    ids: Tensor  # (N,) int64 cluster of each sample, 0..C-1
+    centroids: Tensor  # (C, D) L2-normalised cluster means
+    concentration: Tensor  # (C,) phi of each cluster, mean = temperature
+
+
+def first_neighbours(x: Tensor, chunk: int = 4096) -> Tensor:
+    """x: (N, D) -> (N,) int64 index of each row's nearest other row by cosine distance.
+
+    Rows are compared `chunk` at a time so memory stays O(chunk * N) (FINCH runs on the whole dataset).
+    Ties go to the lowest index, which rules out first-neighbour cycles longer than two.
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"first neighbours need at least 2 points, got {x.shape[0]}")
+    unit = F.normalize(x.float(), dim=1)  # (N, D)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        sim = unit[start:start + chunk] @ unit.T  # (chunk, N) cosine similarity
+        rows = torch.arange(sim.shape[0], device=x.device)
+        sim[rows, rows + start] = float("-inf")  # a point is not its own neighbour
+        out[start:start + chunk] = sim.argmax(dim=1)  # largest similarity = smallest cosine distance
+    return out
+
+
+def _components(kappa: Tensor) -> Tensor:
+    """kappa: (N,) first neighbours -> (N,) int64 connected-component labels of FINCH's graph.
+
+    Linking i to kappa_i (undirected) connects exactly the pairs FINCH's adjacency names: kappa_i = kappa_j
+    joins i and j through kappa_i. Labels are numbered in order of each component's lowest index.
+    """
+    n = kappa.shape[0]
+    graph = coo_matrix((np.ones(n), (np.arange(n), kappa.cpu().numpy())), shape=(n, n))
+    _, labels = connected_components(graph, directed=True, connection="weak")
+    return torch.from_numpy(labels).long().to(kappa.device)
+
+
+def _means(x: Tensor, ids: Tensor, num: int) -> Tensor:
+    """x: (N, D), ids: (N,) in [0, num) -> (num, D) mean of each cluster's rows."""
+    sums = torch.zeros(num, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, ids, x)  # (num, D)
+    counts = torch.bincount(ids, minlength=num).clamp_min(1).to(x.dtype)  # (num,)
+    return sums / counts[:, None]
+
+
+def finch(x: Tensor, chunk: int = 4096) -> list[Tensor]:
+    """FINCH's hierarchy of partitions of x: (N, D), finest first; each entry (N,) int64 labels 0..C_k-1."""
+    x = x.float()
+    ids = _components(first_neighbours(x, chunk))  # (N,) first partition
+    partitions = [ids]
+    while True:
+        num = int(ids.max()) + 1
+        if num < 2:
+            break
+        merged = _components(first_neighbours(_means(x, ids, num), chunk))  # (num,) label of each cluster
+        if int(merged.max()) + 1 >= num:  # nothing merged: the hierarchy has converged
+            break
+        ids = merged[ids]  # (N,)
+        if int(ids.max()) == 0:  # everything in one cluster: not a useful partition (the authors drop it)
+            break
+        partitions.append(ids)
+    return partitions
+
+
+def select_partition(partitions: list[Tensor], *, level: int | None = None, num_clusters: int | None = None
+                     ) -> Tensor:
+    """One partition of FINCH's hierarchy: the `level`-th (1-based, clamped to the coarsest available), or
+    the one whose number of clusters is nearest `num_clusters` (the finer one on a tie)."""
+    if (level is None) == (num_clusters is None):
+        raise ValueError("select_partition: give exactly one of level and num_clusters")
+    if level is not None:
+        if level < 1:
+            raise ValueError(f"select_partition: level must be >= 1, got {level}")
+        return partitions[min(level, len(partitions)) - 1]
+    counts = [int(p.max()) + 1 for p in partitions]
+    best = min(range(len(partitions)), key=lambda k: (abs(counts[k] - num_clusters), -counts[k]))
+    return partitions[best]
+
+
+def _kmeans_pp(unit: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """Greedy k-means++ seeds (Arthur and Vassilvitskii 2007; the greedy form scikit-learn uses):
+    unit: (N, D) -> (k, D). Each step draws 2 + log k candidates with probability proportional to their
+    squared distance to the nearest seed so far and keeps the one that lowers the total the most."""
+    n = unit.shape[0]
+    trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=gen))
+    seeds = [unit[first]]
+    d2 = (2 - 2 * unit @ unit[first]).clamp_min(0)  # (N,) squared distance on the unit sphere
+    for _ in range(1, k):
+        u = torch.rand(trials, generator=gen, dtype=torch.float64).to(unit.device)  # (L,)
+        cdf = torch.cumsum(d2.double(), 0)  # (N,)
+        picks = torch.searchsorted(cdf, u * cdf[-1]).clamp_max(n - 1)  # (L,) stays on the device: no sync
+        cand = torch.minimum(d2[None], (2 - 2 * unit[picks] @ unit.T).clamp_min(0))  # (L, N)
+        best = cand.sum(dim=1).argmin()
+        seeds.append(unit[picks[best]])
+        d2 = cand[best]
+    return torch.stack(seeds)  # (k, D)
+
+
+def kmeans(x: Tensor, k: int, *, iters: int = 20, seed: int = 0) -> Tensor:
+    """Lloyd's k-means from greedy k-means++ seeds on the L2-normalised rows of x: (N, D) -> (N,) int64 labels
+    0..k-1. An emptied cluster is re-seeded with the row farthest from its centroid, so all k stay in use.
+    """
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kmeans: k must be in [1, {n}], got {k}")
+    unit = F.normalize(x.float(), dim=1)  # (N, D)
+    centroids = _kmeans_pp(unit, k, torch.Generator().manual_seed(seed))  # (k, D)
+    ids = torch.zeros(n, dtype=torch.long, device=x.device)
+    for _ in range(iters):
+        sim = unit @ centroids.T  # (N, k)
+        best, ids = sim.max(dim=1)
+        counts = torch.bincount(ids, minlength=k)  # (k,)
+        for empty in torch.nonzero(counts == 0).flatten().tolist():  # rare: a CPU sync per empty cluster
+            far = int(best.argmin())
+            ids[far], best[far] = empty, float("inf")
+        centroids = _means(unit, ids, k)  # (k, D)
+    return ids
+
+
+def concentration(x: Tensor, ids: Tensor, means: Tensor, temperature: float, alpha: float = 10.0) -> Tensor:
+    """PCL's phi per cluster: x: (N, D) features, ids: (N,), means: (C, D) -> (C,) with mean = temperature."""
+    num = means.shape[0]
+    dist = (x - means[ids]).norm(dim=1)  # (N,) |v_z - c|
+    size = torch.bincount(ids, minlength=num).to(x.dtype)  # (C,) Z
+    total = torch.zeros(num, dtype=x.dtype, device=x.device).index_add_(0, ids, dist)  # (C,)
+    phi = total / (size.clamp_min(1) * torch.log(size + alpha))  # (C,)
+    single = size <= 1
+    if bool(single.all()):
+        phi = torch.ones_like(phi)
+    else:
+        phi = torch.where(single, phi[~single].max(), phi)
+    low, high = torch.quantile(phi, torch.tensor([0.1, 0.9], dtype=phi.dtype, device=phi.device))
+    phi = phi.clamp(low, high)  # extreme values are clipped for stability (PCL)
+    return temperature * phi / phi.mean()
+
+
+def cluster_features(
+    x: Tensor,
+    *,
+    method: Literal["finch", "kmeans"] = "finch",
+    level: int = 2,
+    num_clusters: int | None = None,
+    temperature: float = 0.08,
+    kmeans_iters: int = 20,
+    seed: int = 0,
+) -> Clusters:
+    """Cluster x: (N, D) and return ids, centroids and concentrations for Vi2CLR's losses.
+
+    FINCH takes partition `level` of its hierarchy, or the one nearest `num_clusters` when that is set;
+    k-means takes `num_clusters`, or FINCH's estimate at `level` when it is None (Vi2CLR sec. 4.3).
+    """
+    if method not in ("finch", "kmeans"):
+        raise ValueError(f"cluster method must be 'finch' or 'kmeans', got {method!r}")
+    x = F.normalize(x.float(), dim=1)  # (N, D) clustering works on the unit sphere, as the losses do
+    if method == "finch":
+        parts = finch(x)
+        ids = select_partition(parts, level=level) if num_clusters is None \
+            else select_partition(parts, num_clusters=num_clusters)
+    else:
+        k = num_clusters if num_clusters is not None else int(select_partition(finch(x), level=level).max()) + 1
+        ids = kmeans(x, k, iters=kmeans_iters, seed=seed)
+    num = int(ids.max()) + 1
+    means = _means(x, ids, num)  # (C, D)
+    return Clusters(ids=ids, centroids=F.normalize(means, dim=1),
+                    concentration=concentration(x, ids, means, temperature))
