@@ -1,0 +1,224 @@
+"""`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
+
+DALI (`fastvid.data.dali`) decodes and applies the geometric and photometric draws; this module
+checks the shards up front, builds one pipeline per epoch (the epoch's seed sets the shuffle), and
+finishes each view in torch on the training device: scale and normalise, channel split, flow
+de-quantisation, flow sign under flips, mean subtraction and temporal flip, spectrogram reversal and
+SpecAugment masks, layout (N, C, T, H, W) and dtype.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from fastvid.data.dali import READER, ReaderArgs, output_names, views_pipeline
+from fastvid.data.sampling import SampleDrawer
+from fastvid.data.spec import RGB_MEAN, RGB_STD, DataConfig, ViewSpec
+from fastvid.shard import read_manifest
+
+FLOW_BOUND = 20.0  # px: the shard format stores 128 + u * 127 / bound
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LoaderError(RuntimeError):
+    """A shard cannot be read as asked: names the shard and the sample key."""
+
+
+def _required_exts(views: list[ViewSpec]) -> list[str]:
+    exts = ["json"]
+    if any(v.modality not in ("flow", "audio") for v in views):
+        exts.append("mp4")
+    if any(v.modality == "flow" for v in views):
+        exts.append("flow.mp4")
+    if any(v.modality == "audio" for v in views):
+        exts.append("flac")
+    return exts
+
+
+def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Path) -> tuple[list[str], dict[str, int], list[str]]:
+    """Check every sample of every shard's DALI index for the members `exts`, before any decoding.
+
+    Returns the index files to read (rewritten without the incomplete samples when on_error="skip"),
+    key -> position in the dataset (stable: skipped samples keep their numbers free), and the skipped
+    "shard:key" names. Raises LoaderError naming shard and key for the first incomplete sample."""
+    indices, key_index, skipped, position = [], {}, [], 0
+    for shard in shards:
+        lines = Path(shard["index"]).read_text().splitlines()
+        kept = []
+        for line in lines[1:]:
+            fields = line.split()
+            names = fields[3::4]
+            key = names[0].split(".", 1)[0]
+            have = {n.split(".", 1)[1] for n in names}
+            missing = [e for e in exts if e not in have]
+            if missing and on_error == "raise":
+                raise LoaderError(f"{shard['tar']}: sample {key!r} has no {', '.join('.' + m for m in missing)} "
+                                  f"member (the views need {', '.join(exts)})")
+            if missing:
+                skipped.append(f"{Path(shard['tar']).name}:{key}")
+            else:
+                kept.append(line)
+                key_index[key] = position
+            position += 1
+        if len(kept) == len(lines) - 1:
+            indices.append(shard["index"])
+        else:
+            path = workdir / Path(shard["index"]).name
+            path.write_text("\n".join([f"{lines[0].split()[0]} {len(kept)}", *kept]) + "\n")
+            indices.append(str(path))
+    return indices, key_index, skipped
+
+
+class VideoLoader:
+    """Iterate batches for one process: dict view name -> tensor, plus "label" and "index" (N,) int64."""
+
+    def __init__(self, cfg: DataConfig, views: list[ViewSpec], *, rank: int, world_size: int,
+                 device: torch.device | str):
+        self.cfg, self.views = cfg, views
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        manifest = read_manifest(cfg.shards)
+        shards = [s for s in manifest["shards"] if s["split"] == cfg.split]
+        if not shards:
+            raise LoaderError(f"{cfg.shards}: no shards of split {cfg.split!r} "
+                              f"(splits: {sorted({s['split'] for s in manifest['shards']})})")
+        options = manifest.get("options", {})
+        self.codec = options.get("codec", "h264")
+        self.audio_rate = int(options.get("audio_rate", 24000))
+        self._tmp = tempfile.TemporaryDirectory(prefix="fastvid-idx-")
+        indices, self.key_index, self.skipped = scan_indices(shards, _required_exts(views), cfg.on_error,
+                                                             Path(self._tmp.name))
+        if not self.key_index:
+            raise LoaderError(f"{cfg.shards}: no complete sample in split {cfg.split!r} "
+                              f"({len(self.skipped)} skipped)")
+        self.reader = ReaderArgs(tars=[s["tar"] for s in shards], indices=indices, shard_id=rank,
+                                 num_shards=world_size, shuffle_buffer=cfg.shuffle_buffer,
+                                 pad_last_batch=not cfg.drop_last)
+        if cfg.decode == "gpu" and self.device.type != "cuda":
+            raise LoaderError("decode='gpu' needs a CUDA device for the loader")
+        self.decode = "mixed" if cfg.decode == "gpu" or (cfg.decode == "auto" and self.device.type == "cuda") \
+            else "cpu"
+        self.names = output_names(views)
+        self.epoch = 0
+        self.consumed = 0  # batches of the current epoch already yielded
+
+    def samples(self) -> int:
+        """Samples this rank reads per epoch (DALI gives shard i the samples [iN/S, (i+1)N/S))."""
+        n = len(self.key_index)
+        return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
+
+    def __len__(self) -> int:
+        b = self.cfg.batch_size
+        return self.samples() // b if self.cfg.drop_last else -(-self.samples() // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning: its own shuffle and its own augmentation draws."""
+        self.epoch, self.consumed = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume mid-epoch: the next iteration skips the batches already consumed."""
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+
+    def _pipeline(self):
+        drawer = SampleDrawer(self.views, self.key_index, self.cfg.seed, self.epoch)
+        # Seed per epoch: a new shuffle each epoch, the same one for a given (seed, epoch).
+        seed = (self.cfg.seed * 1_000_003 + self.epoch) % (2 ** 31)
+        device_id = (self.device.index or 0) if self.decode == "mixed" else None
+        pipe = views_pipeline(self.reader, self.views, drawer, self.codec, self.audio_rate, self.decode,
+                              batch_size=self.cfg.batch_size, num_threads=self.cfg.threads,
+                              device_id=device_id, seed=seed, prefetch_queue_depth=self.cfg.prefetch)
+        pipe.build()
+        return pipe
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        policy = LastBatchPolicy.DROP if self.cfg.drop_last else LastBatchPolicy.PARTIAL
+        try:
+            it = DALIGenericIterator([self._pipeline()], self.names, reader_name=READER,
+                                     last_batch_policy=policy, auto_reset=False)
+            for i, outputs in enumerate(it):
+                if i < self.consumed:  # resuming: these were yielded before the checkpoint
+                    continue
+                batch = self._finish(outputs[0])
+                self.consumed = i + 1
+                yield batch
+        except RuntimeError as err:
+            raise LoaderError(f"reading {', '.join(self.reader.tars)} failed: {err}") from err
+        self.set_epoch(self.epoch + 1)
+
+    def _finish(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DALI outputs -> the batch contract: one tensor per view on the device, label, index."""
+        batch = {"label": out["label"].to(self.device).long(), "index": out["index"].to(self.device).long()}
+        for view in self.views:
+            x = out[view.name].to(self.device, non_blocking=True)
+            aux = out[f"{view.name}.aux"].to(self.device)
+            if view.modality == "audio":
+                batch[view.name] = finish_audio(x, aux, view.audio.freq_masks).to(DTYPES[view.dtype])
+            elif view.modality == "flow":
+                batch[view.name] = finish_flow(x, aux, view).to(DTYPES[view.dtype])
+            else:
+                batch[view.name] = finish_rgb(x, aux, view).to(DTYPES[view.dtype])
+        return batch
+
+
+def finish_rgb(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
+    """(N, T, H, W, 3) uint8 -> (N, 3, T, H, W) float32 (or (N, 3, H, W) for a frame view).
+    aux (N, 3): channel kept by channel splitting in column 2 (-1: none)."""
+    x = x.float() / 255.0
+    channel = aux[:, 2].long()
+    split = channel >= 0
+    if split.any():
+        picked = torch.gather(x, 4, channel.clamp(min=0).view(-1, 1, 1, 1, 1).expand(*x.shape[:4], 1))
+        x = torch.where(split.view(-1, 1, 1, 1, 1), picked.expand_as(x), x)  # (N, T, H, W, 3)
+    if view.spatial.normalize:
+        mean = torch.tensor(RGB_MEAN, device=x.device)
+        std = torch.tensor(RGB_STD, device=x.device)
+        x = (x - mean) / std
+    x = x.permute(0, 4, 1, 2, 3)  # (N, 3, T, H, W)
+    return x[:, :, 0] if view.modality == "frame" else x.contiguous()
+
+
+def finish_flow(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
+    """(N, T, H, W, 2) uint8 quantised flow -> (N, 2, T, H, W) float32 in pixels.
+    aux (N, 3): u's sign (-1 when the view was flipped), temporal flip flag."""
+    flow = (x.float() - 128.0) * (FLOW_BOUND / 127.0)  # (N, T, H, W, 2)
+    flow[..., 0] *= aux[:, 0].view(-1, 1, 1, 1)  # mirrored field: u changes sign
+    if view.spatial.flow_mean:
+        flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # each frame's mean motion (camera)
+    flipped = aux[:, 1] > 0.5
+    flow = torch.where(flipped.view(-1, 1, 1, 1, 1), flow.flip(1), flow)
+    return flow.permute(0, 4, 1, 2, 3).contiguous()  # (N, 2, T, H, W)
+
+
+def finish_audio(spec: torch.Tensor, aux: torch.Tensor, freq_masks: int) -> torch.Tensor:
+    """(N, F, T) log-mel -> (N, 1, F, T): reversed with its video, then SpecAugment masks set to the
+    spectrogram's mean. aux (N, 1 + 2k): reverse flag, then (start, width) per frequency then time mask."""
+    n, f, t = spec.shape
+    reverse = aux[:, 0] > 0.5
+    spec = torch.where(reverse.view(-1, 1, 1), spec.flip(2), spec)
+    fill = spec.mean(dim=(1, 2), keepdim=True)  # (N, 1, 1)
+    bins = torch.arange(f, device=spec.device).view(1, f, 1)
+    steps = torch.arange(t, device=spec.device).view(1, 1, t)
+    masks = aux[:, 1:].view(n, -1, 2)  # (N, masks, 2)
+    masked = torch.zeros_like(spec, dtype=torch.bool)
+    for k in range(masks.shape[1]):
+        start = masks[:, k, 0].view(-1, 1, 1)
+        width = masks[:, k, 1].view(-1, 1, 1)
+        axis = bins if k < freq_masks else steps
+        masked |= (axis >= start) & (axis < start + width)
+    return torch.where(masked, fill, spec).unsqueeze(1)  # (N, 1, F, T)
+
+
+def build_loader(data_cfg: DataConfig, views: list[ViewSpec], *, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu") -> VideoLoader:
+    """The loader of `views` over `data_cfg.shards` for process `rank` of `world_size`."""
+    names = [v.name for v in views]
+    if len(set(names)) != len(names) or {"label", "index"} & set(names):
+        raise ValueError(f"view names must be unique and not 'label'/'index': {names}")
+    return VideoLoader(data_cfg, views, rank=rank, world_size=world_size, device=device)

@@ -1,0 +1,125 @@
+"""Declarative loader settings: `DataConfig` (where the shards are, batching, seeds) and `ViewSpec`
+(what one view of a video is: which frames, which spatial and aural augmentation, which output).
+
+A method states its views as a list of `ViewSpec`s; `fastvid.data.sampling` turns them into per-sample
+random draws and `fastvid.data.dali` into one DALI pipeline that decodes each video once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Modality = Literal["rgb", "frame", "diff", "flow", "audio"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+# ImageNet statistics, the normalisation used by the torchvision video backbones.
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TemporalSpec:
+    """Which frames a view takes.
+
+    Views naming the same `anchor` share one draw of the anchor window start (the thesis's shared
+    "Random m" clip); each view then reads `frames` frames `stride` apart from `start + offset`, moved by
+    a random shift in [-shift, shift]. Frame indices past the end loop back to the start."""
+
+    frames: int = 16  # m: frames delivered
+    stride: int = 1
+    anchor: str = "clip"
+    start: Literal["random", "middle", "flow"] = "random"  # flow: P(start) ~ mean flow magnitude
+    window: int | None = None  # frames the anchor window spans (default: what the view reads)
+    offset: int = 0  # first frame relative to the anchor start
+    shift: int = 0  # RandomShift [-s, s]
+    drop: bool = False  # read 2m frames, keep the even or the odd ones
+    reverse: float = 0.0  # probability of reversing the frame order
+    shuffle: bool = False  # random permutation of the m frames
+
+    def span(self) -> int:
+        """Frames of the source video a draw covers before looping."""
+        return ((2 if self.drop else 1) * self.frames - 1) * self.stride + 1
+
+
+@dataclass
+class SpatialSpec:
+    """Spatial augmentation of a view. One random draw serves every frame of the view (chunk-consistent)
+    unless `per_frame` asks for a new draw per frame (thesis Table 3). Views with the same `group` share
+    the crop and flip draw (Cross and Learn's RGB frame and its flow stack)."""
+
+    size: tuple[int, int] = (112, 112)  # output (H, W)
+    crop: Literal["random_resized", "resize_crop", "center"] = "random_resized"
+    scale: tuple[float, float] = (0.2, 1.0)  # random_resized: area fraction
+    ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random_resized: aspect ratio w/h
+    short_side: int = 128  # resize_crop: the short side is scaled to this before the random crop
+    flip: float = 0.5  # probability of a horizontal flip
+    jitter: float = 0.0  # probability of colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1  # fraction of a half turn: hue shift in [-hue * 180, hue * 180] degrees
+    grayscale: float = 0.0  # probability
+    blur: float = 0.0  # probability of a Gaussian blur
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels
+    channel_split: bool = False  # keep one random colour channel, copied to all three
+    group: str | None = None
+    per_frame: bool = False
+    normalize: bool = True  # (x / 255 - mean) / std for RGB
+    flow_mean: bool = False  # subtract each flow frame's mean vector (camera motion)
+    flow_flip: float = 0.0  # probability of reversing the flow stack in time
+
+
+@dataclass
+class AudioSpec:
+    """Log-mel spectrogram of the flac window that starts with the first frame of view `follow`.
+    Defaults follow GDT's audio setup at the shard rate: 1 s windows, 40 mel bands, 10 ms hop."""
+
+    follow: str
+    seconds: float = 1.0
+    mel_bins: int = 40
+    window_ms: float = 20.0
+    hop_ms: float = 10.0
+    volume: tuple[float, float] = (0.9, 1.1)  # gain range (volume jitter)
+    freq_masks: int = 1
+    freq_mask_max: int = 8  # mel bins
+    time_masks: int = 1
+    time_mask_max: int = 20  # spectrogram frames
+
+
+@dataclass
+class ViewSpec:
+    """One entry of a batch: `name` becomes the batch key.
+
+    Output: rgb/diff/flow -> (N, C, T, H, W); frame -> (N, C, H, W); audio -> (N, 1, F_mel, T_mel).
+    diff delivers the frames (temporal.frames of them); the model takes their differences."""
+
+    name: str
+    modality: Modality = "rgb"
+    temporal: TemporalSpec = field(default_factory=TemporalSpec)
+    spatial: SpatialSpec = field(default_factory=SpatialSpec)
+    audio: AudioSpec | None = None
+    dtype: Dtype = "float32"
+
+    def __post_init__(self) -> None:
+        if self.modality == "audio" and self.audio is None:
+            raise ValueError(f"view {self.name!r}: an audio view needs an AudioSpec")
+        if self.modality == "frame" and self.temporal.frames != 1:
+            raise ValueError(f"view {self.name!r}: a frame view takes temporal.frames=1")
+        if self.temporal.frames < 1 or self.temporal.stride < 1:
+            raise ValueError(f"view {self.name!r}: frames and stride must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how batches are formed. `shards`: a dataset.json or its directory."""
+
+    shards: str
+    split: str = "train"
+    batch_size: int = 8
+    shuffle_buffer: int = 256  # DALI initial_fill; 0 reads in shard order
+    seed: int = 0
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # auto: the GPU when the loader's device is CUDA
+    threads: int = 2
+    prefetch: int = 2
+    drop_last: bool = True
+    on_error: Literal["raise", "skip"] = "raise"
