@@ -1,19 +1,116 @@
-"""The `fastvid` command. Each subcommand parses its flags, builds a config and calls a library function."""
+"""The `fastvid` command. Each subcommand parses its flags, builds a config and calls a library function.
+
+A subcommand is one `add_<name>(subparsers)` function that declares its flags and sets `run`;
+`SUBCOMMANDS` lists them, so adding a command is adding one function to that list.
+"""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Callable
+
+from fastvid.config import ConfigError
+
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """`256MB`, `1.5G`, `512MiB` or a plain number of bytes -> bytes."""
+    match = SIZE.match(text)
+    unit = (match.group(2) or "").upper().rstrip("B") if match else None
+    if match is None or unit not in UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 256MB, 1.5G or 1000000")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    from fastvid.shard import ShardConfig, shard_dataset
+
+    cfg = ShardConfig(
+        src=args.src, out=args.out, split_files=args.split_file, default_split=args.split, codec=args.codec,
+        crf=args.crf, preset=args.preset, short_side=args.short_side, fps=args.fps, gop=args.gop,
+        audio=not args.no_audio, audio_rate=args.audio_rate, flow=args.flow, shard_size=args.shard_size,
+        max_samples=args.max_samples, seed=args.seed, workers=args.workers, strict=args.strict,
+        progress=not args.no_progress)
+    summary = shard_dataset(cfg)
+    print(summary.format())
+    if cfg.strict and summary.num_rejected:
+        print(f"--strict: {summary.num_rejected} file(s) rejected", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_shard(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("shard", help="turn a folder of videos (or a manifest) into WebDataset shards",
+                              description="Re-encode every video of SRC into tar shards under OUT, with a DALI "
+                                          "index per tar and OUT/dataset.json. Rerun the same command to resume.")
+    p.add_argument("src", help="folder of videos (class = parent folder) or a CSV/JSONL manifest "
+                               "(path, optional label, split, key)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--split-file", action="append", default=[], metavar="FILE",
+                   help="official split list (UCF101 trainlist01.txt/testlist01.txt, HMDB51 "
+                        "<class>_test_split1.txt); repeatable; unlisted videos are skipped")
+    p.add_argument("--split", default="train", help="split of videos without one (default: train)")
+    p.add_argument("--codec", choices=["h264", "vp9", "mjpeg"], default="h264",
+                   help="h264 for GPU decoding (default); vp9 and mjpeg also decode with DALI on a CPU")
+    p.add_argument("--crf", type=int, default=None,
+                   help="quality: CRF for h264 (default 23) and vp9 (32), quantiser scale for mjpeg (3)")
+    p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    p.add_argument("--short-side", type=int, default=128, help="output short side, even; 0 keeps the size (default 128)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
+    p.add_argument("--gop", type=int, default=16, help="a keyframe every GOP frames (default 16)")
+    p.add_argument("--audio-rate", type=int, default=24000, help="mono FLAC sample rate (default 24000)")
+    p.add_argument("--no-audio", action="store_true", help="do not store audio")
+    p.add_argument("--flow", choices=["tvl1", "dis", "farneback"], default=None,
+                   help="also store optical flow (KEY.flow.mp4) computed with OpenCV")
+    p.add_argument("--shard-size", type=byte_size, default=256 * 1024 * 1024,
+                   help="close a shard at this size (default 256MiB)")
+    p.add_argument("--max-samples", type=int, default=None, help="close a shard at this many samples")
+    p.add_argument("--seed", type=int, default=0, help="orders samples within each split (default 0)")
+    p.add_argument("--workers", type=int, default=0, help="transcoding processes (default 0: all cores)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any file is rejected")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_shard)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from fastvid.shard.info import check, describe
+    from fastvid.shard.run import read_manifest
+
+    print(describe(read_manifest(args.out)))
+    problems = check(args.out)
+    for problem in problems:
+        print(f"problem: {problem}")
+    print("shards agree with dataset.json" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def add_info(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("info", help="summarise a shard folder and check it against its dataset.json")
+    p.add_argument("out", help="folder written by `fastvid shard`")
+    p.set_defaults(run=_run_info)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_shard, add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvid", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="fastvid", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        print(f"fastvid {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""`ShardConfig`: every setting of `fastvid shard`, one dataclass (mirrored by the CLI flags)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from fastvid.config import ConfigError
+
+Codec = Literal["h264", "vp9", "mjpeg"]
+FlowMethod = Literal["tvl1", "dis", "farneback"]
+
+# Codec quality when `crf` is None: x264 CRF, libvpx-vp9 CRF, MJPEG quantiser scale (2 best .. 31).
+DEFAULT_CRF = {"h264": 23, "vp9": 32, "mjpeg": 3}
+
+# Fields that do not change the bytes written; a resumed run may change them freely.
+RUNTIME_FIELDS = ("out", "workers", "progress", "strict")
+
+
+@dataclass
+class ShardConfig:
+    """What to shard (src), where (out) and how every sample is re-encoded.
+
+    src: a folder of videos (recursive, parent folder = class) or a CSV/JSONL manifest with columns
+    `path`, optional `label`, `split`, `key` (relative paths are relative to the manifest's folder).
+    short_side: output short side in pixels (even), 0 keeps the source size (rounded down to even).
+    fps: output frame rate; None keeps the source rate (variable-rate sources are resampled to their mean).
+    gop: a keyframe exactly every `gop` frames, so random access decodes at most gop-1 extra frames.
+    shard_size: bytes after which a shard is closed; max_samples: samples after which it is closed.
+    seed: orders the samples inside each split (so a shard mixes classes); same seed, same shards.
+    workers: transcoding processes, 0 = all cores.
+    """
+
+    src: str
+    out: str
+    split_files: list[str] = field(default_factory=list)
+    default_split: str = "train"
+    codec: Codec = "h264"
+    crf: int | None = None
+    preset: str = "veryfast"
+    short_side: int = 128
+    fps: float | None = None
+    gop: int = 16
+    audio: bool = True
+    audio_rate: int = 24000
+    flow: FlowMethod | None = None
+    shard_size: int = 256 * 1024 * 1024
+    max_samples: int | None = None
+    seed: int = 0
+    workers: int = 0
+    strict: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0 or self.short_side % 2:
+            raise ConfigError(f"short_side: must be an even number of pixels (0 keeps the size), got {self.short_side}")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ConfigError(f"fps: must be in (0, 1000], got {self.fps}")
+        if self.gop < 1:
+            raise ConfigError(f"gop: must be >= 1, got {self.gop}")
+        if self.audio_rate < 1000:
+            raise ConfigError(f"audio_rate: must be >= 1000 Hz, got {self.audio_rate}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size: must be a positive number of bytes, got {self.shard_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples: must be >= 1, got {self.max_samples}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
+        if not self.default_split.replace("_", "").isalnum():
+            raise ConfigError(f"default_split: letters, digits and _ only, got {self.default_split!r}")
+
+    @property
+    def quality(self) -> int:
+        """The codec's quality setting (CRF, or the MJPEG quantiser scale)."""
+        return DEFAULT_CRF[self.codec] if self.crf is None else self.crf
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def output_options(self) -> dict:
+        """The options that decide the bytes written: a resumed run must use the same ones."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}

@@ -1,0 +1,237 @@
+"""`shard_dataset`: the whole job (plan, parallel transcode, roll shards, journal, manifest), and
+`read_manifest` for readers of OUT/dataset.json.
+
+Resuming: OUT/.progress.jsonl records every committed shard (its keys, and the files rejected while
+it was filled). The plan is deterministic and each shard takes the next run of samples in plan order,
+so a rerun skips journaled samples and writes the remaining shards exactly as an uninterrupted run
+would: no shard is redone, no sample is lost or written twice, and the bytes are the same.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fastvid.config import ConfigError, to_dict
+from fastvid.shard.config import ShardConfig
+from fastvid.shard.flow import check_flow_method
+from fastvid.shard.sources import Source, plan_sources
+from fastvid.shard.transcode import Failure, Sample, process
+from fastvid.shard.writer import ShardWriter
+
+JOURNAL = ".progress.jsonl"
+MANIFEST = "dataset.json"
+ERRORS = "errors.jsonl"
+
+
+@dataclass
+class ShardSummary:
+    """What a run produced (counting shards kept from an interrupted earlier run)."""
+
+    out: Path
+    samples: int
+    frames: int
+    shards: int
+    bytes: int
+    splits: dict[str, int]
+    rejected: dict[str, int] = field(default_factory=dict)  # reason kind -> files rejected
+    repaired: dict[str, int] = field(default_factory=dict)  # note kind -> files kept with that problem
+    unlisted: int = 0  # videos the split lists leave out
+    resumed_shards: int = 0
+    seconds: float = 0.0
+
+    @property
+    def num_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def format(self) -> str:
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items()))
+        lines = [f"{self.samples} samples ({splits or 'none'}), {self.frames} frames in {self.shards} shards, "
+                 f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s"
+                 + (f" ({self.resumed_shards} shards kept from an earlier run)" if self.resumed_shards else "")]
+        for title, counts in (("rejected", self.rejected), ("kept with repairs", self.repaired)):
+            if counts:
+                detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                lines.append(f"{title}: {sum(counts.values())} ({detail})")
+        if self.unlisted:
+            lines.append(f"not in the split lists (skipped): {self.unlisted}")
+        if self.rejected or self.repaired:
+            lines.append(f"details: {self.out / ERRORS}")
+        return "\n".join(lines)
+
+
+def _load_journal(out: Path, options: dict) -> list[dict]:
+    """Committed shard records of an earlier run with the same options (a torn last line is ignored)."""
+    path = out / JOURNAL
+    if not path.exists():
+        path.write_text(json.dumps({"options": options}, sort_keys=True) + "\n")
+        return []
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0]) if lines else {}
+    if header.get("options") != options:
+        old = header.get("options", {})
+        diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
+        raise ConfigError(f"{out} holds shards made with other options (differing: {', '.join(diff)}); "
+                          "rerun with the same options or use an empty OUT")
+    records = []
+    for line in lines[1:]:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # killed while appending: that shard is redone
+    # A record names its tar only after the rename, so a journaled tar must exist.
+    return [r for r in records if r["tar"] is None or (out / r["tar"]).exists()]
+
+
+def _work(source: Source, cfg: ShardConfig, labels: dict[str, int]) -> tuple[Sample | Failure, int]:
+    return process(source, cfg, labels.get(source.label, -1) if source.label is not None else -1)
+
+
+def _results(todo: list[Source], cfg: ShardConfig, labels: dict[str, int]) -> Iterator[tuple[Sample | Failure, int]]:
+    """Transcoded samples in plan order; workers run ahead while the writer waits for the next one."""
+    work = partial(_work, cfg=cfg, labels=labels)
+    if cfg.num_workers == 1 or len(todo) <= 1:
+        yield from map(work, todo)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(cfg.num_workers, len(todo))) as pool:
+        yield from pool.imap(work, todo, chunksize=1)
+
+
+class _Roller:
+    """Fills shards split by split, closing one at `shard_size` bytes or `max_samples` samples, and
+    appends each committed shard (with the failures seen while filling it) to the journal."""
+
+    def __init__(self, cfg: ShardConfig, out: Path, journal, next_index: Counter) -> None:
+        self.cfg, self.out, self.journal, self.next_index = cfg, out, journal, next_index
+        self.split: str | None = None
+        self.writer: ShardWriter | None = None
+        self.errors: list[dict] = []
+        self.records: list[dict] = []
+
+    def add(self, result: Sample | Failure) -> None:
+        if result.split != self.split:
+            self.close()
+            self.split = result.split
+        if isinstance(result, Failure):
+            self.errors.append({"key": result.key, "path": result.rel, "kind": result.kind,
+                                "reason": result.reason, "kept": False})
+            return
+        self.errors += [{"key": result.key, "path": result.rel, "kind": n.kind, "reason": n.reason, "kept": True}
+                        for n in result.notes]
+        if self.writer is not None and self.writer.bytes + result.nbytes > self.cfg.shard_size:
+            self._commit()
+        if self.writer is None:
+            self.writer = ShardWriter(self.out, f"{self.split}-{self.next_index[self.split]:06d}")
+        self.writer.add(result)
+        if self.cfg.max_samples is not None and len(self.writer.keys) >= self.cfg.max_samples:
+            self._commit()
+
+    def _commit(self) -> None:
+        writer, self.writer = self.writer, None
+        size = writer.commit()
+        self.next_index[self.split] += 1
+        self._record({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": self.split,
+                      "samples": len(writer.keys), "frames": writer.frames, "bytes": size, "keys": writer.keys})
+
+    def _record(self, record: dict) -> None:
+        record["errors"], self.errors = self.errors, []
+        self.journal.write(json.dumps(record, sort_keys=True) + "\n")
+        self.journal.flush()
+        os.fsync(self.journal.fileno())
+        self.records.append(record)
+
+    def close(self) -> None:
+        """End the current split: commit its open shard, journal failures that no shard carried."""
+        if self.writer is not None:
+            self._commit()
+        if self.errors:
+            self._record({"tar": None, "split": self.split, "keys": []})
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def shard_dataset(cfg: ShardConfig) -> ShardSummary:
+    """Turn cfg.src into shards under cfg.out (resuming an interrupted run); see the module docstring."""
+    start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.flow:
+        check_flow_method(cfg.flow)
+    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)
+    records = _load_journal(out, cfg.output_options())
+    for stale in out.glob("*.partial"):
+        stale.unlink()
+    done = {k for r in records for k in r["keys"]} | {e["key"] for r in records for e in r["errors"]}
+    todo = [s for s in plan.sources if s.key not in done]
+    labels = {c: i for i, c in enumerate(plan.classes)}
+    next_index = Counter(r["split"] for r in records if r["tar"])
+    frames = megabytes = 0.0
+    with (out / JOURNAL).open("a") as journal, tqdm(total=len(plan.sources), initial=len(plan.sources) - len(todo),
+                                                    unit="video", desc="shard", disable=not cfg.progress) as bar:
+        roller = _Roller(cfg, out, journal, next_index)
+        try:
+            for result, size in _results(todo, cfg, labels):
+                roller.add(result)
+                frames += result.frames if isinstance(result, Sample) else 0
+                megabytes += size / 1e6
+                bar.update(1)
+                bar.set_postfix(frames=int(frames), MBps=f"{megabytes / max(time.time() - start, 1e-6):.1f}",
+                                refresh=False)
+            roller.close()
+        except BaseException:
+            roller.abort()
+            raise
+    records += roller.records
+    summary = _write_outputs(cfg, out, plan.classes, records)
+    summary.unlisted = plan.unlisted
+    summary.resumed_shards = sum(1 for r in records[: len(records) - len(roller.records)] if r["tar"])
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: list[dict]) -> ShardSummary:
+    """OUT/dataset.json and OUT/errors.jsonl from the journal records; the run's summary."""
+    shards = [{k: r[k] for k in ("tar", "index", "split", "samples", "frames", "bytes")} for r in records if r["tar"]]
+    splits = Counter()
+    for s in shards:
+        splits[s["split"]] += s["samples"]
+    manifest = {"version": 1, "shards": shards, "classes": classes, "splits": dict(sorted(splits.items())),
+                "samples": sum(splits.values()), "frames": sum(s["frames"] for s in shards), "options": to_dict(cfg)}
+    errors = [e for r in records for e in r["errors"]]
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _write_atomic(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
+    return ShardSummary(out=out, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
+                        bytes=sum(s["bytes"] for s in shards), splits=manifest["splits"],
+                        rejected=dict(Counter(e["kind"] for e in errors if not e["kept"])),
+                        repaired=dict(Counter(e["kind"] for e in errors if e["kept"])))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """OUT/dataset.json's content (given OUT or the json itself), with shard paths made absolute."""
+    path = Path(path)
+    file = path / MANIFEST if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
+    manifest = json.loads(file.read_text())
+    if manifest.get("version") != 1:
+        raise ValueError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
+    base = file.parent.resolve()
+    for shard in manifest["shards"]:
+        shard["tar"], shard["index"] = str(base / shard["tar"]), str(base / shard["index"])
+    return manifest
