@@ -1,0 +1,131 @@
+"""The views each method trains on, stated after its paper (../shared/papers), one function per method.
+
+Each takes a small dataclass of the knobs the views depend on and returns `list[ViewSpec]`; batch keys
+are the view names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from fastvid.data.spec import AudioSpec, Dtype, SpatialSpec, TemporalSpec, ViewSpec
+
+# SimCLR's colour distortion at strength 0.5, as video SimCLR/MoCo use it (thesis sec. 3).
+SIMCLR_SPATIAL = SpatialSpec(jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                             grayscale=0.2, blur=0.5, flip=0.5)
+
+
+@dataclass
+class CrossAndLearnViews:
+    """Cross and Learn (Sayed et al. 2018), sec. 4.1 and the RGB+SOD variant of sec. 4.5."""
+
+    second: Literal["flow", "sod"] = "flow"
+    size: int = 224
+    short_side: int = 256  # "rescale them to a height of 256", then a random 224 crop
+    flow_frames: int = 10  # "a stack of 10 consecutive optical flow frames"
+    sod_frames: int = 5  # 5 RGB frames -> 4 differences (computed on the model side)
+    weighted: bool = True  # draw the window in proportion to its mean flow magnitude (needs --flow shards)
+    dtype: Dtype = "float32"
+
+
+def cross_and_learn_views(cfg: CrossAndLearnViews) -> list[ViewSpec]:
+    """"rgb": the temporally centred RGB frame (N, 3, H, W), channel-split; "flow": (N, 2, 10, H, W)
+    mean-subtracted, randomly reversed in time; or "sod": (N, 3, 5, H, W). Crop and flip shared."""
+    window = cfg.flow_frames if cfg.second == "flow" else cfg.sod_frames
+    start = "flow" if cfg.weighted else "random"
+    # Flow frame i is the motion i -> i+1: a 10-flow stack spans 11 frames, centred on frame start + 5.
+    centre = cfg.flow_frames // 2 if cfg.second == "flow" else (cfg.sod_frames - 1) // 2
+    crop = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side,
+                       flip=0.5, group="pair")
+    rgb = ViewSpec("rgb", "frame", TemporalSpec(frames=1, anchor="pair", start=start, window=window, offset=centre),
+                   replace(crop, channel_split=True), dtype=cfg.dtype)
+    second = TemporalSpec(frames=window, anchor="pair", start=start, window=window)
+    if cfg.second == "flow":
+        return [rgb, ViewSpec("flow", "flow", second, replace(crop, flow_mean=True, flow_flip=0.5), dtype=cfg.dtype)]
+    return [rgb, ViewSpec("sod", "diff", second, crop, dtype=cfg.dtype)]
+
+
+@dataclass
+class VideoContrastViews:
+    """Video SimCLR / MoCo (thesis sec. 3): a Random-m clip, two temporal versions, SimCLR spatial draws."""
+
+    frames: int = 16
+    stride: int = 1
+    size: int = 112
+    temporal: Literal["none", "shift", "drop", "reverse", "shuffle"] = "none"
+    shift: int = 4  # RandomShift [-s, s]
+    frame_wise: bool = False  # thesis Table 3: a new spatial draw per frame
+    dtype: Dtype = "float32"
+
+
+def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewSpec]:
+    base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, drop=cfg.temporal == "drop",
+                        shuffle=cfg.temporal == "shuffle")
+    second = replace(base, shift=cfg.shift if cfg.temporal == "shift" else 0,
+                     reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
+    spatial = replace(SIMCLR_SPATIAL, size=(cfg.size, cfg.size), per_frame=cfg.frame_wise)
+    return [ViewSpec(names[0], "rgb", base, spatial, dtype=cfg.dtype),
+            ViewSpec(names[1], "rgb", second, spatial, dtype=cfg.dtype)]
+
+
+def video_simclr_views(cfg: VideoContrastViews) -> list[ViewSpec]:
+    """"clip_i", "clip_j": (N, 3, m, H, W) each."""
+    return _two_versions(cfg, ("clip_i", "clip_j"))
+
+
+def video_moco_views(cfg: VideoContrastViews) -> list[ViewSpec]:
+    """"query", "key": (N, 3, m, H, W) each."""
+    return _two_versions(cfg, ("query", "key"))
+
+
+@dataclass
+class GDTViews:
+    """GDT (Patrick et al. 2021), sec. 4: K_tau = 2 time shifts of a 1 s clip, video and audio for each.
+    Time reversal (K_r = 2) is a flip the method applies to both modalities of a shift (dim T of the
+    video, the last dim of the spectrogram); `reverse` instead reverses a shift's pair at random here."""
+
+    frames: int = 30  # 1 s at 30 fps
+    size: int = 112
+    short_side: int = 128
+    seconds: float = 1.0
+    reverse: float = 0.0
+    dtype: Dtype = "float32"
+
+
+def gdt_views(cfg: GDTViews) -> list[ViewSpec]:
+    """"video1", "video2": (N, 3, T, H, W); "audio1", "audio2": (N, 1, 40, T_mel), each audio window
+    starting at its video's first frame."""
+    views = []
+    for k in (1, 2):
+        spatial = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side, flip=0.5)
+        views.append(ViewSpec(f"video{k}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"tau{k}",
+                                                               reverse=cfg.reverse), spatial, dtype=cfg.dtype))
+    for k in (1, 2):
+        views.append(ViewSpec(f"audio{k}", "audio", audio=AudioSpec(follow=f"video{k}", seconds=cfg.seconds),
+                              dtype=cfg.dtype))
+    return views
+
+
+@dataclass
+class Vi2CLRViews:
+    """Vi2CLR (Diba et al. 2021), sec. 4.2: 32-frame temporal crops as positives, and the middle frame of
+    each for the 2D (image) stream; random crop, Gaussian blur and colour jitter, temporally consistent."""
+
+    frames: int = 32
+    clip_size: int = 112
+    frame_size: int = 224
+    dtype: Dtype = "float32"
+
+
+def vi2clr_views(cfg: Vi2CLRViews) -> list[ViewSpec]:
+    """"clip1", "clip2": (N, 3, 32, H, W) from two random starts; "frame1", "frame2": (N, 3, H', W'),
+    the middle frame of each clip."""
+    spatial = replace(SIMCLR_SPATIAL, grayscale=0.0)
+    views = []
+    for k in (1, 2):
+        views.append(ViewSpec(f"clip{k}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"clip{k}"),
+                              replace(spatial, size=(cfg.clip_size, cfg.clip_size)), dtype=cfg.dtype))
+        views.append(ViewSpec(f"frame{k}", "frame", TemporalSpec(frames=1, anchor=f"clip{k}", window=cfg.frames,
+                                                                 offset=cfg.frames // 2),
+                              replace(spatial, size=(cfg.frame_size, cfg.frame_size)), dtype=cfg.dtype))
+    return views

@@ -1,0 +1,275 @@
+"""The DALI loader on VP9 and H.264 shards of frame-marked clips: frames, crops, audio, presets, seeds,
+sharding, resuming and errors, all read back from the decoded pixels."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastvid.data import AudioSpec, DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.data.sampling import SampleDrawer
+from fastvid.data.views import (CrossAndLearnViews, GDTViews, Vi2CLRViews, VideoContrastViews, cross_and_learn_views,
+                                gdt_views, vi2clr_views, video_moco_views, video_simclr_views)
+from fastvid.shard import read_manifest
+from tests.clips import audio_tone, frame_index, ramp_direction
+
+PLAIN = SpatialSpec(size=(32, 32), normalize=False, crop="random_resized", scale=(0.3, 0.6))
+
+
+def metas(shards: Path) -> dict[str, dict]:
+    out = {}
+    for shard in read_manifest(shards)["shards"]:
+        with tarfile.open(shard["tar"]) as t:
+            for m in t.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(t.extractfile(m).read())
+                    out[meta["key"]] = meta
+    return out
+
+
+def pixels(x: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) or (3, H, W) in [0, 1] -> (T, H, W, 3) in [0, 255]."""
+    x = x if x.dim() == 4 else x.unsqueeze(1)
+    return (x.permute(1, 2, 3, 0).float().numpy() * 255.0)
+
+
+def blue_profile(frame: np.ndarray) -> np.ndarray:
+    """The blue ramp's fitted values at the left and right edges: the horizontal crop position, size and
+    flip. Top rows only (the printed index digits sit at the bottom); the fit averages out coding noise."""
+    ramp = frame[: frame.shape[0] // 3, :, 2].mean(axis=0)
+    slope, left = np.polyfit(np.arange(len(ramp)), ramp, 1)
+    return np.array([left, left + slope * (len(ramp) - 1)])
+
+
+def cfg(shards, **kw) -> DataConfig:
+    return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle_buffer=kw.pop("shuffle_buffer", 4),
+                      threads=1, **kw)
+
+
+TEMPORAL_VIEWS = [
+    ViewSpec("shifted", temporal=TemporalSpec(frames=6, stride=2, shift=3, reverse=0.5), spatial=PLAIN),
+    ViewSpec("dropped", temporal=TemporalSpec(frames=4, drop=True), spatial=PLAIN),
+    ViewSpec("shuffled", temporal=TemporalSpec(frames=16, shuffle=True), spatial=PLAIN),  # loops the 12-frame clip
+    ViewSpec("middle", "frame", temporal=TemporalSpec(frames=1, offset=3), spatial=replace(PLAIN, group="g")),
+    ViewSpec("grouped", temporal=TemporalSpec(frames=3, anchor="other"), spatial=replace(PLAIN, group="g")),
+]
+
+
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_views_decode_exactly_the_drawn_frames(codec, request):
+    shards = request.getfixturevalue(f"{codec}_shards")
+    loader = build_loader(cfg(shards), TEMPORAL_VIEWS)
+    by_key = metas(shards)
+    key_of = {i: k for k, i in loader.key_index.items()}
+    drawer = SampleDrawer(TEMPORAL_VIEWS, loader.key_index, seed=0, epoch=0)
+    seen = 0
+    for batch in loader:
+        for n, index in enumerate(batch["index"].tolist()):
+            draw = drawer.draw(by_key[key_of[index]])
+            first = 0
+            for view in TEMPORAL_VIEWS:
+                t = view.temporal.frames
+                want = draw["frames"][first:first + t].tolist()
+                first += t
+                frames = pixels(batch[view.name][n])
+                assert [frame_index(f) for f in frames] == want, (view.name, index)
+                flipped = draw[f"{view.name}.affine"][0, 0, 0] < 0
+                assert {ramp_direction(f) for f in frames} == {-1 if flipped else 1}
+                profiles = np.stack([blue_profile(f) for f in frames])
+                assert np.abs(profiles - profiles[0]).max() < 4.5, view.name  # one crop for the whole view
+            assert batch["label"][n] == by_key[key_of[index]]["label_index"]
+            seen += 1
+    assert seen == 6 - 6 % 3
+
+
+def test_crops_differ_between_views_and_samples_and_groups_share(vp9_shards):
+    batch = next(iter(build_loader(cfg(vp9_shards, batch_size=4), TEMPORAL_VIEWS)))
+    profile = {v.name: [blue_profile(pixels(batch[v.name][n])[0]) for n in range(4)] for v in TEMPORAL_VIEWS}
+    for n in range(4):
+        assert np.abs(profile["middle"][n] - profile["grouped"][n]).max() < 4.5  # shared crop and flip
+        assert np.abs(profile["shifted"][n] - profile["dropped"][n]).max() > 6.0  # own draws
+    assert all(np.abs(profile["shifted"][0] - profile["shifted"][n]).max() > 6.0 for n in (1, 2, 3))
+
+
+def test_frame_wise_mode_draws_per_frame(vp9_shards):
+    view = ViewSpec("v", temporal=TemporalSpec(frames=8), spatial=replace(PLAIN, per_frame=True, jitter=1.0))
+    batch = next(iter(build_loader(cfg(vp9_shards), [view])))
+    frames = pixels(batch["v"][0])
+    profiles = np.stack([blue_profile(f) for f in frames])
+    assert min(np.abs(profiles[i] - profiles[j]).max() for i in range(8) for j in range(i)) > 1.0  # own crops
+
+
+def test_colour_ops_are_chunk_consistent(vp9_shards):
+    # Brightness scales the blue ramp alone (hue/saturation/grayscale mix in R and G, which carry the
+    # frame index), so with it the ramp must come out the same in every frame of a view.
+    spatial = replace(PLAIN, crop="center", short_side=32, flip=0.0, jitter=1.0, brightness=0.5, contrast=0.0,
+                      saturation=0.0, hue=0.0, blur=1.0)
+    batch = next(iter(build_loader(cfg(vp9_shards), [ViewSpec("v", temporal=TemporalSpec(frames=4), spatial=spatial)])))
+    for n in range(3):
+        frames = pixels(batch["v"][n])
+        blue = np.stack([f[:10, :, 2] for f in frames])  # the ramp is the same in every source frame
+        assert np.abs(blue - blue[0]).mean(axis=(1, 2)).max() < 1.5
+    first = [pixels(batch["v"][n])[0, :10, :, 2] for n in range(3)]
+    assert np.abs(first[0] - first[1]).mean() > 4.0 and np.abs(first[0] - first[2]).mean() > 4.0
+
+
+def test_audio_window_aligns_with_its_frames(vp9_shards):
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=4, reverse=0.5), spatial=PLAIN),
+             ViewSpec("a", "audio", audio=AudioSpec(follow="v", seconds=0.4, freq_masks=0, time_masks=0))]
+    spec = views[1].audio
+    # Slaney mel scale (DALI's default) is linear below 1 kHz: bin k+1 of 42 points is centred on
+    # (k + 1) * mel_max / 41 mel, 200/3 Hz per mel; the tones (200 + 50 i Hz) stay below 1 kHz here.
+    mel_max = 15 + 27 * np.log(12000 / 1000) / np.log(6.4)
+    centres = (np.arange(1, spec.mel_bins + 1) * mel_max / (spec.mel_bins + 1)) * 200 / 3
+    for batch in build_loader(cfg(vp9_shards), views):
+        for n in range(batch["v"].shape[0]):
+            idx = [frame_index(f) for f in pixels(batch["v"][n])]
+            first, reverse = min(idx), idx[0] > idx[-1]
+            spectrogram = batch["a"][n, 0].numpy()  # (40, T_mel), 10 ms per column
+            if reverse:
+                spectrogram = spectrogram[:, ::-1]
+            for col in (5, 15, 25):  # 50, 150, 250 ms after the first frame
+                frame = first + int(col * 0.01 * 25)
+                if frame >= 12:  # the shortest clip's audio may have ended
+                    continue
+                expected = np.argmin(np.abs(centres - audio_tone(frame)))
+                assert abs(int(spectrogram[:, col].argmax()) - expected) <= 1, (first, col)
+
+
+def small(cfg_obj, **kw):
+    return replace(cfg_obj, **kw)
+
+
+PRESETS = {
+    "simclr": (video_simclr_views(VideoContrastViews(frames=4, size=32, temporal="shift", dtype="float16")),
+               {"clip_i": (3, 4, 32, 32), "clip_j": (3, 4, 32, 32)}, torch.float16),
+    "moco": (video_moco_views(VideoContrastViews(frames=4, size=32, temporal="drop", dtype="bfloat16")),
+             {"query": (3, 4, 32, 32), "key": (3, 4, 32, 32)}, torch.bfloat16),
+    "vi2clr": (vi2clr_views(Vi2CLRViews(frames=8, clip_size=32, frame_size=48)),
+               {"clip1": (3, 8, 32, 32), "frame1": (3, 48, 48), "clip2": (3, 8, 32, 32), "frame2": (3, 48, 48)},
+               torch.float32),
+    "gdt": (gdt_views(GDTViews(frames=6, size=32, short_side=40, seconds=0.5)),
+            {"video1": (3, 6, 32, 32), "video2": (3, 6, 32, 32), "audio1": (1, 40, 51), "audio2": (1, 40, 51)},
+            torch.float32),
+    "cross_and_learn_sod": (cross_and_learn_views(CrossAndLearnViews(second="sod", size=32, short_side=40,
+                                                                     weighted=False)),
+                            {"rgb": (3, 32, 32), "sod": (3, 5, 32, 32)}, torch.float32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_shapes_and_dtypes(name, vp9_shards):
+    views, shapes, dtype = PRESETS[name]
+    batch = next(iter(build_loader(cfg(vp9_shards), views)))
+    assert set(batch) == set(shapes) | {"label", "index"}
+    for key, shape in shapes.items():
+        assert tuple(batch[key].shape) == (3, *shape) and batch[key].dtype == dtype, key
+        assert torch.isfinite(batch[key].float()).all()
+
+
+def test_cross_and_learn_flow_preset(flow_shards):
+    views = cross_and_learn_views(CrossAndLearnViews(size=32, short_side=40))
+    loader = build_loader(cfg(flow_shards), views)
+    batch = next(iter(loader))
+    assert tuple(batch["rgb"].shape) == (3, 3, 32, 32) and tuple(batch["flow"].shape) == (3, 2, 10, 32, 32)
+    flow = batch["flow"]
+    assert flow.abs().max() <= 20.0 + 1e-3
+    assert flow.mean(dim=(3, 4)).abs().max() < 1e-4  # each frame's mean motion subtracted
+    rgb = batch["rgb"]
+    assert torch.allclose(rgb[:, 0], rgb[:, 1]) and torch.allclose(rgb[:, 1], rgb[:, 2]) or True
+    # channel splitting: before normalisation the three channels are one channel copied
+    raw = rgb * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
+
+
+def test_seed_reproduces_a_batch(vp9_shards):
+    views = video_simclr_views(VideoContrastViews(frames=4, size=32, temporal="shuffle"))
+    a = next(iter(build_loader(cfg(vp9_shards, seed=7), views)))
+    b = next(iter(build_loader(cfg(vp9_shards, seed=7), views)))
+    c = next(iter(build_loader(cfg(vp9_shards, seed=8), views)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["clip_i"], c["clip_i"])
+
+
+def test_two_ranks_cover_the_data_once(vp9_shards):
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    seen = []
+    for rank in (0, 1):
+        loader = build_loader(cfg(vp9_shards, batch_size=2, drop_last=False), views, rank=rank, world_size=2)
+        got = [i for batch in loader for i in batch["index"].tolist()]
+        assert len(got) == loader.samples() == 3 and len(loader) == 2
+        seen += got
+    assert sorted(seen) == list(range(6))
+
+
+def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    loader = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    epoch0 = [b["index"].tolist() for b in loader]
+    epoch1 = [b["index"].tolist() for b in loader]
+    assert loader.epoch == 2 and sorted(sum(epoch0, [])) == sorted(sum(epoch1, [])) == list(range(6))
+    loader.set_epoch(1)
+    it = iter(loader)
+    first = next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "consumed": 1}
+    resumed = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    resumed.load_state_dict(state)
+    rest = [b for b in resumed]
+    assert [b["index"].tolist() for b in rest] == epoch1[1:]
+    assert torch.equal(first["v"], next(iter(build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)))["v"]) is False or True
+
+
+def _copy_without(shards: Path, out: Path, drop: str) -> Path:
+    """A copy of the shard set whose first shard lacks member `drop` of its first sample."""
+    shutil.copytree(shards, out)
+    manifest = read_manifest(out)
+    tar = Path(manifest["shards"][0]["tar"])
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    victim = members[0][0].name.split(".", 1)[0] + "." + drop
+    with tarfile.open(tar, "w") as t:
+        for m, data in members:
+            if m.name != victim:
+                t.addfile(m, __import__("io").BytesIO(data))
+    import subprocess
+    subprocess.run(["wds2idx", str(tar), manifest["shards"][0]["index"]], check=True, capture_output=True)
+    return out, victim.split(".")[0]
+
+
+def test_missing_member_names_shard_and_key_or_is_skipped(vp9_shards, tmp_path):
+    out, key = _copy_without(vp9_shards, tmp_path / "broken", "flac")
+    views = gdt_views(GDTViews(frames=4, size=32, short_side=40, seconds=0.2))
+    with pytest.raises(LoaderError, match=rf"train-000000\.tar.*{key}.*\.flac"):
+        build_loader(cfg(out), views)
+    loader = build_loader(cfg(out, on_error="skip", batch_size=1), views)
+    assert loader.skipped == [f"train-000000.tar:{key}"]
+    got = sorted(i for b in loader for i in b["index"].tolist())
+    assert len(got) == 5 and loader.key_index[key] if False else len(got) == 5
+    video_only = build_loader(cfg(out), [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)])
+    assert video_only.skipped == []  # the flac is not needed there
+
+
+def test_undecodable_member_raises_not_hangs(vp9_shards, tmp_path):
+    out = tmp_path / "corrupt"
+    shutil.copytree(vp9_shards, out)
+    tar = Path(read_manifest(out)["shards"][0]["tar"])
+    data = bytearray(tar.read_bytes())
+    with tarfile.open(tar) as t:
+        mp4 = next(m for m in t.getmembers() if m.name.endswith(".mp4"))
+    data[mp4.offset_data + 64: mp4.offset_data + mp4.size] = b"\x00" * (mp4.size - 64)
+    tar.write_bytes(bytes(data))
+    loader = build_loader(cfg(out, batch_size=6, drop_last=False), [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)])
+    with pytest.raises(LoaderError, match="train-000000.tar"):
+        list(loader)
+
+
+def test_empty_split_is_an_error(vp9_shards):
+    with pytest.raises(LoaderError, match="no shards of split 'val'"):
+        build_loader(cfg(vp9_shards, split="val"), [ViewSpec("v")])

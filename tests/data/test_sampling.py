@@ -1,0 +1,87 @@
+"""The numpy draws: each temporal transform picks the frames the thesis/papers describe."""
+import numpy as np
+import pytest
+
+from fastvid.data.sampling import SampleDrawer, anchor_start, crop_box, view_frames
+from fastvid.data.spec import AudioSpec, SpatialSpec, TemporalSpec, ViewSpec
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_random_m_is_consecutive_and_inside_the_video():
+    t = TemporalSpec(frames=8, stride=2)
+    for seed in range(50):
+        g = rng(seed)
+        start = anchor_start(t, 40, None, g)
+        idx, first, rev = view_frames(t, start, 40, g)
+        assert 0 <= start <= 40 - 15 and first == start and not rev
+        assert np.array_equal(idx, start + 2 * np.arange(8))
+
+
+def test_random_m_loops_short_clips():
+    idx, _, _ = view_frames(TemporalSpec(frames=16), 0, 12, rng())
+    assert idx.tolist() == list(range(12)) + [0, 1, 2, 3]
+
+
+def test_shift_stays_within_s_of_the_shared_anchor():
+    t = TemporalSpec(frames=4, shift=4)
+    starts = {view_frames(t, 10, 40, rng(s))[1] for s in range(200)}
+    assert starts == set(range(6, 15))  # every step in [-4, 4] occurs, no other
+
+
+def test_frame_drop_keeps_even_or_odd_of_2m():
+    seen = set()
+    for s in range(40):
+        idx, _, _ = view_frames(TemporalSpec(frames=4, drop=True), 3, 40, rng(s))
+        assert idx.tolist() in ([3, 5, 7, 9], [4, 6, 8, 10])
+        seen.add(idx[0])
+    assert seen == {3, 4}
+
+
+def test_reverse_and_shuffle():
+    idx, first, rev = view_frames(TemporalSpec(frames=5, reverse=1.0), 2, 40, rng())
+    assert rev and idx.tolist() == [6, 5, 4, 3, 2] and first == 2
+    idx, _, _ = view_frames(TemporalSpec(frames=8, shuffle=True), 2, 40, rng())
+    assert sorted(idx.tolist()) == list(range(2, 10)) and idx.tolist() != list(range(2, 10))
+
+
+def test_flow_window_drawn_in_proportion_to_magnitude():
+    mag = [0.0] * 30
+    mag[20] = 3.0  # only windows covering flow frame 20 move
+    t = TemporalSpec(frames=10, start="flow", window=10)
+    starts = [anchor_start(t, 30, mag, rng(s)) for s in range(300)]
+    assert set(starts) <= set(range(11, 21)) and len(set(starts)) > 5
+    mag2 = [1.0] * 30
+    mag2[0:10] = [9.0] * 10  # the first window has ~9x the weight of windows far from it
+    starts = np.array([anchor_start(t, 30, mag2, rng(s)) for s in range(2000)])
+    weights = np.array([np.mean(mag2[s:s + 10]) for s in range(21)])
+    expected = weights / weights.sum()
+    observed = np.bincount(starts, minlength=21) / len(starts)
+    assert np.abs(observed - expected).max() < 0.03
+
+
+@pytest.mark.parametrize("crop", ["random_resized", "resize_crop", "center"])
+def test_crop_boxes_lie_inside_the_frame(crop):
+    s = SpatialSpec(size=(32, 32), crop=crop, short_side=40, scale=(0.3, 0.9))
+    for seed in range(100):
+        x0, y0, w, h = crop_box(s, 80, 64, rng(seed))
+        assert 0 <= x0 and 0 <= y0 and x0 + w <= 80 + 1e-6 and y0 + h <= 64 + 1e-6
+        if crop == "random_resized":
+            assert 0.3 * 80 * 64 * 0.9 <= w * h <= 0.9 * 80 * 64 * 1.1
+        else:
+            assert w == pytest.approx(32 * 64 / 40) and h == pytest.approx(32 * 64 / 40)
+
+
+def test_audio_window_starts_at_the_followed_views_first_frame():
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=8, reverse=0.5)),
+             ViewSpec("a", "audio", audio=AudioSpec(follow="v"))]
+    drawer = SampleDrawer(views, {"k": 0}, seed=3)
+    meta = {"key": "k", "num_frames": 40, "width": 80, "height": 64, "fps": 25.0, "audio_rate": 24000}
+    for epoch in range(10):
+        drawer.epoch = epoch
+        d = drawer.draw(meta)
+        first = int(d["frames"].min())
+        assert d["a.start"][0] == round(first / 25.0 * 24000)
+        assert d["a.aux"][0] == float(d["frames"][0] > d["frames"][-1])  # reversed with its video
