@@ -19,6 +19,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import BOUND, flow_estimator, luma_of, mean_magnitude, quantise
@@ -99,6 +100,7 @@ class _Encoder:
 
     def encode(self, frame: av.VideoFrame) -> None:
         frame.pts, frame.time_base = self.count, self.time_base
+        frame.pict_type = PictureType.NONE  # a decoded I-frame would force a keyframe: the GOP is ours
         self.count += 1
         self.container.mux(self.stream.encode(frame))
 
@@ -260,7 +262,7 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
                     raise Rejected("audio-only", "audio-only file: no video stream")
                 raise Rejected("not-a-video", f"no video stream (container {probe.format.name})")
     except av.FFmpegError as err:
-        raise Rejected("not-a-video", f"FFmpeg cannot read it as a video container: {_one_line(err)}") from None
+        raise Rejected("not-a-video", f"not a readable media container (not a video, truncated or damaged): {_one_line(err)}") from None
     pts, time_base = _probe_timestamps(path)
     notes: list[Note] = []
     audio_chunks: list[np.ndarray] = []
@@ -322,10 +324,14 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
             raise Rejected("no-frames", "no decodable video frames" + (f": {read_error[0]}" if read_error else ""))
         graph.push(None)
         drain()
-        if corrupt:
-            notes.append(Note("corrupt-packets", f"{corrupt} undecodable video packets skipped"))
+        promised = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
         if stream.frames and stream.frames != decoded:
             notes.append(Note("frame-count-header", f"header says {stream.frames} frames, {decoded} decoded"))
+        elif not read_error and promised and sink.video.count / rate < 0.9 * promised - 1 / rate:
+            notes.append(Note("truncated", f"the headers promise {promised:.2f} s, only "
+                                           f"{float(sink.video.count / rate):.2f} s decode"))
+        if corrupt:
+            notes.append(Note("corrupt-packets", f"{corrupt} undecodable video packets skipped"))
         if audio_stream is not None and not audio_error:
             audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
         channels = audio_stream.codec_context.layout.nb_channels if audio_stream is not None else 0
