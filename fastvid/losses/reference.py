@@ -43,8 +43,8 @@ def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float, *, n
     k and the queue come from the momentum encoder and get no gradient.
     """
     q = _unit(q, normalize)
-    keys = _unit(torch.cat([k.detach().unsqueeze(1), queue.detach().expand(q.shape[0], -1, -1)], 1), normalize)
-    logits = torch.einsum("nd,nkd->nk", q, keys) / temperature  # (N, 1 + K), column 0 is k+
+    k, queue = _unit(k.detach(), normalize), _unit(queue.detach(), normalize)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / temperature  # (N, 1 + K), k+ first
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
 
