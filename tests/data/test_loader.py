@@ -2,8 +2,10 @@
 sharding, resuming and errors, all read back from the decoded pixels."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -114,9 +116,9 @@ def test_colour_ops_are_chunk_consistent(vp9_shards):
     for n in range(3):
         frames = pixels(batch["v"][n])
         blue = np.stack([f[:10, :, 2] for f in frames])  # the ramp is the same in every source frame
-        assert np.abs(blue - blue[0]).mean(axis=(1, 2)).max() < 1.5
+        assert np.abs(blue - blue[0]).mean(axis=(1, 2)).max() < 2.5  # coding noise only
     first = [pixels(batch["v"][n])[0, :10, :, 2] for n in range(3)]
-    assert np.abs(first[0] - first[1]).mean() > 4.0 and np.abs(first[0] - first[2]).mean() > 4.0
+    assert np.abs(first[0] - first[1]).mean() > 6.0 and np.abs(first[0] - first[2]).mean() > 6.0
 
 
 def test_audio_window_aligns_with_its_frames(vp9_shards):
@@ -140,10 +142,6 @@ def test_audio_window_aligns_with_its_frames(vp9_shards):
                     continue
                 expected = np.argmin(np.abs(centres - audio_tone(frame)))
                 assert abs(int(spectrogram[:, col].argmax()) - expected) <= 1, (first, col)
-
-
-def small(cfg_obj, **kw):
-    return replace(cfg_obj, **kw)
 
 
 PRESETS = {
@@ -182,7 +180,6 @@ def test_cross_and_learn_flow_preset(flow_shards):
     assert flow.abs().max() <= 20.0 + 1e-3
     assert flow.mean(dim=(3, 4)).abs().max() < 1e-4  # each frame's mean motion subtracted
     rgb = batch["rgb"]
-    assert torch.allclose(rgb[:, 0], rgb[:, 1]) and torch.allclose(rgb[:, 1], rgb[:, 2]) or True
     # channel splitting: before normalisation the three channels are one channel copied
     raw = rgb * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
@@ -222,11 +219,11 @@ def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
     resumed = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
     resumed.load_state_dict(state)
     rest = [b for b in resumed]
-    assert [b["index"].tolist() for b in rest] == epoch1[1:]
-    assert torch.equal(first["v"], next(iter(build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)))["v"]) is False or True
+    assert [b["index"].tolist() for b in rest] == epoch1[1:] and first["index"].tolist() == epoch1[0]
+    assert epoch0 != epoch1  # a new shuffle each epoch
 
 
-def _copy_without(shards: Path, out: Path, drop: str) -> Path:
+def _copy_without(shards: Path, out: Path, drop: str) -> tuple[Path, str]:
     """A copy of the shard set whose first shard lacks member `drop` of its first sample."""
     shutil.copytree(shards, out)
     manifest = read_manifest(out)
@@ -237,8 +234,7 @@ def _copy_without(shards: Path, out: Path, drop: str) -> Path:
     with tarfile.open(tar, "w") as t:
         for m, data in members:
             if m.name != victim:
-                t.addfile(m, __import__("io").BytesIO(data))
-    import subprocess
+                t.addfile(m, io.BytesIO(data))
     subprocess.run(["wds2idx", str(tar), manifest["shards"][0]["index"]], check=True, capture_output=True)
     return out, victim.split(".")[0]
 
@@ -251,7 +247,7 @@ def test_missing_member_names_shard_and_key_or_is_skipped(vp9_shards, tmp_path):
     loader = build_loader(cfg(out, on_error="skip", batch_size=1), views)
     assert loader.skipped == [f"train-000000.tar:{key}"]
     got = sorted(i for b in loader for i in b["index"].tolist())
-    assert len(got) == 5 and loader.key_index[key] if False else len(got) == 5
+    assert len(got) == 5 and key not in loader.key_index
     video_only = build_loader(cfg(out), [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)])
     assert video_only.skipped == []  # the flac is not needed there
 
