@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 from torch import nn
 
 from fastvid.models import Encoder
@@ -61,6 +63,24 @@ def mlp_head(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
         layers += [nn.ReLU(inplace=True)]
     layers.append(nn.Linear(dims[-2], dims[-1]))
     return nn.Sequential(*layers)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) per process -> (world * N, ...) in rank order, gradients flowing back to each rank's part;
+    the identity without a process group. Used for negatives from every process (SimCLR, GDT)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x.contiguous()))
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) per process -> (world * N, ...) in rank order, without gradient (MoCo's keys)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

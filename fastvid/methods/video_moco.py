@@ -1,0 +1,115 @@
+"""videoMoCo v1 / v2 (thesis, Sec. 3 "videoMOCO", eq. 2; MoCo, He et al. 2020; MoCo v2, Chen et al. 2020).
+
+Notation (thesis / MoCo -> code):
+  clip_q, clip_k      two augmented versions of one clip: loader views "query", "key" (N, 3, T, H, W)
+  f_q (query encoder) 3D ResNet-18 + head                  -> self.encoder, self.head
+  f_k (momentum enc.) the same, theta_k <- m theta_k + (1 - m) theta_q after each step
+                                                            -> self.key_encoder, self.key_head, cfg.momentum
+  p_q = f_q(clip_q)   query; k_+ = f_k(clip_k) its positive key
+  {k_1..k_K}          FIFO queue of the last K keys (dictionary)        -> self.queue (K, D), self.queue_ptr
+  L_q                 InfoNCE with temperature tau against k_+ and the queue -> fastvid.losses.info_nce_queue
+
+v1: a single fully connected layer on the trunk; v2: the videoSimCLR MLP head and its stronger spatial
+augmentation (a view setting). Shuffled BN (MoCo Sec. 3.3): the keys' batch is permuted across processes
+before the key encoder so BN statistics cannot leak which key is positive; on one process the batch is
+one BN group already and nothing is shuffled. `bn: sync` uses SyncBatchNorm in both encoders instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fastvid.data import ViewSpec
+from fastvid.data.views import VideoContrastViews, video_moco_views
+from fastvid.losses import info_nce_queue
+from fastvid.methods.base import Method, gather_no_grad, mlp_head, momentum_copy
+from fastvid.models import Encoder
+
+
+@dataclass
+class VideoMoCoConfig:
+    version: Literal["v1", "v2"] = "v2"  # head: v1 linear, v2 two-layer MLP
+    encoder: str = "r3d_18"
+    dim: int = 128  # key/query size (MoCo)
+    queue_size: int = 8192  # K: 8192 for UCF101, 1024 for HMDB51 (thesis Table 5)
+    momentum: float = 0.999  # m (MoCo)
+    temperature: float = 0.2  # tau: MoCo v2's 0.2 (v1 used 0.07); the thesis does not state it
+    bn: Literal["shuffle", "sync"] = "shuffle"
+    # The preset's spatial draws are SimCLR's (v2's "stronger augmentation"); v1 swaps in MoCo v1's.
+    views: VideoContrastViews = field(default_factory=VideoContrastViews)
+
+
+# MoCo v1's augmentation over SimCLR's: jitter always, hue +-144 degrees (the loader's hue is a fraction of
+# half a turn), no Gaussian blur; crop, flip and grayscale p = 0.2 are the same.
+MOCO_V1_SPATIAL = {"jitter": 1.0, "hue": 0.8, "blur": 0.0}
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class VideoMoCo(Method):
+    Config = VideoMoCoConfig
+
+    def __init__(self, cfg: VideoMoCoConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = Encoder(cfg.encoder)
+        width = self.encoder.out_dim
+        self.head = mlp_head([width, cfg.dim] if cfg.version == "v1" else [width, width, cfg.dim])
+        if cfg.bn == "sync":
+            self.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
+        self.key_encoder, self.key_head = momentum_copy(self.encoder), momentum_copy(self.head)
+        self.momentum = cfg.momentum
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))  # (K, D)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def views(self) -> list[ViewSpec]:
+        views = video_moco_views(self.cfg.views)
+        if self.cfg.version == "v1":  # MoCo v1: colour jitter (0.4, 0.4, 0.4, hue 0.4 turn) always, no blur
+            views = [replace(v, spatial=replace(v.spatial, **MOCO_V1_SPATIAL)) for v in views]
+        return views
+
+    def encoders(self) -> dict[str, Encoder]:
+        return {"video": self.encoder}
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.key_encoder), (self.head, self.key_head)]
+
+    @torch.no_grad()
+    def keys(self, clip_k: torch.Tensor) -> torch.Tensor:
+        """k = f_k(clip_k): (N, 3, T, H, W) -> (N, D), with the batch shuffled across processes for BN."""
+        rank, world = _world()
+        if world == 1 or self.cfg.bn == "sync":
+            return self.key_head(self.key_encoder(clip_k))
+        every = gather_no_grad(clip_k)  # (world * N, ...)
+        perm = torch.randperm(every.shape[0], device=every.device)
+        dist.broadcast(perm, src=0)  # one permutation for all processes
+        n = clip_k.shape[0]
+        mine = perm[rank * n:(rank + 1) * n]  # the rows this process encodes
+        k = gather_no_grad(self.key_head(self.key_encoder(every[mine])))  # (world * N, D) in perm order
+        return k[torch.argsort(perm)][rank * n:(rank + 1) * n]  # back to this process's own rows
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        """Replace the oldest len(k) entries of the queue (FIFO), wrapping around its end."""
+        k = F.normalize(gather_no_grad(k), dim=1)  # (world * N, D)
+        idx = (self.queue_ptr + torch.arange(k.shape[0], device=k.device)) % self.cfg.queue_size
+        self.queue[idx] = k
+        self.queue_ptr.copy_((self.queue_ptr + k.shape[0]) % self.cfg.queue_size)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        q = self.head(self.encoder(batch["query"]))  # (N, D)
+        k = self.keys(batch["key"])  # (N, D), no gradient
+        # The loss reads the queue as it was before this batch's keys join it.
+        loss = info_nce_queue(q, k, self.queue.clone(), self.cfg.temperature)
+        if self.training:
+            self.enqueue(k)
+        return {"loss": loss, "info_nce": loss.detach()}
