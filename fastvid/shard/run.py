@@ -30,6 +30,8 @@ from fastvid.shard.writer import ShardWriter
 JOURNAL = ".progress.jsonl"
 MANIFEST = "dataset.json"
 ERRORS = "errors.jsonl"
+# fork starts a worker in milliseconds; spawn re-imports av, cv2 and the caller's __main__ in every worker.
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def _results(todo: list[Source], cfg: ShardConfig, labels: dict[str, int]) -> It
     if cfg.num_workers == 1 or len(todo) <= 1:
         yield from map(work, todo)
         return
-    with multiprocessing.get_context("spawn").Pool(min(cfg.num_workers, len(todo))) as pool:
+    with multiprocessing.get_context(START_METHOD).Pool(min(cfg.num_workers, len(todo))) as pool:
         yield from pool.imap(work, todo, chunksize=1)
 
 
