@@ -191,7 +191,7 @@ def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "losses.json").write_text(json.dumps({"meta": meta, "losses": losses, "frame_diff": diffs}, indent=1))
     lines = [f"# Losses, forward + backward, {meta['device']} {meta['dtype']}, D={meta['dim']}", "",
-             "| loss | N | impl | ms | peak MiB | naive/fused time | naive/fused memory |", "|---|---|---|---|---|---|---|"]
+             "| loss | N | impl | ms | peak MiB | time / fused | memory / fused |", "|---|---|---|---|---|---|---|"]
     for r in losses:
         f = next(x for x in losses if x["loss"] == r["loss"] and x["n"] == r["n"] and x["impl"] == "fused")
         ratio_t = r["seconds"] / f["seconds"]
@@ -222,13 +222,14 @@ def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--sizes", type=int, nargs="+", help="default: 1K..64K on cuda, 1K..8K on cpu")
     p.add_argument("--max-naive", type=int, help="largest N for the naive loss (default: 64K cuda, 4K cpu)")
     p.add_argument("--max-compiled", type=int, help="largest N for torch.compile (default: 16K cuda, 2K cpu)")
-    p.add_argument("--losses", nargs="+", default=["nt_xent", "info_nce_queue", "gdt_loss", "mil_nce", "center_nce",
-                                                    "cross_and_learn"])
+    p.add_argument("--losses", nargs="+", default=[
+        "nt_xent", "info_nce_queue", "gdt_loss", "mil_nce", "center_nce", "cross_and_learn"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = p.parse_args()

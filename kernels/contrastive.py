@@ -88,17 +88,21 @@ def _project(grad: Tensor, x: Tensor, rx: Tensor) -> Tensor:
 
 def tiled_backward(
     a: Tensor, b: Tensor, ra: Tensor, rb: Tensor, beta: Tensor, la: Tensor, lb: Tensor,
-    lse: Tensor, plse: Tensor, g_lse: Tensor, g_plse: Tensor, g_psum: Tensor, *,
+    lse: Tensor, plse: Tensor, g_lse: Tensor, g_plse: Tensor | None, g_psum: Tensor | None, *,
     exclude_diag: bool, normalize: bool, need_a: bool, need_b: bool, block: tuple[int, int],
 ) -> tuple[Tensor | None, Tensor | None]:
-    """PyTorch twin of `_row_stats_bwd_a` and `_row_stats_bwd_b`; returns (dA, dB) in the inputs' dtypes."""
+    """PyTorch twin of `_row_stats_bwd_a` and `_row_stats_bwd_b`; returns (dA, dB) in the inputs' dtypes.
+    A None gradient (that statistic was not used) skips its term."""
     acc_a = torch.zeros(a.shape, dtype=ra.dtype, device=a.device)  # sum_j G_ij beta_j rb_j b_j
     acc_b = torch.zeros(b.shape, dtype=ra.dtype, device=a.device)  # sum_i G_ij beta_j rb_j ra_i a_i
     col_scale = rb * beta
     for r, c in _tiles(a.shape[0], b.shape[0], block):
         s, w, p = _tile_logits(a[r], b[c], ra[r], col_scale[c], la[r], lb[c], r.start, c.start, exclude_diag)
         g = torch.where(w, g_lse[r, None] * torch.exp(s - lse[r, None]), 0.0)  # (bm, bn) dL/ds
-        g = g + torch.where(p, g_plse[r, None] * torch.exp(s - plse[r, None]) + g_psum[r, None], 0.0)
+        if g_plse is not None:  # skipped when no loss used plse (one full exp pass less)
+            g = g + torch.where(p, g_plse[r, None] * torch.exp(s - plse[r, None]), 0.0)
+        if g_psum is not None:
+            g = g + g_psum[r, None] * p
         g = g * col_scale[None, c]
         if need_a:
             acc_a[r] += g @ b[c].to(g.dtype)
@@ -150,17 +154,21 @@ class _RowStatsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lse, g_plse, g_psum, _g_npos):  # noqa: D102
         a, b, ra, rb, beta, la, lb, lse, plse = ctx.saved_tensors
-        grads = [g.to(ra.dtype).contiguous() if g is not None else torch.zeros_like(ra) for g in (g_lse, g_plse, g_psum)]
+        grads = [None if g is None else g.to(ra.dtype).contiguous() for g in (g_lse, g_plse, g_psum)]
         need = dict(need_a=ctx.needs_input_grad[0], need_b=ctx.needs_input_grad[1])
-        args = (a, b, ra, rb, beta, la, lb, lse, plse, *grads)
-        if ctx.use_triton:
+        if ctx.use_triton:  # the kernels take every term; an unused one is a zero vector
             from fastvid.kernels import contrastive_triton
 
+            grads = [torch.zeros_like(ra) if g is None else g for g in grads]
             da, db = contrastive_triton.row_stats_backward(
-                *args, **ctx.opts, **need, block_m=TRITON_BLOCK[0], block_n=TRITON_BLOCK[1]
+                a, b, ra, rb, beta, la, lb, lse, plse, *grads, **ctx.opts, **need,
+                block_m=TRITON_BLOCK[0], block_n=TRITON_BLOCK[1],
             )
         else:
-            da, db = tiled_backward(*args, **ctx.opts, **need, block=CPU_BLOCK)
+            if grads[0] is None:
+                grads[0] = torch.zeros_like(ra)
+            da, db = tiled_backward(a, b, ra, rb, beta, la, lb, lse, plse, *grads, **ctx.opts, **need,
+                                    block=CPU_BLOCK)
         return da, db, None, None, None, None, None, None
 
 
@@ -199,5 +207,7 @@ def row_stats(
         labels_a = torch.zeros(m, dtype=torch.int64, device=a.device)
         labels_b = torch.ones(k, dtype=torch.int64, device=a.device)
     if labels_a.shape != (m,) or labels_b.shape != (k,):
-        raise ValueError(f"row_stats: labels must be ({m},) and ({k},), got {tuple(labels_a.shape)}, {tuple(labels_b.shape)}")
+        raise ValueError(
+            f"row_stats: labels must be ({m},) and ({k},), got {tuple(labels_a.shape)}, {tuple(labels_b.shape)}"
+        )
     return RowStats(*_RowStatsFn.apply(a, b, beta, labels_a, labels_b, exclude_diag, normalize, backend))

@@ -1,4 +1,5 @@
-"""Frame differences (Cross and Learn's stack of differences, SOD), fused with normalisation and channel splitting.
+"""Frame differences (Cross and Learn's stack of differences, SOD), fused with normalisation and channel
+splitting.
 
 Maths. For a clip x (N, T, H, W, C) or (N, C, T, H, W), uint8 in [0, 255] or float:
 
@@ -11,8 +12,8 @@ used by Cross and Learn) copies one colour channel per sample into every output 
 The naive version reads each frame twice and writes a float copy per step (convert, normalise, subtract,
 permute: ~5 full passes). The kernels read every input byte once and write every output element once:
 each program walks the time axis of one (sample, channel, pixel block), keeping the previous frame in
-registers. Triton on CUDA tensors (`frame_diff_triton`), Numba `@njit(parallel=True)` on CPU tensors, and `frame_diff_reference`
-(plain PyTorch) as the oracle.
+registers. Triton on CUDA tensors (`frame_diff_triton`), Numba `@njit(parallel=True)` on CPU tensors, and
+`frame_diff_reference` (plain PyTorch) as the oracle.
 """
 from __future__ import annotations
 

@@ -115,12 +115,14 @@ def test_gdt_triton_backend():
 def test_gradcheck_tiny(name):
     x = rand(6, 4, seed=13)
     other = rand(6, 4, seed=14).detach()
+    gdt_factors = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 1], [1, 1, 1], [2, 0, 0], [2, 1, 1]])
+    concentration = other.new_tensor([0.3, 0.5, 0.7])
     calls = {
         "nt_xent": lambda x: fused.nt_xent(x, other, 0.5),
         "info_nce_queue": lambda x: fused.info_nce_queue(x, other, rand(9, 4, seed=15).detach(), 0.5),
-        "gdt_loss": lambda x: fused.gdt_loss(x, other, gdt_batch("l", k_i=1)[0].repeat(2, 1)[:6], [False, True, False], 0.5),
+        "gdt_loss": lambda x: fused.gdt_loss(x, other, gdt_factors, [False, True, False], 0.5),
         "mil_nce": lambda x: fused.mil_nce(x, torch.tensor([0, 0, 1, 1, 1, 2]), 0.5),
-        "center_nce": lambda x: fused.center_nce(x, torch.tensor([0, 2, 1, 1, 0, 2]), other[:3], other.new_tensor([0.3, 0.5, 0.7])),
+        "center_nce": lambda x: fused.center_nce(x, torch.tensor([0, 2, 1, 1, 0, 2]), other[:3], concentration),
     }
     assert torch.autograd.gradcheck(calls[name], (x,))
 
