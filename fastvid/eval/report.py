@@ -9,15 +9,20 @@ from typing import Any
 import numpy as np
 
 
+# Columns that are counts or bounds, not scores: shown, but no gain is computed for them.
+NOT_SCORES = {"n", "correct", "videos", "chance", "ci_low", "ci_high", "l2"}
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Rows = encoders ("pretrained", "random"), columns = their numeric metrics, plus a gain row."""
+    """Rows = encoders ("pretrained", "random"), columns = their numeric metrics, plus a gain row
+    (pretrained minus random) for the score columns."""
     rows = list(results)
     cols = [c for c, v in results[rows[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     lines = [f"{'encoder':<12}" + "".join(f"{c:>12}" for c in cols)]
     for r in rows:
         lines.append(f"{r:<12}" + "".join(f"{_fmt(results[r].get(c)):>12}" for c in cols))
     if {"pretrained", "random"} <= set(rows):
-        gain = [results["pretrained"][c] - results["random"][c] for c in cols]
+        gain = [None if c in NOT_SCORES else results["pretrained"][c] - results["random"][c] for c in cols]
         lines.append(f"{'gain':<12}" + "".join(f"{_fmt(g, signed=True):>12}" for g in gain))
     return "\n".join(lines)
 

@@ -121,7 +121,7 @@ def test_finetune_param_groups(monkeypatch):
 def test_report_table_json_and_retrieval_figure(tmp_path):
     results = {"pretrained": {"top1": 0.75, "n": 8, "ci": "wilson"}, "random": {"top1": 0.5, "n": 8, "ci": "wilson"}}
     text = report.table(results)
-    assert text.splitlines()[-1].split() == ["gain", "+0.2500", "+0"]
+    assert text.splitlines()[-1].split() == ["gain", "+0.2500", "-"]  # no gain for a count
     path = report.write_json(tmp_path / "r.json", {"results": results})
     assert json.loads(path.read_text())["results"]["random"]["top1"] == 0.5
     thumbs = torch.randint(0, 256, (6, 3, protocols.THUMB, protocols.THUMB, 3), dtype=torch.uint8)
