@@ -17,7 +17,11 @@ FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def flow_estimator(method: str) -> FlowFn:
-    """A function (prev (H, W) uint8, next (H, W) uint8) -> (H, W, 2) float32 flow in pixels."""
+    """A function (prev (H, W) uint8, next (H, W) uint8) -> (H, W, 2) float32 flow in pixels.
+
+    OpenCV runs single-threaded: its threaded flow depends on the thread count, which would make
+    shards differ between machines and runs (parallelism comes from the shard workers)."""
+    cv2.setNumThreads(1)
     if method == "farneback":
         return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
     if method == "dis":
