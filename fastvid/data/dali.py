@@ -104,7 +104,9 @@ def views_pipeline(reader: ReaderArgs, views: list[ViewSpec], drawer: SampleDraw
     for group, source in ((rgb_views, "mp4"), (flow_views, "flow.mp4")):
         if not group:
             continue
-        decoded = _decode(members[source], draws["frames" if source == "mp4" else "flow_frames"], codec, device)
+        name = "frames" if source == "mp4" else "flow_frames"
+        decoded = fn.sequence_rearrange(_decode(members[source], draws[name], codec, device),
+                                        new_order=draws[f"{name}.order"])  # (F_views, H, W, 3)
         if source == "flow.mp4":
             decoded = _flow_planes(decoded)
         first = 0
@@ -128,9 +130,7 @@ def output_names(views: list[ViewSpec]) -> list[str]:
 
 
 @pipeline_def
-def decode_pipeline(reader: ReaderArgs, frames: int, codec: str, device: str,
-                    clip_start: Callable[[np.ndarray], np.ndarray]):
-    """Decode-only ceiling: `frames` consecutive frames from `clip_start(json)`, no augmentation."""
+def decode_pipeline(reader: ReaderArgs, codec: str, device: str, frames_of: Callable[[np.ndarray], np.ndarray]):
+    """Decode-only ceiling: the frames `frames_of(json bytes)` names, no augmentation."""
     data, meta = _read(reader, ["mp4", "json"])
-    start = fn.python_function(meta, function=clip_start, num_outputs=1)
-    return _decode(data, start + np.arange(frames, dtype=np.int32), codec, device)
+    return _decode(data, fn.python_function(meta, function=frames_of, num_outputs=1), codec, device)

@@ -109,7 +109,9 @@ def colour(s: SpatialSpec, rng: np.random.Generator) -> tuple[np.ndarray, float]
 class SampleDrawer:
     """Callable for `fn.python_function`: json bytes -> the tuple of arrays named by `names`.
 
-    Per video view v: `frames` (concatenated over rgb/frame/diff views) or `flow_frames` (flow views),
+    `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
+    `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
+    Per video view v:
     `{v}.affine` (T, 2, 3), `{v}.colour` (T, 4), `{v}.sigma` (T,), `{v}.aux` (3,) = (flip sign,
     temporal flip, channel kept or -1). Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (),
     `{a}.aux` = (reverse, mask starts and widths...). Plus `label` and `index`."""
@@ -127,9 +129,9 @@ class SampleDrawer:
                 raise ValueError(f"audio view {a.name!r} follows unknown view {a.audio.follow!r}")
         self.names = ["label", "index"]
         if any(v.modality != "flow" for v in self.video):
-            self.names.append("frames")
+            self.names += ["frames", "frames.order"]
         if any(v.modality == "flow" for v in self.video):
-            self.names.append("flow_frames")
+            self.names += ["flow_frames", "flow_frames.order"]
         for v in self.video:
             self.names += [f"{v.name}.affine", f"{v.name}.colour", f"{v.name}.sigma", f"{v.name}.aux"]
         for a in self.audio:
@@ -164,10 +166,10 @@ class SampleDrawer:
             idx, first[v.name], reversed_[v.name] = view_frames(t, anchors[t.anchor], length, rng)
             (flow_frames if v.modality == "flow" else rgb_frames).append(idx)
             out.update(self._spatial(v, meta, rng, shared))
-        if rgb_frames:
-            out["frames"] = np.concatenate(rgb_frames)
-        if flow_frames:
-            out["flow_frames"] = np.concatenate(flow_frames)
+        for name, runs in (("frames", rgb_frames), ("flow_frames", flow_frames)):
+            if runs:  # decode each frame once, in order (going back costs a seek); rearrange after
+                unique, order = np.unique(np.concatenate(runs), return_inverse=True)
+                out[name], out[f"{name}.order"] = unique.astype(np.int32), order.astype(np.int32)
         for a in self.audio:
             out.update(self._audio(a, meta, first[a.audio.follow], reversed_[a.audio.follow], rng))
         return out

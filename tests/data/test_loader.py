@@ -77,7 +77,7 @@ def test_views_decode_exactly_the_drawn_frames(codec, request):
             first = 0
             for view in TEMPORAL_VIEWS:
                 t = view.temporal.frames
-                want = draw["frames"][first:first + t].tolist()
+                want = draw["frames"][draw["frames.order"]][first:first + t].tolist()
                 first += t
                 frames = pixels(batch[view.name][n])
                 assert [frame_index(f) for f in frames] == want, (view.name, index)
