@@ -10,7 +10,7 @@ import numpy as np
 
 
 # Columns that are counts or bounds, not scores: shown, but no gain is computed for them.
-NOT_SCORES = {"n", "correct", "videos", "chance", "ci_low", "ci_high", "l2"}
+NOT_SCORES = {"n", "correct", "videos", "chance", "ci_low", "ci_high", "l2", "first_loss", "last_loss"}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
