@@ -24,7 +24,7 @@ from torch import nn
 
 from fastvid.data import ViewSpec
 from fastvid.data.views import CrossAndLearnViews, cross_and_learn_views
-from fastvid.kernels import frame_differences
+from fastvid.kernels.frame_diff import frame_diff
 from fastvid.losses import cross_and_learn_loss
 from fastvid.methods.base import Method
 from fastvid.models import Encoder
@@ -67,7 +67,8 @@ class CrossAndLearn(Method):
         if self.cfg.views.second == "flow":
             y = batch["flow"]  # (N, 2, T, H, W): u, v of T flow frames
         else:
-            y = frame_differences(batch["sod"])  # (N, 3, T, H, W) frames -> (N, 3, T - 1, H, W)
+            frames = batch["sod"]  # (N, 3, T, H, W), normalised by the loader
+            y = frame_diff(frames, layout="NCTHW", dtype=frames.dtype)  # (N, 3, T - 1, H, W)
         n, c, t, h, w = y.shape
         return y.transpose(1, 2).reshape(n, t * c, h, w)  # (N, T * C, H, W): [u1, v1, u2, v2, ...]
 

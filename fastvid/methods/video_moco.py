@@ -26,6 +26,7 @@ from torch import nn
 
 from fastvid.data import ViewSpec
 from fastvid.data.views import VideoContrastViews, video_moco_views
+from fastvid.config import ConfigError
 from fastvid.losses import info_nce_queue
 from fastvid.methods.base import Method, gather_no_grad, mlp_head, momentum_copy
 from fastvid.models import Encoder
@@ -42,6 +43,10 @@ class VideoMoCoConfig:
     bn: Literal["shuffle", "sync"] = "shuffle"
     # The preset's spatial draws are SimCLR's (v2's "stronger augmentation"); v1 swaps in MoCo v1's.
     views: VideoContrastViews = field(default_factory=VideoContrastViews)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"model.temperature: must be > 0, got {self.temperature}")
 
 
 # MoCo v1's augmentation over SimCLR's: jitter always, hue +-144 degrees (the loader's hue is a fraction of

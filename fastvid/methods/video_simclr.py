@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fastvid.data.views import VideoContrastViews, video_simclr_views
+from fastvid.config import ConfigError
 from fastvid.losses import nt_xent
 from fastvid.methods.base import Method, gather_with_grad, mlp_head
 from fastvid.data import ViewSpec
@@ -34,6 +35,10 @@ class VideoSimCLRConfig:
     # Random 16 clips, 112x112 (the thesis trains at 224 and ablates at 56); temporal shift s = 8 (UCF101's
     # best, Table 4) and chunk-wise spatial draws (Table 3).
     views: VideoContrastViews = field(default_factory=lambda: VideoContrastViews(temporal="shift", shift=8))
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"model.temperature: must be > 0, got {self.temperature}")
 
 
 class VideoSimCLR(Method):
