@@ -1,0 +1,131 @@
+"""GDT: Patrick et al., "On Compositions of Transformations in Contrastive Self-Supervised Learning", ICCV 2021.
+
+A transformation is T = (i, tau, m, r, g) (sec. 3.3): data sampling i (video index), time shift tau,
+modality m (video / audio), time reversal r (r_1 flips the time axis) and augmentation g. The batch is
+hierarchical: K_i videos (the loader's batch, `batch["index"]` is i) x K_tau shifts (the loader's views
+`video{k}` / `audio{k}`, one 1 s clip each) x K_r reversals (made here: the same clip and spectrogram,
+flipped in time) x K_m = 2 modalities, so row n of the N = K_i K_tau K_r embeddings has factors
+(i, tau, r). Each factor is distinctive (c = delta(t = t')) or invariant (c = 1) per the config; a factor
+set to "none" is not sampled (K = 1, the dots of Table 1). The loss is eq. (1) with w = delta(m != m')
+(`fastvid.losses.gdt_loss`), over the embeddings of every process (negatives gathered with gradient).
+
+Table 1's rows: DS is always distinctive; TR = `time_reversal`, TS = `time_shift`, Mod. = `modality`.
+With modality "v" (rows a-d, SimCLR-like) the second "modality" is a second augmentation g of the same
+clip (K_g = 2, views `video{k}_g`), encoded by the same video network; w then keeps the pairs across the
+two augmentation draws.
+
+Phi_v = R(2+1)D-18 + MLP head, Phi_a = audio ResNet-9 + MLP head (sec. 4, appendix A.3.4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+import fastvid.models.audio  # noqa: F401  registers the "resnet9" audio arch
+from fastvid.data.spec import ViewSpec
+from fastvid.data.views import GDTViews, gdt_views
+from fastvid.losses import gdt_loss
+from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
+from fastvid.models import Encoder
+
+Factor = Literal["d", "i", "none"]  # distinctive, invariant, not sampled
+
+
+@dataclass
+class GDTConfig:
+    """GDT's model and hypothesis; defaults are Table 1 row (l), the paper's best (sec. 4.4)."""
+
+    video_arch: str = "r2plus1d_18"
+    audio_arch: str = "resnet9"
+    modality: Literal["av", "v"] = "av"  # Mod.: cross-modal audio-visual, or video only (rows a-d)
+    time_shift: Factor = "d"  # TS
+    time_reversal: Factor = "i"  # TR
+    hidden_dim: int = 512  # MLP head: 512 -> hidden (BN, ReLU) -> embed_dim
+    embed_dim: int = 256
+    temperature: float = 0.07  # rho in eq. (1)
+    views: GDTViews = field(default_factory=GDTViews)  # clip length, crop size, audio window
+
+
+def hypothesis(cfg: GDTConfig) -> tuple[int, int, tuple[bool, bool, bool]]:
+    """(K_tau, K_r, invariant flags of the factor columns (i, tau, r)) for a Table 1 row.
+
+    An unsampled factor has K = 1 and a constant column, so its flag does not change c(T, T')."""
+    k_tau = 1 if cfg.time_shift == "none" else 2
+    k_r = 1 if cfg.time_reversal == "none" else 2
+    return k_tau, k_r, (False, cfg.time_shift == "i", cfg.time_reversal == "i")
+
+
+def transformation_factors(index: Tensor, k_tau: int, k_r: int) -> Tensor:
+    """(K_i,) video indices -> (K_i K_tau K_r, 3) int64 factor labels (i, tau, r), rows in batch order."""
+    k_i = index.shape[0]
+    i = index.long()[:, None, None].expand(k_i, k_tau, k_r)
+    tau = torch.arange(k_tau, device=index.device)[None, :, None].expand(k_i, k_tau, k_r)
+    r = torch.arange(k_r, device=index.device)[None, None, :].expand(k_i, k_tau, k_r)
+    return torch.stack([i, tau, r], dim=-1).reshape(-1, 3)  # (N, 3)
+
+
+class GDT(Method):
+    """Generalized data transformations: eq. (1) over the (i, tau, r) hierarchy with cross-modal pairs."""
+
+    Config = GDTConfig
+
+    def __init__(self, cfg: GDTConfig) -> None:
+        super().__init__(cfg)
+        self.k_tau, self.k_r, self.invariant = hypothesis(cfg)
+        self.video = Encoder(cfg.video_arch)
+        self.head_v = mlp_head([self.video.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
+        if cfg.modality == "av":
+            self.audio = Encoder(cfg.audio_arch, in_channels=1)
+            self.head_a = mlp_head([self.audio.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
+
+    def views(self) -> list[ViewSpec]:
+        """The loader's GDT preset cut to K_tau shifts; modality "v" swaps each audio view for a second
+        augmentation of its clip (same frames: same anchor, no shift; its own spatial draw)."""
+        preset = {v.name: v for v in gdt_views(self.cfg.views)}
+        shifts = [preset[k] for k in self.first_keys]
+        if self.cfg.modality == "av":
+            return shifts + [preset[k] for k in self.second_keys]
+        return shifts + [replace(v, name=k) for v, k in zip(shifts, self.second_keys)]
+
+    @property
+    def first_keys(self) -> list[str]:
+        """Batch keys of the K_tau clips (video of shift tau)."""
+        return [f"video{k}" for k in range(1, self.k_tau + 1)]
+
+    @property
+    def second_keys(self) -> list[str]:
+        """Batch keys of each shift's second modality: its audio, or (modality "v") a second augmentation."""
+        return [f"audio{k}" if self.cfg.modality == "av" else f"video{k}_g" for k in range(1, self.k_tau + 1)]
+
+    def _hierarchy(self, batch: dict[str, Tensor], keys: list[str], time_dim: int) -> Tensor:
+        """The K_tau views `keys` -> (K_i K_tau K_r, ...) in (i, tau, r) order; r_1 flips `time_dim`
+        (negative: counted from the end, so the same for a view and the stack)."""
+        x = torch.stack([batch[k] for k in keys], dim=1)  # (K_i, K_tau, ...)
+        if self.k_r == 2:
+            x = torch.stack([x, x.flip(time_dim)], dim=2)  # (K_i, K_tau, 2, ...)
+        else:
+            x = x.unsqueeze(2)  # (K_i, K_tau, 1, ...)
+        return x.flatten(0, 2)
+
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(v, a, factors): (N, D), (N, D), (N, 3) for this process's part of the batch."""
+        clips = self._hierarchy(batch, self.first_keys, time_dim=-3)  # (N, C, T, H, W)
+        v = self.head_v(self.video(clips))  # (N, D)
+        if self.cfg.modality == "av":
+            spec = self._hierarchy(batch, self.second_keys, time_dim=-1)  # (N, 1, F_mel, T_mel)
+            a = self.head_a(self.audio(spec))  # (N, D)
+        else:
+            a = self.head_v(self.video(self._hierarchy(batch, self.second_keys, time_dim=-3)))  # (N, D)
+        return v, a, transformation_factors(batch["index"], self.k_tau, self.k_r)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        v, a, factors = self.embed(batch)
+        # every process's rows take part in eq. (1): more negatives, gradients flow back to their owners
+        v, a, factors = gather_with_grad(v), gather_with_grad(a), gather_no_grad(factors)
+        return {"loss": gdt_loss(v, a, factors, self.invariant, self.cfg.temperature)}
+
+    def encoders(self) -> dict[str, Encoder]:
+        return {"video": self.video, "audio": self.audio} if self.cfg.modality == "av" else {"video": self.video}
