@@ -1,0 +1,49 @@
+"""videoSimCLR wiring: its views, the clips into the 3D ResNet-18, NT-Xent equal to thesis eq. (1)."""
+import torch
+
+from fastvid.data.views import VideoContrastViews
+from fastvid.losses import reference
+from fastvid.methods.video_simclr import VideoSimCLR, VideoSimCLRConfig
+
+
+def small(**views) -> VideoSimCLR:
+    torch.manual_seed(0)
+    return VideoSimCLR(VideoSimCLRConfig(views=VideoContrastViews(frames=4, size=32, **views)))
+
+
+def test_views_follow_the_switches():
+    assert VideoSimCLRConfig().views.temporal == "shift"  # the thesis's best: RandomShift [-8, 8] on UCF101
+    i, j = small(temporal="shift", shift=8).views()
+    assert (i.name, j.name) == ("clip_i", "clip_j")
+    assert (i.temporal.frames, i.temporal.shift, j.temporal.shift, i.spatial.per_frame) == (4, 0, 8, False)
+    _, j = small(temporal="reverse", frame_wise=True).views()
+    assert j.temporal.reverse == 1.0 and j.spatial.per_frame
+
+
+def test_clips_into_encoder_and_loss_is_eq1():
+    method = small()
+    seen = []
+    method.encoder.register_forward_hook(lambda mod, args, out: seen.append((args[0].shape, out.shape)))
+    batch = {"clip_i": torch.randn(3, 3, 4, 32, 32), "clip_j": torch.randn(3, 3, 4, 32, 32)}
+    out = method(batch)
+    assert seen == [((6, 3, 4, 32, 32), (6, 512))]  # both versions in one pass: BN over all 2N clips
+    with torch.no_grad():
+        p = method.embed(torch.cat([batch["clip_i"], batch["clip_j"]])).double()  # (6, 256)
+    assert p.shape == (6, 256)
+    expected = reference.nt_xent(p[:3], p[3:], 0.5)
+    torch.testing.assert_close(out["loss"].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    method = small()
+    batch = {"clip_i": torch.randn(4, 3, 4, 32, 32), "clip_j": torch.randn(4, 3, 4, 32, 32)}
+    batch["clip_j"] = batch["clip_i"] + 0.1 * batch["clip_j"]  # two noisy versions of the same clips
+    opt = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(4):
+        loss = method(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
