@@ -37,22 +37,35 @@ class Clusters:
     concentration: Tensor  # (C,) phi of each cluster, mean = temperature
 
 
-def first_neighbours(x: Tensor, chunk: int = 4096) -> Tensor:
+def nearest(queries: Tensor, keys: Tensor, *, skip_self: bool = False, max_elements: int = 2**26
+            ) -> tuple[Tensor, Tensor]:
+    """Largest dot product per row: queries (Q, D), keys (K, D) -> (value (Q,), index (Q,) int64).
+
+    Rows go `max_elements // K` at a time so memory stays bounded on a whole dataset (250K x 250K
+    similarities would be 250 GB). `skip_self` (queries are the keys) leaves out each row's own column.
+    Ties go to the lowest index.
+    """
+    step = max(1, max_elements // keys.shape[0])
+    values = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
+    index = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+    for start in range(0, queries.shape[0], step):
+        sim = queries[start:start + step] @ keys.T  # (step, K)
+        if skip_self:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, rows + start] = float("-inf")  # a point is not its own neighbour
+        values[start:start + step], index[start:start + step] = sim.max(dim=1)
+    return values, index
+
+
+def first_neighbours(x: Tensor) -> Tensor:
     """x: (N, D) -> (N,) int64 index of each row's nearest other row by cosine distance.
 
-    Rows are compared `chunk` at a time so memory stays O(chunk * N) (FINCH runs on the whole dataset).
     Ties go to the lowest index, which rules out first-neighbour cycles longer than two.
     """
     if x.shape[0] < 2:
         raise ValueError(f"first neighbours need at least 2 points, got {x.shape[0]}")
     unit = F.normalize(x.float(), dim=1)  # (N, D)
-    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        sim = unit[start:start + chunk] @ unit.T  # (chunk, N) cosine similarity
-        rows = torch.arange(sim.shape[0], device=x.device)
-        sim[rows, rows + start] = float("-inf")  # a point is not its own neighbour
-        out[start:start + chunk] = sim.argmax(dim=1)  # largest similarity = smallest cosine distance
-    return out
+    return nearest(unit, unit, skip_self=True)[1]  # largest cosine similarity = smallest cosine distance
 
 
 def _components(kappa: Tensor) -> Tensor:
@@ -74,16 +87,16 @@ def _means(x: Tensor, ids: Tensor, num: int) -> Tensor:
     return sums / counts[:, None]
 
 
-def finch(x: Tensor, chunk: int = 4096) -> list[Tensor]:
+def finch(x: Tensor) -> list[Tensor]:
     """FINCH's hierarchy of partitions of x: (N, D), finest first; each entry (N,) int64 labels 0..C_k-1."""
     x = x.float()
-    ids = _components(first_neighbours(x, chunk))  # (N,) first partition
+    ids = _components(first_neighbours(x))  # (N,) first partition
     partitions = [ids]
     while True:
         num = int(ids.max()) + 1
         if num < 2:
             break
-        merged = _components(first_neighbours(_means(x, ids, num), chunk))  # (num,) label of each cluster
+        merged = _components(first_neighbours(_means(x, ids, num)))  # (num,) label of each cluster
         if int(merged.max()) + 1 >= num:  # nothing merged: the hierarchy has converged
             break
         ids = merged[ids]  # (N,)
@@ -139,8 +152,7 @@ def kmeans(x: Tensor, k: int, *, iters: int = 20, seed: int = 0) -> Tensor:
     centroids = _kmeans_pp(unit, k, torch.Generator().manual_seed(seed))  # (k, D)
     ids = torch.zeros(n, dtype=torch.long, device=x.device)
     for _ in range(iters):
-        sim = unit @ centroids.T  # (N, k)
-        best, ids = sim.max(dim=1)
+        best, ids = nearest(unit, centroids)  # (N,) similarity to and index of the closest centroid
         counts = torch.bincount(ids, minlength=k)  # (k,)
         for empty in torch.nonzero(counts == 0).flatten().tolist():  # rare: a CPU sync per empty cluster
             far = int(best.argmin())
@@ -191,7 +203,12 @@ def cluster_features(
     else:
         k = num_clusters if num_clusters is not None else int(select_partition(finch(x), level=level).max()) + 1
         ids = kmeans(x, k, iters=kmeans_iters, seed=seed)
-    num = int(ids.max()) + 1
-    means = _means(x, ids, num)  # (C, D)
+    return clusters_from_ids(x, ids, temperature)
+
+
+def clusters_from_ids(x: Tensor, ids: Tensor, temperature: float) -> Clusters:
+    """Centroids and concentrations of the partition `ids` (N,) of x: (N, D), on the unit sphere."""
+    x = F.normalize(x.float(), dim=1)  # (N, D)
+    means = _means(x, ids, int(ids.max()) + 1)  # (C, D)
     return Clusters(ids=ids, centroids=F.normalize(means, dim=1),
                     concentration=concentration(x, ids, means, temperature))

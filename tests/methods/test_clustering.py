@@ -11,6 +11,7 @@ from fastvid.methods.clustering import (
     finch,
     first_neighbours,
     kmeans,
+    nearest,
     select_partition,
 )
 
@@ -30,6 +31,16 @@ def test_first_neighbours_by_hand():
     # 180->186 (6 deg), 0->6 (6; 40 is 40 away), 44->40 (4; 50 is 6), 225->220 (5), 6->0 (6; 40 is 34),
     # 186->180 (6; 220 is 34), 50->44 (6), 220->225 (5), 40->44 (4)
     assert first_neighbours(circle(ANGLES)).tolist() == [5, 4, 8, 7, 1, 0, 2, 3, 2]
+
+
+def test_nearest_in_chunks_equals_the_full_matrix():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 5, generator=gen)
+    full = x @ x.T  # (37, 37)
+    full.fill_diagonal_(float("-inf"))
+    values, index = nearest(x, x, skip_self=True, max_elements=37 * 4)  # 4 rows at a time, a ragged last chunk
+    assert torch.equal(index, full.argmax(dim=1))
+    torch.testing.assert_close(values, full.max(dim=1).values)
 
 
 def test_finch_partitions_by_hand():

@@ -1,0 +1,152 @@
+"""Vi2CLR: Diba et al., "Vi2CLR: Video and Image for Visual Contrastive Learning of Representation", ICCV 2021.
+
+Two encoders trained together (sec. 3.2): f_V = S3D on a 32-frame clip x, f_I = ResNet-50 on its middle
+frame x^; each has a 128-d MLP head (r_V, r_I) and a third MLP head f_VI on the concatenation of the two
+encoders' features gives the joint representation r_J (sec. 4.2). Algorithm 1: at the start of every
+epoch r_J of the whole dataset is clustered (FINCH's second partition, sec. 4.3; k-means with FINCH's K as
+the alternative), giving per-sample cluster ids, centroids c and ProtoNCE concentrations phi; they are
+method state and go into checkpoints. Per batch:
+
+    L = L_CenterNCE(r_J; c, phi)  (eq. 3)  +  L_VideoNCE(r_V)  +  L_ImgNCE(r_I)  (eq. 2, MIL-NCE)   (eq. 4)
+
+with equal weights. MIL-NCE's positives P_i are the rows of i's cluster: the other temporal crop of the
+same video (the loader's `clip2`/`frame2`, "random temporal cropping ... from the same video as positives")
+and the batch's other members of the cluster; negatives are the rest of the batch, gathered from every
+process. CenterNCE contrasts r_J with all k centroids. tau = 0.08 for every loss (sec. 4.2).
+
+Not in the paper: when the clustering finds a single cluster (possible with an untrained network, whose
+features are nearly identical), that epoch uses one cluster per sample instead, with a warning.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from accelerate.utils import gather, pad_across_processes
+from torch import Tensor
+
+from fastvid.data.spec import ViewSpec
+from fastvid.data.views import Vi2CLRViews, vi2clr_views
+from fastvid.losses import center_nce, mil_nce
+from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
+from fastvid.methods.clustering import cluster_features, clusters_from_ids
+from fastvid.models import Encoder
+
+
+@dataclass
+class Vi2CLRConfig:
+    """Vi2CLR's model, losses and clustering (paper defaults, sec. 4.2-4.3)."""
+
+    video_arch: str = "s3d"
+    image_arch: str = "resnet50"
+    embed_dim: int = 128  # d_1 = d_2 = d = 128; heads are d_in -> d_in (ReLU) -> 128, as SimCLR's
+    temperature: float = 0.08  # tau of eq. (2); also the mean of the concentrations phi
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # CenterNCE, VideoNCE, ImgNCE: eq. (4)
+    cluster: Literal["finch", "kmeans"] = "finch"
+    finch_level: int = 2  # "we use clusters from the second partition"
+    num_clusters: int | None = None  # FINCH: the partition nearest this; k-means: K (None: FINCH's estimate)
+    kmeans_iters: int = 20
+    views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
+
+
+class Vi2CLR(Method):
+    """Video (S3D) and image (ResNet-50) encoders trained on clustering-mined positives."""
+
+    Config = Vi2CLRConfig
+    needs_feature_pass = True
+
+    def __init__(self, cfg: Vi2CLRConfig) -> None:
+        super().__init__(cfg)
+        self.video = Encoder(cfg.video_arch)  # f_V
+        self.image = Encoder(cfg.image_arch)  # f_I
+        dv, di = self.video.out_dim, self.image.out_dim
+        self.head_v = mlp_head([dv, dv, cfg.embed_dim])
+        self.head_i = mlp_head([di, di, cfg.embed_dim])
+        self.head_j = mlp_head([dv + di, dv + di, cfg.embed_dim])  # f_VI on the concatenated features
+        # Clustering state (Algorithm 1's C): sizes known only after the first feature pass, so the
+        # buffers are not in the state dict as such; get/set_extra_state carry them into checkpoints.
+        self.register_buffer("cluster_ids", torch.empty(0, dtype=torch.long), persistent=False)  # (N_data,)
+        self.register_buffer("centroids", torch.empty(0, cfg.embed_dim), persistent=False)  # (k, d)
+        self.register_buffer("concentration", torch.empty(0), persistent=False)  # (k,) phi
+
+    def views(self) -> list[ViewSpec]:
+        return vi2clr_views(self.cfg.views)
+
+    def encoders(self) -> dict[str, Encoder]:
+        return {"video": self.video, "image": self.image}
+
+    def embed(self, clips: Tensor, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """clips (n, 3, T, H, W), their middle frames (n, 3, H', W') -> r_V, r_I, r_J: (n, d) each."""
+        h_v = self.video(clips)  # (n, 1024)
+        h_i = self.image(frames)  # (n, 2048)
+        return self.head_v(h_v), self.head_i(h_i), self.head_j(torch.cat([h_v, h_i], dim=1))
+
+    @torch.no_grad()
+    def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, Tensor]] | None) -> None:
+        """Algorithm 1's R_J = f_VI(X) and C = Clustering(R_J): every process embeds its share (first clip
+        of each sample, eval mode), the shares are gathered, and all processes cluster the same features."""
+        if feature_batches is None:
+            raise ValueError("vi2clr: before_epoch needs a feature pass over the data (needs_feature_pass)")
+        training = self.training
+        self.eval()
+        feats, index = [], []
+        for batch in feature_batches:
+            feats.append(self.embed(batch["clip1"], batch["frame1"])[2])  # (n, d) r_J
+            index.append(batch["index"])
+        self.train(training)
+        if not feats:
+            raise ValueError(f"vi2clr: the feature pass before epoch {epoch} yielded no batch")
+        # processes may hold different numbers of samples: pad to the longest (index -1), gather, drop pads
+        r_j = gather(pad_across_processes(torch.cat(feats), dim=0))  # (P, d)
+        idx = gather(pad_across_processes(torch.cat(index), dim=0, pad_index=-1))  # (P,)
+        r_j, idx = r_j[idx >= 0], idx[idx >= 0]
+        found = cluster_features(r_j, method=self.cfg.cluster, level=self.cfg.finch_level,
+                                 num_clusters=self.cfg.num_clusters, temperature=self.cfg.temperature,
+                                 kmeans_iters=self.cfg.kmeans_iters, seed=epoch)
+        if found.centroids.shape[0] < 2:
+            # One cluster makes all three losses 0 (no negatives): an untrained network's features can be
+            # that alike. Until they separate, every sample is its own cluster (instance discrimination).
+            warnings.warn(f"vi2clr: epoch {epoch}: clustering {r_j.shape[0]} features gave one cluster; "
+                          "using one cluster per sample this epoch")
+            found = clusters_from_ids(r_j, torch.arange(r_j.shape[0], device=r_j.device), self.cfg.temperature)
+        ids = torch.full((int(idx.max()) + 1,), -1, dtype=torch.long, device=idx.device)
+        ids[idx] = found.ids.to(idx.device)  # (N_data,) -1: a sample the pass did not see
+        self.cluster_ids = ids.to(self.centroids.device)
+        self.centroids = found.centroids.to(self.centroids)
+        self.concentration = found.concentration.to(self.concentration)
+
+    def assignments(self, index: Tensor) -> Tensor:
+        """(B,) dataset indices -> (B,) cluster ids from the last clustering."""
+        if self.cluster_ids.numel() == 0:
+            raise RuntimeError("vi2clr: no clusters yet; the trainer calls before_epoch with a feature pass "
+                               "before the first batch")
+        ids = self.cluster_ids[index.clamp(max=self.cluster_ids.numel() - 1)]  # (B,)
+        if bool((index >= self.cluster_ids.numel()).any() | (ids < 0).any()):  # host sync: one per step
+            raise RuntimeError(f"vi2clr: samples {index.tolist()} include one the last feature pass did not "
+                               f"cluster ({self.cluster_ids.numel()} samples seen)")
+        return ids
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        clips = torch.cat([batch["clip1"], batch["clip2"]])  # (2B, 3, T, H, W) two temporal crops per video
+        frames = torch.cat([batch["frame1"], batch["frame2"]])  # (2B, 3, H', W') their middle frames
+        r_v, r_i, r_j = self.embed(clips, frames)  # (2B, d) each
+        ids = self.assignments(batch["index"]).repeat(2)  # (2B,) a crop's positives include its twin
+        center = center_nce(r_j, ids, self.centroids, self.concentration)  # per sample against all k
+        ids_all = gather_no_grad(ids)  # negatives from every process's batch
+        video = mil_nce(gather_with_grad(r_v), ids_all, self.cfg.temperature)
+        image = mil_nce(gather_with_grad(r_i), ids_all, self.cfg.temperature)
+        w_c, w_v, w_i = self.cfg.loss_weights
+        return {"loss": w_c * center + w_v * video + w_i * image,
+                "center_nce": center, "video_nce": video, "img_nce": image}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"cluster_ids": self.cluster_ids.cpu(), "centroids": self.centroids.cpu(),
+                "concentration": self.concentration.cpu()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.cluster_ids = state["cluster_ids"].to(self.cluster_ids.device)
+        self.centroids = state["centroids"].to(self.centroids)
+        self.concentration = state["concentration"].to(self.concentration)

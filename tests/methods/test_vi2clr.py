@@ -1,0 +1,140 @@
+"""Vi2CLR's wiring: the views, the per-epoch clustering state (index-aligned, checkpointed) feeding
+CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a few CPU steps."""
+import pytest
+import torch
+
+from fastvid.losses import reference
+from fastvid.methods import get_method
+from fastvid.methods.clustering import cluster_features
+from fastvid.methods.vi2clr import Vi2CLR, Vi2CLRConfig
+
+FRAMES, CLIP, FRAME = 8, 32, 32  # tiny inputs: S3D and ResNet-50 on 2 CPU cores
+
+
+def random_batch(index: list[int], seed: int = 0, groups: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Random clips and frames; samples with the same `groups` entry are near-copies (noise 1e-2), so even
+    an untrained network embeds them together and the feature pass finds more than one cluster."""
+    gen = torch.Generator().manual_seed(seed)
+    b = len(index)
+    group = torch.tensor(groups if groups is not None else range(b))
+    batch = {"index": torch.tensor(index), "label": torch.zeros(b, dtype=torch.long)}
+    for k in (1, 2):
+        for name, shape in ((f"clip{k}", (3, FRAMES, CLIP, CLIP)), (f"frame{k}", (3, FRAME, FRAME))):
+            base = torch.randn(int(group.max()) + 1, *shape, generator=gen)
+            batch[name] = base[group] + 1e-2 * torch.randn(b, *shape, generator=gen)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[Vi2CLR, list[dict[str, torch.Tensor]]]:
+    """A Vi2CLR after one feature pass over a 12-sample "dataset" seen out of order in three batches, each
+    batch two groups of two near-copies."""
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig())
+    passes = [random_batch([7, 0, 11, 3], seed=1, groups=[0, 1, 0, 1]),
+              random_batch([5, 9, 1, 10], seed=2, groups=[0, 0, 1, 1]),
+              random_batch([2, 8, 4, 6], seed=3, groups=[1, 0, 0, 1])]
+    method.before_epoch(0, passes)
+    return method, passes
+
+
+def test_registered_and_views():
+    assert get_method("vi2clr") is Vi2CLR
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig())
+    views = {v.name: v for v in method.views()}
+    assert sorted(views) == ["clip1", "clip2", "frame1", "frame2"]
+    assert views["clip1"].temporal.frames == 32 and views["clip1"].temporal.anchor != views["clip2"].temporal.anchor
+    # the 2D stream sees the middle frame of its clip
+    assert views["frame1"].temporal.anchor == views["clip1"].temporal.anchor
+    assert views["frame1"].temporal.offset == 16
+    assert set(method.encoders()) == {"video", "image"}
+    assert method.needs_feature_pass
+    with pytest.raises(RuntimeError, match="no clusters yet"):
+        method(random_batch([0, 1]))
+
+
+def test_clustering_state_is_the_clustering_of_r_j(clustered):
+    method, passes = clustered
+    method.eval()
+    with torch.no_grad():
+        r_j = torch.cat([method.embed(b["clip1"], b["frame1"])[2] for b in passes])  # (12, d)
+    index = torch.cat([b["index"] for b in passes])  # (12,) dataset order is not batch order
+    found = cluster_features(r_j, method="finch", level=2, temperature=0.08)
+    assert method.cluster_ids.shape == (12,) and found.centroids.shape[0] >= 2
+    assert torch.equal(method.cluster_ids[index], found.ids)  # sample i keeps its own cluster
+    torch.testing.assert_close(method.centroids, found.centroids)
+    torch.testing.assert_close(method.concentration, found.concentration)
+    assert method.concentration.mean().item() == pytest.approx(0.08, rel=1e-5)
+
+
+def test_losses_read_the_clustering_state(clustered):
+    method, _ = clustered
+    method.eval()
+    batch = random_batch([3, 10, 6, 1], seed=4)
+    with torch.no_grad():
+        out = method(batch)
+        clips = torch.cat([batch["clip1"], batch["clip2"]])
+        frames = torch.cat([batch["frame1"], batch["frame2"]])
+        r_v, r_i, r_j = method.embed(clips, frames)
+    ids = method.cluster_ids[batch["index"]].repeat(2)  # both crops of a video are in its cluster
+    want = {
+        "center_nce": reference.center_nce(r_j, ids, method.centroids, method.concentration),  # eq. (3)
+        "video_nce": reference.mil_nce(r_v, ids, 0.08),  # eq. (2) on r_V
+        "img_nce": reference.mil_nce(r_i, ids, 0.08),  # eq. (2) on r_I
+    }
+    for name, value in want.items():
+        torch.testing.assert_close(out[name], value, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["loss"], sum(want.values()), atol=1e-5, rtol=1e-5)  # eq. (4), equal weights
+    # the state is what the losses read: other assignments give other losses
+    saved = method.cluster_ids.clone()
+    method.cluster_ids = torch.arange(12)  # every video its own cluster: positives are only the twin crop
+    with torch.no_grad():
+        single = method(batch)
+    method.cluster_ids = saved
+    torch.testing.assert_close(single["video_nce"], reference.mil_nce(r_v, torch.arange(4).repeat(2), 0.08),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_one_cluster_falls_back_to_one_per_sample():
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig())
+    # unrelated random inputs: the untrained network's r_J are nearly parallel and FINCH joins them all
+    with pytest.warns(UserWarning, match="one cluster per sample"):
+        method.before_epoch(0, [random_batch([2, 0, 1], seed=1), random_batch([4, 3], seed=2)])
+    assert sorted(method.cluster_ids.tolist()) == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(method.concentration, torch.full((5,), 0.08))
+
+
+def test_clusters_survive_a_checkpoint(clustered):
+    method, _ = clustered
+    state = method.state_dict()
+    torch.manual_seed(5)
+    fresh = Vi2CLR(Vi2CLRConfig())
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.cluster_ids, method.cluster_ids)
+    assert torch.equal(fresh.centroids, method.centroids)
+    assert torch.equal(fresh.concentration, method.concentration)
+    with pytest.raises(RuntimeError, match="did not cluster"):
+        fresh(random_batch([12, 0]))  # index 12 was not in the feature pass
+
+
+def test_shapes_into_each_encoder_and_cpu_steps(clustered):
+    method, _ = clustered
+    method.train()
+    seen = {}
+    hooks = [method.video.register_forward_pre_hook(lambda m, args: seen.update(video=args[0].shape)),
+             method.image.register_forward_pre_hook(lambda m, args: seen.update(image=args[0].shape))]
+    batch = random_batch([0, 4, 9], seed=6)
+    opt = torch.optim.Adam(method.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(3):
+        out = method(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    for h in hooks:
+        h.remove()
+    assert seen == {"video": (6, 3, FRAMES, CLIP, CLIP), "image": (6, 3, FRAME, FRAME)}  # 2 crops x 3 videos
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
