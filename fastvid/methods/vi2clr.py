@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate.utils import gather, pad_across_processes
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_views
@@ -66,11 +66,12 @@ class Vi2CLR(Method):
         self.head_v = mlp_head([dv, dv, cfg.embed_dim])
         self.head_i = mlp_head([di, di, cfg.embed_dim])
         self.head_j = mlp_head([dv + di, dv + di, cfg.embed_dim])  # f_VI on the concatenated features
-        # Clustering state (Algorithm 1's C): sizes known only after the first feature pass, so the
-        # buffers are not in the state dict as such; get/set_extra_state carry them into checkpoints.
-        self.register_buffer("cluster_ids", torch.empty(0, dtype=torch.long), persistent=False)  # (N_data,)
-        self.register_buffer("centroids", torch.empty(0, cfg.embed_dim), persistent=False)  # (k, d)
-        self.register_buffer("concentration", torch.empty(0), persistent=False)  # (k,) phi
+        # Clustering state (Algorithm 1's C), checkpointed as buffers; their sizes are known only after a
+        # feature pass, so loading first resizes them to the checkpoint's (`_resize_cluster_state`).
+        self.register_buffer("cluster_ids", torch.empty(0, dtype=torch.long))  # (N_data,)
+        self.register_buffer("centroids", torch.empty(0, cfg.embed_dim))  # (k, d)
+        self.register_buffer("concentration", torch.empty(0))  # (k,) phi
+        self.register_load_state_dict_pre_hook(self._resize_cluster_state)
 
     def views(self) -> list[ViewSpec]:
         return vi2clr_views(self.cfg.views)
@@ -142,11 +143,9 @@ class Vi2CLR(Method):
         return {"loss": w_c * center + w_v * video + w_i * image,
                 "center_nce": center, "video_nce": video, "img_nce": image}
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"cluster_ids": self.cluster_ids.cpu(), "centroids": self.centroids.cpu(),
-                "concentration": self.concentration.cpu()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.cluster_ids = state["cluster_ids"].to(self.cluster_ids.device)
-        self.centroids = state["centroids"].to(self.centroids)
-        self.concentration = state["concentration"].to(self.concentration)
+    def _resize_cluster_state(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                              *args: Any) -> None:
+        """load_state_dict pre-hook: give the cluster buffers the checkpoint's shapes so its values load."""
+        for name in ("cluster_ids", "centroids", "concentration"):
+            if prefix + name in state_dict:
+                setattr(self, name, getattr(self, name).new_empty(state_dict[prefix + name].shape))
