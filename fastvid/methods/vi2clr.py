@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import gather, pad_across_processes
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_views
 from fastvid.losses import center_nce, mil_nce
 from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
-from fastvid.methods.clustering import cluster_features, clusters_from_ids
+from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids
 from fastvid.models import Encoder
 
 
@@ -50,6 +50,23 @@ class Vi2CLRConfig:
     num_clusters: int | None = None  # FINCH: the partition nearest this; k-means: K (None: FINCH's estimate)
     kmeans_iters: int = 20
     views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
+
+
+def distributed() -> bool:
+    """Whether this process is one of several (a process group of more than one)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """(n_p, ...) on process p, n_p may differ (the feature pass keeps partial batches) -> (sum n_p, ...) in
+    rank order on every process; the identity without a process group."""
+    if not distributed():
+        return x
+    sizes = gather_no_grad(torch.tensor([x.shape[0]], device=x.device))  # (W,)
+    longest = int(sizes.max())  # host sync: once per feature pass
+    padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])  # (longest, ...)
+    keep = torch.arange(longest, device=x.device)[None, :] < sizes[:, None]  # (W, longest)
+    return gather_no_grad(padded)[keep.flatten()]
 
 
 class Vi2CLR(Method):
@@ -88,7 +105,7 @@ class Vi2CLR(Method):
     @torch.no_grad()
     def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, Tensor]] | None) -> None:
         """Algorithm 1's R_J = f_VI(X) and C = Clustering(R_J): every process embeds its share (first clip
-        of each sample, eval mode), the shares are gathered, and all processes cluster the same features."""
+        of each sample, eval mode), the shares are gathered, and process 0 clusters them for all."""
         if feature_batches is None:
             raise ValueError("vi2clr: before_epoch needs a feature pass over the data (needs_feature_pass)")
         training = self.training
@@ -100,10 +117,21 @@ class Vi2CLR(Method):
         self.train(training)
         if not feats:
             raise ValueError(f"vi2clr: the feature pass before epoch {epoch} yielded no batch")
-        # processes may hold different numbers of samples: pad to the longest (index -1), gather, drop pads
-        r_j = gather(pad_across_processes(torch.cat(feats), dim=0))  # (P, d)
-        idx = gather(pad_across_processes(torch.cat(index), dim=0, pad_index=-1))  # (P,)
-        r_j, idx = r_j[idx >= 0], idx[idx >= 0]
+        r_j, idx = gather_rows(torch.cat(feats)), gather_rows(torch.cat(index))  # (P, d), (P,) all processes
+        # One process clusters and sends the result to the others: GPU matmuls need not agree bit for bit
+        # across devices, and FINCH's first neighbours could then differ between processes.
+        box = [self.cluster(r_j, epoch) if not distributed() or dist.get_rank() == 0 else None]
+        if distributed():
+            dist.broadcast_object_list(box, src=0)
+        found = box[0]
+        ids = torch.full((int(idx.max()) + 1,), -1, dtype=torch.long, device=idx.device)
+        ids[idx] = found.ids.to(idx.device)  # (N_data,) -1: a sample the pass did not see
+        self.cluster_ids = ids.to(self.centroids.device)
+        self.centroids = found.centroids.to(self.centroids)
+        self.concentration = found.concentration.to(self.concentration)
+
+    def cluster(self, r_j: Tensor, epoch: int) -> Clusters:
+        """C = Clustering(R_J) with the configured algorithm; ids, centroids and phi come back on the CPU."""
         found = cluster_features(r_j, method=self.cfg.cluster, level=self.cfg.finch_level,
                                  num_clusters=self.cfg.num_clusters, temperature=self.cfg.temperature,
                                  kmeans_iters=self.cfg.kmeans_iters, seed=epoch)
@@ -113,11 +141,7 @@ class Vi2CLR(Method):
             warnings.warn(f"vi2clr: epoch {epoch}: clustering {r_j.shape[0]} features gave one cluster; "
                           "using one cluster per sample this epoch")
             found = clusters_from_ids(r_j, torch.arange(r_j.shape[0], device=r_j.device), self.cfg.temperature)
-        ids = torch.full((int(idx.max()) + 1,), -1, dtype=torch.long, device=idx.device)
-        ids[idx] = found.ids.to(idx.device)  # (N_data,) -1: a sample the pass did not see
-        self.cluster_ids = ids.to(self.centroids.device)
-        self.centroids = found.centroids.to(self.centroids)
-        self.concentration = found.concentration.to(self.concentration)
+        return Clusters(found.ids.cpu(), found.centroids.cpu(), found.concentration.cpu())
 
     def assignments(self, index: Tensor) -> Tensor:
         """(B,) dataset indices -> (B,) cluster ids from the last clustering."""

@@ -2,6 +2,8 @@
 CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a few CPU steps."""
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from fastvid.losses import reference
 from fastvid.methods import get_method
@@ -138,3 +140,42 @@ def test_shapes_into_each_encoder_and_cpu_steps(clustered):
         h.remove()
     assert seen == {"video": (6, 3, FRAMES, CLIP, CLIP), "image": (6, 3, FRAME, FRAME)}  # 2 crops x 3 videos
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def _feature_pass_worker(rank: int, init: str, out: str) -> None:
+    """One of two processes holding 3 and 2 of the 5 samples."""
+    torch.set_num_threads(1)  # two processes on a 2-core machine
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    method = small_vi2clr()
+    batch = feature_batch()
+    share = {k: x[:3] if rank == 0 else x[3:] for k, x in batch.items()}  # uneven shares
+    method.before_epoch(0, [share])
+    torch.save({"ids": method.cluster_ids, "centroids": method.centroids}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def small_vi2clr() -> Vi2CLR:
+    """Vi2CLR with tiny stand-ins for S3D and ResNet-50 (same output sizes): the test is about the
+    feature pass's gather, not the backbones."""
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig())
+    method.video.net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.AdaptiveAvgPool3d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(4, method.video.out_dim))
+    method.image.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(4, method.image.out_dim))
+    return method
+
+
+def feature_batch() -> dict[str, torch.Tensor]:
+    return random_batch([4, 0, 3, 1, 2], seed=7, groups=[0, 1, 0, 1, 0])
+
+
+def test_feature_pass_gathers_uneven_shares_across_two_processes(tmp_path):
+    mp.spawn(_feature_pass_worker, args=(f"file://{tmp_path / 'pg'}", str(tmp_path / "state")), nprocs=2,
+             join=True)
+    single = small_vi2clr()
+    single.before_epoch(0, [feature_batch()])  # one process seeing all five samples
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"state.{rank}")
+        assert torch.equal(got["ids"], single.cluster_ids)  # every process holds the whole dataset's clusters
+        torch.testing.assert_close(got["centroids"], single.centroids)
