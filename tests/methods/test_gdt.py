@@ -190,3 +190,14 @@ def test_negatives_gathered_across_two_processes(tmp_path):
     # the same loss and gradient as one process holding both videos
     torch.testing.assert_close(got["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["grad"], method.head_v[-1].weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_packaged_config_has_the_papers_defaults():
+    from fastvid.train import load_config
+
+    cfg = load_config("gdt")
+    m = cfg.model
+    assert (m.video_arch, m.audio_arch, m.temperature, m.embed_dim) == ("r2plus1d_18", "resnet9", 0.07, 256)
+    assert (m.modality, m.time_reversal, m.time_shift) == TABLE1["l"]  # the setup of sec. 4.4
+    assert (m.views.frames, m.views.size, m.views.reverse) == (30, 112, 0.0)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size) == ("sgd", 0.01, 1e-5, 8)

@@ -179,3 +179,14 @@ def test_feature_pass_gathers_uneven_shares_across_two_processes(tmp_path):
         got = torch.load(tmp_path / f"state.{rank}")
         assert torch.equal(got["ids"], single.cluster_ids)  # every process holds the whole dataset's clusters
         torch.testing.assert_close(got["centroids"], single.centroids)
+
+
+def test_packaged_config_has_the_papers_defaults():
+    from fastvid.train import load_config
+
+    cfg = load_config("vi2clr")
+    m = cfg.model
+    assert (m.video_arch, m.image_arch, m.embed_dim, m.temperature) == ("s3d", "resnet50", 128, 0.08)
+    assert (m.cluster, m.finch_level, m.loss_weights) == ("finch", 2, (1.0, 1.0, 1.0))
+    assert (m.views.frames, m.views.clip_size) == (32, 128)
+    assert (cfg.train.epochs, cfg.data.batch_size, cfg.optim.name) == (300, 64, "adam")
