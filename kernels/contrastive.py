@@ -1,119 +1,137 @@
 """Contrastive row statistics: the one fused mechanism behind every InfoNCE-style loss in fastvid.losses.
 
-Maths. Anchors a_i (M, D), candidates b_j (K, D), logits s_ij = beta_j <a_i/|a_i|, b_j/|b_j|> (no division
-by the norms when normalize=False; beta_j is 1/temperature, or a per-column 1/phi_j for CenterNCE). Two masks
-come from small per-row vectors evaluated on the fly: W_ij (pairs in the denominator: every valid j, minus
-j == i when a and b are the same set) and P_ij = W_ij and label_a[i] == label_b[j] (positives). Per row:
+Maths. Anchors a_i (M, D), candidates b_j (K, D), logits s_ij = x_i . y_j with x_i = a_i/|a_i| and
+y_j = beta_j b_j/|b_j| (no division by the norms when normalize=False; beta_j is 1/temperature, or a per-column
+1/phi_j for CenterNCE). Two masks come from small per-row vectors: W_ij (pairs in the denominator: every j,
+minus j == i when a and b are the same set) and P_ij = W_ij and label_a[i] == label_b[j] (positives). Per row:
 
     lse_i  = log sum_{j in W_i} exp(s_ij)      plse_i = log sum_{j in P_i} exp(s_ij)
     psum_i = sum_{j in P_i} s_ij               npos_i = |P_i|
 
 Every loss is then a few O(M) torch ops on these: one positive per row (NT-Xent, CenterNCE) or a sum of logs
 over several (GDT) is npos * lse - psum; log of a sum (MIL-NCE) is lse - plse; an external positive logit
-(MoCo's k+) is logaddexp(pos, lse) - pos. Gradients flow back through lse, plse and psum:
-dL/ds_ij = g_lse_i softmax_W(s)_ij + P_ij (g_plse_i softmax_P(s)_ij + g_psum_i), recomputed tile by tile from
-the saved lse/plse, so neither pass ever holds the M x K matrix.
+(MoCo's k+) is logaddexp(pos, lse) - pos.
 
-Two implementations: Triton kernels for CUDA tensors (`contrastive_triton`) and the tiled PyTorch code below
-for the CPU, which is also the oracle the kernels are tested against.
+Only the log-sum-exps need the M x K logits. psum and npos are linear in s, so they come from per-label sums of
+the candidates, O((M + K) D): psum_i = x_i . sum_{j: lb_j = la_i} y_j (minus x_i . y_i when the diagonal is
+excluded). The normalisation and beta are O((M + K) D) scalings before the tiles, differentiated by autograd.
+So the tiled part is only "lse (and plse when asked for) of x y^T": forward with an online log-sum-exp, backward
+dL/ds_ij = g_lse_i exp(s_ij - lse_i) + P_ij g_plse_i exp(s_ij - plse_i), recomputed tile by tile from the saved
+lse/plse, so neither pass ever holds the M x K matrix.
+
+Two implementations of the tiled part: Triton kernels for CUDA tensors (`contrastive_triton`) and the tiled
+PyTorch code below for the CPU, which is also the oracle the kernels are tested against.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 # Tile sizes (rows, columns). Module constants so tests can shrink them to exercise partial tiles.
-CPU_BLOCK = (1024, 2048)
+# CPU: a 512 x 512 float32 tile (1 MiB) stays in one core's L2 between the matmul and the exp passes over it, and
+# (512, 128) @ (128, 512) is large enough for the BLAS to run near peak (measured on a 2-core EPYC).
+CPU_BLOCK = (512, 512)
 TRITON_BLOCK = (64, 64)
 MAX_DIM = 512  # one feature tile per program in the kernels
 
 
 class RowStats(NamedTuple):
-    """Per-row statistics, each (M,) in float32 (float64 for float64 inputs)."""
+    """Per-row statistics, each (M,) in float32 (float64 for float64 inputs); plse is None unless asked for."""
 
     lse: Tensor
-    plse: Tensor
+    plse: Tensor | None
     psum: Tensor
     npos: Tensor
 
 
-def _tile_logits(
-    a: Tensor, b: Tensor, ra: Tensor, col_scale: Tensor, la: Tensor, lb: Tensor, i0: int, j0: int, exclude_diag: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits (bm, bn) and masks W, P of the tile whose first row is i0 and first column j0."""
-    s = (a.to(ra.dtype) @ b.to(ra.dtype).T) * ra[:, None] * col_scale[None, :]  # (bm, bn)
-    w = torch.ones_like(s, dtype=torch.bool)
-    if exclude_diag:
-        rows = torch.arange(i0, i0 + a.shape[0], device=a.device)
-        cols = torch.arange(j0, j0 + b.shape[0], device=a.device)
-        w = rows[:, None] != cols[None, :]
-    p = w & (la[:, None] == lb[None, :])
-    return s, w, p
-
-
-def _tiles(m: int, k: int, block: tuple[int, int]):
+def _tiles(m: int, k: int, block: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
     """(row slice, column slice) pairs covering an m x k matrix, row-major."""
     for i0 in range(0, m, block[0]):
         for j0 in range(0, k, block[1]):
             yield slice(i0, min(i0 + block[0], m)), slice(j0, min(j0 + block[1], k))
 
 
+class _Tile:
+    """Reused buffers for one tile of logits and (for plse) its positive part: no allocation per tile."""
+
+    def __init__(self, x: Tensor, block: tuple[int, int], with_plse: bool):
+        size = block[0] * block[1]
+        self.s = torch.empty(size, dtype=x.dtype, device=x.device)
+        self.sp = torch.empty(size, dtype=x.dtype, device=x.device) if with_plse else None
+        self.neg = torch.empty(size, dtype=torch.bool, device=x.device) if with_plse else None
+
+    def logits(self, x: Tensor, y: Tensor, r: slice, c: slice, exclude_diag: bool) -> Tensor:
+        """s = x[r] y[c]^T (bm, bn) in the buffer, -inf on the excluded diagonal."""
+        s = self.s[: (r.stop - r.start) * (c.stop - c.start)].view(r.stop - r.start, c.stop - c.start)
+        torch.mm(x[r], y[c].T, out=s)
+        if exclude_diag and r.start < c.stop and c.start < r.stop:  # the tile crosses the diagonal i == j
+            s.diagonal(r.start - c.start).fill_(float("-inf"))
+        return s
+
+    def positives(self, s: Tensor, la: Tensor, lb: Tensor) -> Tensor:
+        """A copy of s with -inf outside P (bm, bn); s keeps its values."""
+        neg = self.neg[: s.numel()].view(s.shape)
+        torch.ne(la[:, None], lb[None, :], out=neg)
+        return self.sp[: s.numel()].view(s.shape).copy_(s).masked_fill_(neg, float("-inf"))
+
+
+def _merge_lse(run_max: Tensor, run_sum: Tensor, s: Tensor) -> None:
+    """Fold one tile into a running (max, sum of exp(s - max)) per row, in place; s is overwritten."""
+    new_max = torch.maximum(run_max, s.amax(1))  # (bm,)
+    shift = new_max.nan_to_num(neginf=0.0)  # a row with nothing seen yet keeps max -inf: shift by 0
+    run_sum.mul_(torch.exp(run_max - shift)).add_(s.sub_(shift[:, None]).exp_().sum(1))
+    run_max.copy_(new_max)
+
+
 def tiled_forward(
-    a: Tensor, b: Tensor, ra: Tensor, rb: Tensor, beta: Tensor, la: Tensor, lb: Tensor, *,
-    exclude_diag: bool, block: tuple[int, int],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """PyTorch twin of `_row_stats_fwd`: log-sum-exps merged tile by tile with logaddexp."""
-    m = a.shape[0]
-    lse = torch.full((m,), float("-inf"), dtype=ra.dtype, device=a.device)
-    plse = lse.clone()
-    psum = torch.zeros_like(lse)
-    npos = torch.zeros_like(lse)
-    col_scale = rb * beta  # (K,)
-    for r, c in _tiles(m, b.shape[0], block):
-        s, w, p = _tile_logits(a[r], b[c], ra[r], col_scale[c], la[r], lb[c], r.start, c.start, exclude_diag)
-        lse[r] = torch.logaddexp(lse[r], torch.logsumexp(s.masked_fill(~w, float("-inf")), 1))
-        plse[r] = torch.logaddexp(plse[r], torch.logsumexp(s.masked_fill(~p, float("-inf")), 1))
-        psum[r] += (s * p).sum(1)
-        npos[r] += p.sum(1)
-    return lse, plse, psum, npos
-
-
-def _project(grad: Tensor, x: Tensor, rx: Tensor) -> Tensor:
-    """Chain rule through x / |x|: rx * (grad - x_hat (x_hat . grad)), row by row."""
-    x = x.to(grad.dtype)
-    return rx[:, None] * grad - (rx**3 * (x * grad).sum(1))[:, None] * x
+    x: Tensor, y: Tensor, la: Tensor, lb: Tensor, *, exclude_diag: bool, with_plse: bool, block: tuple[int, int]
+) -> tuple[Tensor, Tensor | None]:
+    """PyTorch twin of `_lse_fwd`: lse (M,) and plse (M,) or None of s = x y^T, one row block at a time."""
+    m, k = x.shape[0], y.shape[0]
+    tile = _Tile(x, block, with_plse)
+    lse = torch.empty(m, dtype=x.dtype, device=x.device)
+    plse = torch.empty_like(lse) if with_plse else None
+    for i0 in range(0, m, block[0]):
+        r = slice(i0, min(i0 + block[0], m))
+        acc = torch.full((4, r.stop - i0), float("-inf"), dtype=x.dtype, device=x.device)  # max, sum, pmax, psum
+        acc[1::2] = 0.0
+        for j0 in range(0, k, block[1]):
+            c = slice(j0, min(j0 + block[1], k))
+            s = tile.logits(x, y, r, c, exclude_diag)
+            if with_plse:
+                _merge_lse(acc[2], acc[3], tile.positives(s, la[r], lb[c]))
+            _merge_lse(acc[0], acc[1], s)
+        lse[r] = acc[0].nan_to_num(neginf=0.0) + acc[1].log()  # -inf for a row with an empty W
+        if with_plse:
+            plse[r] = acc[2].nan_to_num(neginf=0.0) + acc[3].log()
+    return lse, plse
 
 
 def tiled_backward(
-    a: Tensor, b: Tensor, ra: Tensor, rb: Tensor, beta: Tensor, la: Tensor, lb: Tensor,
-    lse: Tensor, plse: Tensor, g_lse: Tensor, g_plse: Tensor | None, g_psum: Tensor | None, *,
-    exclude_diag: bool, normalize: bool, need_a: bool, need_b: bool, block: tuple[int, int],
+    x: Tensor, y: Tensor, la: Tensor, lb: Tensor, lse: Tensor, plse: Tensor | None, g_lse: Tensor,
+    g_plse: Tensor | None, *, exclude_diag: bool, need_x: bool, need_y: bool, block: tuple[int, int],
 ) -> tuple[Tensor | None, Tensor | None]:
-    """PyTorch twin of `_row_stats_bwd_a` and `_row_stats_bwd_b`; returns (dA, dB) in the inputs' dtypes.
-    A None gradient (that statistic was not used) skips its term."""
-    acc_a = torch.zeros(a.shape, dtype=ra.dtype, device=a.device)  # sum_j G_ij beta_j rb_j b_j
-    acc_b = torch.zeros(b.shape, dtype=ra.dtype, device=a.device)  # sum_i G_ij beta_j rb_j ra_i a_i
-    col_scale = rb * beta
-    for r, c in _tiles(a.shape[0], b.shape[0], block):
-        s, w, p = _tile_logits(a[r], b[c], ra[r], col_scale[c], la[r], lb[c], r.start, c.start, exclude_diag)
-        g = torch.where(w, g_lse[r, None] * torch.exp(s - lse[r, None]), 0.0)  # (bm, bn) dL/ds
-        if g_plse is not None:  # skipped when no loss used plse (one full exp pass less)
-            g = g + torch.where(p, g_plse[r, None] * torch.exp(s - plse[r, None]), 0.0)
-        if g_psum is not None:
-            g = g + g_psum[r, None] * p
-        g = g * col_scale[None, c]
-        if need_a:
-            acc_a[r] += g @ b[c].to(g.dtype)
-        if need_b:
-            acc_b[c] += (g * ra[r, None]).T @ a[r].to(g.dtype)
-    da = db = None
-    if need_a:
-        da = (_project(acc_a, a, ra) if normalize else acc_a).to(a.dtype)
-    if need_b:
-        db = (_project(acc_b, b, rb) / rb[:, None] if normalize else acc_b).to(b.dtype)
-    return da, db
+    """PyTorch twin of `_lse_bwd_x` and `_lse_bwd_y`: (dx, dy) from the gradients of lse and plse (None: unused)."""
+    tile = _Tile(x, block, g_plse is not None)
+    dx = torch.zeros_like(x) if need_x else None  # sum_j G_ij y_j
+    dy = torch.zeros_like(y) if need_y else None  # sum_i G_ij x_i
+    for r, c in _tiles(x.shape[0], y.shape[0], block):
+        g = tile.logits(x, y, r, c, exclude_diag)  # becomes G = dL/ds in place
+        gp = None
+        if g_plse is not None:  # g_plse_i exp(s - plse_i) on P; rows without positives have plse = -inf: zeroed
+            gp = tile.positives(g, la[r], lb[c])
+            gp.sub_(plse[r, None]).exp_().mul_(g_plse[r, None]).nan_to_num_(nan=0.0)
+        g.sub_(lse[r, None]).exp_().mul_(g_lse[r, None])  # g_lse_i softmax_W(s)_ij; exp(-inf) = 0 off W
+        if gp is not None:
+            g.add_(gp)
+        if need_x:
+            dx[r].addmm_(g, y[c])
+        if need_y:
+            dy[c].addmm_(g.T, x[r])
+    return dx, dy
 
 
 def _use_triton(x: Tensor, backend: str) -> bool:
@@ -122,54 +140,54 @@ def _use_triton(x: Tensor, backend: str) -> bool:
     return backend == "triton" or (backend == "auto" and x.is_cuda)
 
 
-class _RowStatsFn(torch.autograd.Function):
-    """Forward: per-row statistics; backward: gradients of A and B from the gradients of lse, plse, psum."""
+class _TiledLseFn(torch.autograd.Function):
+    """Forward: lse (and plse when with_plse) of x y^T; backward: dx, dy from their gradients."""
 
     @staticmethod
-    def forward(ctx, a, b, beta, la, lb, exclude_diag, normalize, backend):  # noqa: D102
-        acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-        a, b = a.contiguous(), b.contiguous()
-        beta = beta.to(device=a.device, dtype=acc_dtype).contiguous()
-        la, lb = la.to(a.device, torch.int64).contiguous(), lb.to(a.device, torch.int64).contiguous()
-        ones = lambda x: torch.ones(x.shape[0], dtype=acc_dtype, device=x.device)  # noqa: E731
-        # Inverse norms (M,), (K,): the L2 normalisation is applied to the logits, no normalised copy exists.
-        ra = a.to(acc_dtype).norm(dim=1).clamp_min(1e-12).reciprocal() if normalize else ones(a)
-        rb = b.to(acc_dtype).norm(dim=1).clamp_min(1e-12).reciprocal() if normalize else ones(b)
-        use_triton = _use_triton(a, backend)
+    def forward(ctx, x, y, la, lb, exclude_diag, with_plse, use_triton):  # noqa: D102
         if use_triton:
             from fastvid.kernels import contrastive_triton
 
-            stats = contrastive_triton.row_stats_forward(
-                a, b, ra, rb, beta, la, lb, exclude_diag=exclude_diag, block_m=TRITON_BLOCK[0],
-                block_n=TRITON_BLOCK[1],
-            )
+            lse, plse = contrastive_triton.lse_forward(x, y, la, lb, exclude_diag=exclude_diag, with_plse=with_plse,
+                                                       block=TRITON_BLOCK)
         else:
-            stats = tiled_forward(a, b, ra, rb, beta, la, lb, exclude_diag=exclude_diag, block=CPU_BLOCK)
-        ctx.save_for_backward(a, b, ra, rb, beta, la, lb, stats[0], stats[1])
-        ctx.opts = dict(exclude_diag=exclude_diag, normalize=normalize)
+            lse, plse = tiled_forward(x, y, la, lb, exclude_diag=exclude_diag, with_plse=with_plse, block=CPU_BLOCK)
+        ctx.save_for_backward(x, y, la, lb, lse, *([plse] if with_plse else []))
+        ctx.opts = dict(exclude_diag=exclude_diag)
         ctx.use_triton = use_triton
-        ctx.mark_non_differentiable(stats[3])
-        return stats
+        return (lse, plse) if with_plse else lse
 
     @staticmethod
-    def backward(ctx, g_lse, g_plse, g_psum, _g_npos):  # noqa: D102
-        a, b, ra, rb, beta, la, lb, lse, plse = ctx.saved_tensors
-        grads = [None if g is None else g.to(ra.dtype).contiguous() for g in (g_lse, g_plse, g_psum)]
-        need = dict(need_a=ctx.needs_input_grad[0], need_b=ctx.needs_input_grad[1])
-        if ctx.use_triton:  # the kernels take every term; an unused one is a zero vector
+    def backward(ctx, g_lse, g_plse=None):  # noqa: D102
+        x, y, la, lb, lse, *plse = ctx.saved_tensors
+        plse = plse[0] if plse else None
+        g_lse = g_lse.contiguous()
+        g_plse = None if g_plse is None else g_plse.contiguous()
+        need = dict(need_x=ctx.needs_input_grad[0], need_y=ctx.needs_input_grad[1])
+        if ctx.use_triton:
             from fastvid.kernels import contrastive_triton
 
-            grads = [torch.zeros_like(ra) if g is None else g for g in grads]
-            da, db = contrastive_triton.row_stats_backward(
-                a, b, ra, rb, beta, la, lb, lse, plse, *grads, **ctx.opts, **need,
-                block_m=TRITON_BLOCK[0], block_n=TRITON_BLOCK[1],
-            )
+            dx, dy = contrastive_triton.lse_backward(x, y, la, lb, lse, plse, g_lse, g_plse, **ctx.opts, **need,
+                                                     block=TRITON_BLOCK)
         else:
-            if grads[0] is None:
-                grads[0] = torch.zeros_like(ra)
-            da, db = tiled_backward(a, b, ra, rb, beta, la, lb, lse, plse, *grads, **ctx.opts, **need,
-                                    block=CPU_BLOCK)
-        return da, db, None, None, None, None, None, None
+            dx, dy = tiled_backward(x, y, la, lb, lse, plse, g_lse, g_plse, **ctx.opts, **need, block=CPU_BLOCK)
+        return dx, dy, None, None, None, None, None
+
+
+def _positive_sums(x: Tensor, y: Tensor, la: Tensor, lb: Tensor, exclude_diag: bool) -> tuple[Tensor, Tensor]:
+    """psum (M,) and npos (M,) from per-label sums of the candidates: O((M + K) D), differentiable by autograd."""
+    m, k = x.shape[0], y.shape[0]
+    ids = torch.unique(torch.cat([la, lb]), return_inverse=True)[1]  # labels -> 0..L-1, L <= M + K
+    ia, ib = ids[:m], ids[m:]
+    y_sum = y.new_zeros(m + k, y.shape[1]).index_add(0, ib, y)  # (L, D) sum of the candidates of each label
+    count = x.new_zeros(m + k).index_add_(0, ib, x.new_ones(k))  # (L,)
+    psum = (x * y_sum[ia]).sum(1)  # (M,)
+    npos = count[ia]
+    if exclude_diag:  # drop the pair j == i where it was counted as a positive
+        self_pos = ia == ib  # (M,)
+        psum = psum - torch.where(self_pos, (x * y).sum(1), 0.0)
+        npos = npos - self_pos.to(npos.dtype)
+    return psum, npos
 
 
 def row_stats(
@@ -181,15 +199,17 @@ def row_stats(
     *,
     exclude_diag: bool = False,
     normalize: bool = True,
+    with_plse: bool = False,
     backend: str = "auto",
 ) -> RowStats:
     """Fused contrastive statistics of anchors a: (M, D) against candidates b: (K, D).
 
     beta: scalar or (K,) inverse temperature per candidate; labels_a: (M,), labels_b: (K,) int64 (positives are
     equal labels; without labels there are no positives); exclude_diag drops the pairs j == i (a and b are the
-    same set). a and b: float16/bfloat16/float32/float64 of one dtype; statistics accumulate in float32
-    (float64 for float64). backend: "auto" (Triton for CUDA tensors, tiled PyTorch otherwise), "triton" (also
-    runs CPU tensors under TRITON_INTERPRET=1) or "torch".
+    same set); with_plse also computes plse (a second log-sum-exp over the tiles: only MIL-NCE needs it).
+    a and b: float16/bfloat16/float32/float64 of one dtype; statistics accumulate in float32 (float64 for float64).
+    backend: "auto" (Triton for CUDA tensors, tiled PyTorch otherwise), "triton" (also runs CPU tensors under
+    TRITON_INTERPRET=1) or "torch".
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"row_stats: need a (M, D) and b (K, D), got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -199,15 +219,31 @@ def row_stats(
         raise ValueError(f"row_stats: feature size {a.shape[1]} exceeds the kernels' limit of {MAX_DIM}")
     if exclude_diag and a.shape[0] != b.shape[0]:
         raise ValueError("row_stats: exclude_diag needs as many anchors as candidates")
-    m, k = a.shape[0], b.shape[0]
-    beta = torch.as_tensor(beta, dtype=torch.float64, device=a.device).expand(k)
     if (labels_a is None) != (labels_b is None):
         raise ValueError("row_stats: give both labels_a and labels_b, or neither")
-    if labels_a is None:  # labels that never match: no positives
-        labels_a = torch.zeros(m, dtype=torch.int64, device=a.device)
-        labels_b = torch.ones(k, dtype=torch.int64, device=a.device)
-    if labels_a.shape != (m,) or labels_b.shape != (k,):
+    if with_plse and labels_a is None:
+        raise ValueError("row_stats: with_plse needs labels_a and labels_b (plse is over the positives)")
+    m, k = a.shape[0], b.shape[0]
+    if labels_a is not None and (labels_a.shape != (m,) or labels_b.shape != (k,)):
         raise ValueError(
             f"row_stats: labels must be ({m},) and ({k},), got {tuple(labels_a.shape)}, {tuple(labels_b.shape)}"
         )
-    return RowStats(*_RowStatsFn.apply(a, b, beta, labels_a, labels_b, exclude_diag, normalize, backend))
+    use_triton = _use_triton(a, backend)
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    beta = torch.as_tensor(beta, dtype=acc, device=a.device).expand(k)
+    x, y = a.to(acc), b.to(acc)  # (M, D), (K, D)
+    if normalize:  # O((M + K) D): the scaled copies are the only extra feature-sized memory
+        x = x * x.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+        y = y * y.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+    y = y * beta[:, None]  # s = x y^T
+    if labels_a is None:  # no positives
+        la = lb = torch.empty(0, dtype=torch.int64, device=a.device)
+        psum, npos = x.new_zeros(m), x.new_zeros(m)
+    else:
+        la, lb = labels_a.to(a.device, torch.int64).contiguous(), labels_b.to(a.device, torch.int64).contiguous()
+        psum, npos = _positive_sums(x, y, la, lb, exclude_diag)
+    # The kernels read the inputs' dtype (bf16/fp16 tensor cores) and accumulate in float32; the CPU stays in acc.
+    kx, ky = (x.to(a.dtype), y.to(a.dtype)) if use_triton else (x, y)
+    out = _TiledLseFn.apply(kx.contiguous(), ky.contiguous(), la, lb, exclude_diag, with_plse, use_triton)
+    lse, plse = out if with_plse else (out, None)
+    return RowStats(lse, plse, psum, npos.detach())

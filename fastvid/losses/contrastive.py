@@ -75,7 +75,7 @@ def mil_nce(
 ) -> Tensor:
     """MIL-NCE, Vi2CLR eq. (2): z: (N, D), cluster_ids: (N,) -> scalar, mean over anchors with a positive."""
     st = row_stats(z, z, 1.0 / temperature, cluster_ids, cluster_ids, exclude_diag=True, normalize=normalize,
-                   backend=backend)
+                   with_plse=True, backend=backend)
     has_pos = st.npos > 0  # an anchor alone in its cluster has plse = -inf and no term
     return (st.lse - st.plse)[has_pos].mean()
 

@@ -60,7 +60,7 @@ def make_case(m, k, d, *, same, dtype=torch.float64, labels=4, seed=0):
 def test_matches_full_matrix_float64(backend, m, k, d, same, normalize, poisoned_empty):  # noqa: F811
     a, b, beta, la, lb = make_case(m, k, d, same=same)
     b_in = a if same else b
-    st = row_stats(a, b_in, beta, la, lb, exclude_diag=same, normalize=normalize, backend=backend)
+    st = row_stats(a, b_in, beta, la, lb, exclude_diag=same, normalize=normalize, with_plse=True, backend=backend)
     ref = naive_row_stats(a, b_in, beta, la, lb, same, normalize)
     for got, want in zip(st, ref):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -77,7 +77,10 @@ def test_matches_full_matrix_float64(backend, m, k, d, same, normalize, poisoned
 def test_gradcheck(backend):
     a, b, beta, la, lb = make_case(6, 5, 4, same=False, labels=2, seed=3)
     weights = torch.randn(3, 6, dtype=torch.float64)
-    fn = lambda a, b: weighted_sum(row_stats(a, b, beta, la, lb, backend=backend), weights)  # noqa: E731
+
+    def fn(a, b):
+        return weighted_sum(row_stats(a, b, beta, la, lb, with_plse=True, backend=backend), weights)
+
     assert torch.autograd.gradcheck(fn, (a, b))
 
 
@@ -86,7 +89,7 @@ def test_gradient_only_where_needed(backend):
     """A detached candidate set (MoCo queue, centroids) gets no gradient and the kernel for it is skipped."""
     a, b, beta, la, lb = make_case(20, 40, 8, same=False)
     st = row_stats(a, b.detach(), beta, backend=backend)
-    assert torch.isinf(st.plse).all() and (st.npos == 0).all()  # no labels: no positives
+    assert st.plse is None and (st.npos == 0).all() and (st.psum == 0).all()  # no labels: no positives
     (ga,) = torch.autograd.grad(st.lse.sum(), (a,))
     (want,) = torch.autograd.grad(naive_row_stats(a, b.detach(), beta, la, lb, False, True).lse.sum(), (a,))
     torch.testing.assert_close(ga, want)
@@ -106,7 +109,7 @@ LOW_PRECISION = [
 def test_low_precision_inputs_accumulate_in_float32(backend, dtype, tol, poisoned_empty):  # noqa: F811
     a, b, beta, la, lb = make_case(40, 50, 24, same=False)
     a16, b16 = a.detach().to(dtype).requires_grad_(), b.detach().to(dtype).requires_grad_()
-    st = row_stats(a16, b16, beta, la, lb, backend=backend)
+    st = row_stats(a16, b16, beta, la, lb, with_plse=True, backend=backend)
     assert st.lse.dtype == torch.float32
     ref = naive_row_stats(a16.double(), b16.double(), beta, la, lb, False, True)  # same rounded inputs
     for got, want in zip(st, ref):
@@ -132,6 +135,19 @@ def test_bad_inputs_are_named():
         row_stats(a, a.double(), 1.0)
     with pytest.raises(ValueError, match="backend"):
         row_stats(a, a, 1.0, backend="cuda")
+    with pytest.raises(ValueError, match="with_plse needs labels"):
+        row_stats(a, a, 1.0, with_plse=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plse_only_when_asked(backend):
+    """Without with_plse the tiles skip the positive log-sum-exp; the other statistics are unchanged."""
+    a, b, beta, la, lb = make_case(37, 29, 20, same=False)
+    full = row_stats(a, b, beta, la, lb, with_plse=True, backend=backend)
+    lean = row_stats(a, b, beta, la, lb, backend=backend)
+    assert lean.plse is None and full.plse is not None
+    for got, want in zip((lean.lse, lean.psum, lean.npos), (full.lse, full.psum, full.npos)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.gpu
@@ -146,7 +162,7 @@ def test_cuda_matches_oracle(dtype):
     lb = torch.randint(0, 50, (777,), device="cuda", generator=g)
     outs = []
     for backend in BACKENDS:
-        st = row_stats(a, b, 10.0, la, lb, backend=backend)
+        st = row_stats(a, b, 10.0, la, lb, with_plse=True, backend=backend)
         grads = torch.autograd.grad(st.lse.sum() + st.psum.sum(), (a, b))
         outs.append((*st, *grads))
     for got, want in zip(*outs):
