@@ -2,9 +2,10 @@
 
 `views_pipeline` reads shards with `fn.readers.webdataset`, asks `SampleDrawer` (numpy, one call per
 sample) for every random draw, decodes each video once at the union of the frames its views need,
-and applies each view's crop/flip (one affine matrix per frame), colour jitter and blur. It returns
-uint8 frames (T, H, W, C) per video view, log-mel spectrograms per audio view, and the draws that
-the torch side (`fastvid.data.loader`) still needs (flow sign, channel split, masks, reversal).
+and applies each view's crop/flip (one `resize` of a region), colour jitter and blur. It returns
+uint8 frames (T, H, W, C) per video view, log-mel spectrograms of the (possibly reversed) waveform per
+audio view, and the draws the torch side (`fastvid.data.loader`) still needs (flow scale, channel
+split, masks).
 `decode_pipeline` is the decode-only ceiling for benchmarks/loader.py.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from fastvid.data.pyav import decode_frames
 from fastvid.data.sampling import SampleDrawer, hop_samples
-from fastvid.data.spec import ViewSpec
+from fastvid.data.spec import RGB_MEAN, RGB_STD, ViewSpec
 
 READER = "shards"  # the reader's name: the iterator takes the epoch length from it
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder accepts (not H.264)
@@ -52,16 +53,37 @@ def _decode(data, frames, codec: str, device: str):
 
 
 def _spatial(frames, view: ViewSpec, draws: dict):
-    """Crop + resize + flip as one warp per frame, then colour jitter/grayscale and blur."""
-    name = view.name
-    out = fn.warp_affine(frames, matrix=fn.per_frame(draws[f"{name}.affine"]), size=list(view.spatial.size),
-                         inverse_map=True, fill_value=0, interp_type=types.INTERP_LINEAR)
+    """(T, H, W, 3) uint8 frames -> the view: (3, T, h, w) float RGB, or (T, h, w, 2) uint8 flow.
+
+    Crop + resize + flip first, so the rest runs on the small output frames; blur only in the samples
+    that drew it (a conditional splits the batch: DALI's blur costs as much with a one-tap window);
+    colour jitter, grayscale and channel splitting as one affine colour map; normalisation and the
+    CFHW layout in one `crop_mirror_normalize`. One draw per view: a single `resize` of the region
+    (x1 < x0 mirrors it) and per-sample arguments, which DALI applies to every frame of the sequence.
+    Frame-wise mode (thesis Table 3): a `warp_affine` matrix and colour arguments per frame."""
+    name, s = view.name, view.spatial
+
+    def per(draw):  # (R, ...) draws -> a DALI argument: one per frame, or the sample's single one
+        return fn.per_frame(draw) if s.per_frame else draw[0]
+
+    if s.per_frame:
+        out = fn.warp_affine(frames, matrix=fn.per_frame(draws[f"{name}.affine"]), size=list(s.size),
+                             inverse_map=True, fill_value=0, interp_type=types.INTERP_LINEAR)
+    else:
+        region = draws[f"{name}.roi"][0]  # (4,): y0, x0, y1, x1
+        out = fn.resize(frames, size=list(s.size), roi_start=region[0:2], roi_end=region[2:4],
+                        roi_relative=False, interp_type=types.INTERP_LINEAR)
     if view.modality == "flow":  # flow fields get no photometric augmentation
         return out
-    colour = draws[f"{name}.colour"]  # (T, 4): brightness, contrast, saturation, hue
-    out = fn.color_twist(out, brightness=fn.per_frame(colour[:, 0]), contrast=fn.per_frame(colour[:, 1]),
-                         saturation=fn.per_frame(colour[:, 2]), hue=fn.per_frame(colour[:, 3]))
-    return fn.gaussian_blur(out, sigma=fn.per_frame(draws[f"{name}.sigma"]))
+    if s.blur > 0:
+        if draws[f"{name}.blur"]:
+            out = fn.gaussian_blur(out, sigma=per(draws[f"{name}.sigma"]))
+    colour = draws[f"{name}.colour"]  # (R, 3, 4): [M | t] on 0-255 RGB
+    out = fn.coord_transform(out, M=per(colour[:, :, 0:3]), T=per(colour[:, :, 3]), dtype=types.UINT8)
+    mean, std = (RGB_MEAN, RGB_STD) if s.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return fn.crop_mirror_normalize(out, mean=[255 * m for m in mean], std=[255 * d for d in std],
+                                    dtype=types.FLOAT16 if view.dtype == "float16" else types.FLOAT,
+                                    output_layout="CFHW")
 
 
 def _flow_planes(frames):
@@ -79,6 +101,9 @@ def _audio(flac, view: ViewSpec, draws: dict, rate: int, device: str):
     window = fn.slice(wave, start=draws[f"{view.name}.start"], shape=[round(spec.seconds * rate)], axes=[0],
                       out_of_bounds_policy="pad")
     window = window * draws[f"{view.name}.gain"]  # volume jitter
+    # Reverse the waveform itself (flip needs a layout: view the (S,) window as a 1-row image).
+    window = fn.reshape(fn.flip(fn.reshape(window, shape=[1, -1, 1], layout="HWC"),
+                                horizontal=draws[f"{view.name}.reverse"]), shape=[-1], layout="")
     if device == "mixed":
         window = window.gpu()
     win = round(spec.window_ms * rate / 1000)
@@ -88,10 +113,10 @@ def _audio(flac, view: ViewSpec, draws: dict, rate: int, device: str):
     return fn.to_decibels(mel, multiplier=10.0, cutoff_db=-80.0)  # (F_mel, T_mel)
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def views_pipeline(reader: ReaderArgs, views: list[ViewSpec], drawer: SampleDrawer, codec: str,
                    audio_rate: int, device: str):
-    """Outputs, in order: `output_names(views, drawer)`."""
+    """Outputs, in order: `output_names(views)`."""
     flow_views = [v for v in views if v.modality == "flow"]
     audio_views = [v for v in views if v.modality == "audio"]
     rgb_views = [v for v in views if v.modality not in ("flow", "audio")]
@@ -113,7 +138,9 @@ def views_pipeline(reader: ReaderArgs, views: list[ViewSpec], drawer: SampleDraw
         for view in group:  # each view is a fixed-length run of the one decode
             frames = decoded[first:first + view.temporal.frames]
             first += view.temporal.frames
-            outputs += [_spatial(frames, view, draws), draws[f"{view.name}.aux"]]
+            outputs.append(_spatial(frames, view, draws))
+            if source == "flow.mp4":
+                outputs.append(draws[f"{view.name}.aux"])
     for view in audio_views:
         outputs += [_audio(members["flac"], view, draws, audio_rate, device), draws[f"{view.name}.aux"]]
     return tuple(outputs)
@@ -125,7 +152,7 @@ def output_names(views: list[ViewSpec]) -> list[str]:
     ordered = [v for v in views if v.modality not in ("flow", "audio")] + \
         [v for v in views if v.modality == "flow"] + [v for v in views if v.modality == "audio"]
     for v in ordered:
-        names += [v.name, f"{v.name}.aux"]
+        names += [v.name] + ([f"{v.name}.aux"] if v.modality in ("flow", "audio") else [])
     return names
 
 

@@ -1,10 +1,9 @@
 """`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
 
-DALI (`fastvid.data.dali`) decodes and applies the geometric and photometric draws; this module
-checks the shards up front, builds one pipeline per epoch (the epoch's seed sets the shuffle), and
-finishes each view in torch on the training device: scale and normalise, channel split, flow
-de-quantisation, flow sign under flips, mean subtraction and temporal flip, spectrogram reversal and
-SpecAugment masks, layout (N, C, T, H, W) and dtype.
+DALI (`fastvid.data.dali`) decodes and applies the geometric and photometric draws, normalises and
+lays out RGB views as (N, C, T, H, W); this module checks the shards up front, builds one pipeline per
+epoch (the epoch's seed sets the shuffle), and finishes views in torch on the training device: flow
+de-quantisation and rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
 """
 from __future__ import annotations
 
@@ -157,55 +156,45 @@ class VideoLoader:
         batch = {"label": out["label"].to(self.device).long(), "index": out["index"].to(self.device).long()}
         for view in self.views:
             x = out[view.name].to(self.device, non_blocking=True)
-            aux = out[f"{view.name}.aux"].to(self.device)
             if view.modality == "audio":
+                aux = out[f"{view.name}.aux"].to(self.device)
                 batch[view.name] = finish_audio(x, aux, view.audio.freq_masks).to(DTYPES[view.dtype])
             elif view.modality == "flow":
+                aux = out[f"{view.name}.aux"].to(self.device)
                 batch[view.name] = finish_flow(x, aux, view).to(DTYPES[view.dtype])
             else:
-                batch[view.name] = finish_rgb(x, aux, view).to(DTYPES[view.dtype])
+                batch[view.name] = finish_rgb(x, view)
         return batch
 
 
-def finish_rgb(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
-    """(N, T, H, W, 3) uint8 -> (N, 3, T, H, W) float32 (or (N, 3, H, W) for a frame view).
-    aux (N, 3): channel kept by channel splitting in column 2 (-1: none)."""
-    x = x.float() / 255.0
-    channel = aux[:, 2].long()
-    split = channel >= 0
-    if split.any():
-        picked = torch.gather(x, 4, channel.clamp(min=0).view(-1, 1, 1, 1, 1).expand(*x.shape[:4], 1))
-        x = torch.where(split.view(-1, 1, 1, 1, 1), picked.expand_as(x), x)  # (N, T, H, W, 3)
-    if view.spatial.normalize:
-        mean = torch.tensor(RGB_MEAN, device=x.device)
-        std = torch.tensor(RGB_STD, device=x.device)
-        x = (x - mean) / std
-    x = x.permute(0, 4, 1, 2, 3)  # (N, 3, T, H, W)
-    return x[:, :, 0] if view.modality == "frame" else x.contiguous()
+def finish_rgb(x: torch.Tensor, view: ViewSpec) -> torch.Tensor:
+    """(N, 3, T, H, W) float from DALI (normalised, channel-split there) -> the view's dtype, and
+    (N, 3, H, W) for a frame view."""
+    x = x.to(DTYPES[view.dtype])
+    return x[:, :, 0] if view.modality == "frame" else x
 
 
 def finish_flow(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
     """(N, T, H, W, 2) uint8 quantised flow -> (N, 2, T, H, W) float32 in pixels.
-    aux (N, 3): u's sign (-1 when the view was flipped), temporal flip flag."""
-    flow = (x.float() - 128.0) * (FLOW_BOUND / 127.0)  # (N, T, H, W, 2)
-    flow[..., 0] *= aux[:, 0].view(-1, 1, 1, 1)  # mirrored field: u changes sign
+    aux (N, 3): output pixels per source pixel along x (negative when the view was flipped: u changes
+    sign) and y, temporal flip flag. A displacement resized with its frame scales with it."""
+    flow = (x.float() - 128.0) * (FLOW_BOUND / 127.0)  # (N, T, H, W, 2) in source pixels
+    flow = flow * aux[:, None, None, None, 0:2]  # (N, T, H, W, 2) in output pixels
     if view.spatial.flow_mean:
         flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # each frame's mean motion (camera)
-    flipped = aux[:, 1] > 0.5
+    flipped = aux[:, 2] > 0.5
     flow = torch.where(flipped.view(-1, 1, 1, 1, 1), flow.flip(1), flow)
     return flow.permute(0, 4, 1, 2, 3).contiguous()  # (N, 2, T, H, W)
 
 
 def finish_audio(spec: torch.Tensor, aux: torch.Tensor, freq_masks: int) -> torch.Tensor:
-    """(N, F, T) log-mel -> (N, 1, F, T): reversed with its video, then SpecAugment masks set to the
-    spectrogram's mean. aux (N, 1 + 2k): reverse flag, then (start, width) per frequency then time mask."""
+    """(N, F, T) log-mel -> (N, 1, F, T) with SpecAugment masks set to the spectrogram's mean.
+    aux (N, 2k): (start, width) per frequency mask, then per time mask."""
     n, f, t = spec.shape
-    reverse = aux[:, 0] > 0.5
-    spec = torch.where(reverse.view(-1, 1, 1), spec.flip(2), spec)
     fill = spec.mean(dim=(1, 2), keepdim=True)  # (N, 1, 1)
     bins = torch.arange(f, device=spec.device).view(1, f, 1)
     steps = torch.arange(t, device=spec.device).view(1, 1, t)
-    masks = aux[:, 1:].view(n, -1, 2)  # (N, masks, 2)
+    masks = aux.view(n, -1, 2)  # (N, masks, 2)
     masked = torch.zeros_like(spec, dtype=torch.bool)
     for k in range(masks.shape[1]):
         start = masks[:, k, 0].view(-1, 1, 1)

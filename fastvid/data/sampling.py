@@ -1,8 +1,9 @@
 """Every random draw of a sample, in numpy, from the sample's metadata and a seeded generator.
 
 The DALI pipeline runs `SampleDrawer` once per sample (inside `fn.python_function`) and applies the
-draws with deterministic operators: frame indices go to the decoder's `frames=` argument, crops and
-flips become one affine matrix per frame for `warp_affine`, colour draws feed `color_twist`. Keeping the
+draws with deterministic operators: frame indices go to the decoder's `frames=` argument, a crop and
+flip become one region of interest for `resize` (a matrix per frame for `warp_affine` in frame-wise
+mode), colour draws feed `color_twist`. Keeping the
 draws here makes them shareable between views (anchors, groups), keyed by (seed, epoch, sample index)
 so a seed reproduces a batch whatever the shuffle order, and testable without decoding anything.
 """
@@ -14,7 +15,6 @@ import numpy as np
 
 from fastvid.data.spec import SpatialSpec, TemporalSpec, ViewSpec
 
-NO_BLUR_SIGMA = 1e-3  # DALI's Gaussian window for this sigma has a single tap: the identity
 
 
 def anchor_start(t: TemporalSpec, num_frames: int, flow_magnitude: list[float] | None,
@@ -43,11 +43,13 @@ def anchor_start(t: TemporalSpec, num_frames: int, flow_magnitude: list[float] |
 def view_frames(t: TemporalSpec, anchor: int, num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, int, bool]:
     """Frame indices (m,) of one view, the first frame in time order, and whether it was reversed.
 
-    Applies the offset from the anchor, RandomShift [-s, s] (kept inside the video), frame drop, reverse
-    and shuffle; indices past the end loop back to the start (the thesis's Random m)."""
-    span = t.span()
-    start = anchor + t.offset + (int(rng.integers(-t.shift, t.shift + 1)) if t.shift else 0)
-    start = min(max(start, 0), max(num_frames - span, 0))
+    Applies RandomShift [-s, s] to the anchor (kept inside the video), then the offset, frame drop,
+    reverse and shuffle; indices past the end loop back to the start (the thesis's Random m), so an
+    offset into a looped anchor window follows the loop (Vi2CLR's middle frame of a short clip)."""
+    start = anchor
+    if t.shift:
+        start = min(max(anchor + int(rng.integers(-t.shift, t.shift + 1)), 0), max(num_frames - t.span(), 0))
+    start = (start + t.offset) % num_frames
     count = 2 * t.frames if t.drop else t.frames
     idx = start + t.stride * np.arange(count)
     if t.drop:
@@ -81,29 +83,48 @@ def crop_box(s: SpatialSpec, width: int, height: int, rng: np.random.Generator) 
     return rng.uniform(0, width - w), rng.uniform(0, height - h), w, h
 
 
-def affine(box: tuple[float, float, float, float], flip: bool, size: tuple[int, int]) -> np.ndarray:
-    """(2, 3) matrix mapping output pixel coordinates to source coordinates (warp_affine's inverse map)."""
+def roi(box: tuple[float, float, float, float], flip: bool) -> np.ndarray:
+    """(4,) `resize` region (y0, x0, y1, x1) in source pixels; x1 < x0 mirrors it (a horizontal flip)."""
     x0, y0, w, h = box
+    return np.array([y0, x0 + w, y0 + h, x0] if flip else [y0, x0, y0 + h, x0 + w], np.float32)
+
+
+def affine(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(2, 3) matrix mapping output pixel coordinates to source coordinates (warp_affine's inverse map)
+    that samples the same region as `resize` with `region`: frame-wise mode's per-frame geometry."""
+    y0, x0, y1, x1 = region.tolist()
     out_h, out_w = size
-    sx, sy = w / out_w, h / out_h
-    if flip:
-        return np.array([[-sx, 0.0, x0 + w], [0.0, sy, y0]], np.float32)
-    return np.array([[sx, 0.0, x0], [0.0, sy, y0]], np.float32)
+    return np.array([[(x1 - x0) / out_w, 0.0, x0], [0.0, (y1 - y0) / out_h, y0]], np.float32)
+
+
+# RGB -> YIQ: hue turns and saturation scales the (I, Q) chroma plane, leaving luma Y (grey) alone.
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 
 
 def colour(s: SpatialSpec, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """color_twist arguments (brightness, contrast, saturation, hue in degrees) and a blur sigma."""
+    """One colour draw as a (3, 4) affine map [M | t] of 0-255 RGB (`coord_transform`), and a blur sigma
+    (0: no blur).
+
+    Brightness b, contrast c about mid-grey 128, saturation and hue (torchvision's ColorJitter ranges;
+    hue as a turn of the YIQ chroma plane, the linear stand-in for an HSV hue shift), grayscale as
+    saturation 0, then channel splitting (one channel copied to all three): all linear, so one matrix."""
     b = c = sat = 1.0
     hue = 0.0
     if rng.random() < s.jitter:
         b = rng.uniform(1 - s.brightness, 1 + s.brightness)
         c = rng.uniform(1 - s.contrast, 1 + s.contrast)
         sat = rng.uniform(1 - s.saturation, 1 + s.saturation)
-        hue = rng.uniform(-s.hue, s.hue) * 180.0
+        hue = rng.uniform(-s.hue, s.hue) * 2 * np.pi  # torchvision's unit: a fraction of a full turn
     if rng.random() < s.grayscale:
         sat = 0.0
-    sigma = rng.uniform(*s.blur_sigma) if rng.random() < s.blur else NO_BLUR_SIGMA
-    return np.array([b, c, sat, hue], np.float32), float(sigma)
+    cos, sin = sat * np.cos(hue), sat * np.sin(hue)
+    chroma = YIQ_TO_RGB @ np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]]) @ RGB_TO_YIQ
+    m = b * c * chroma  # grey (1, 1, 1) is a fixed direction of `chroma`, so the offset stays grey
+    if s.channel_split:
+        m = m[[int(rng.integers(3))] * 3]
+    sigma = rng.uniform(*s.blur_sigma) if rng.random() < s.blur else 0.0
+    return np.concatenate([m, np.full((3, 1), 128.0 * (1 - c))], axis=1).astype(np.float32), float(sigma)
 
 
 class SampleDrawer:
@@ -111,10 +132,13 @@ class SampleDrawer:
 
     `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
     `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
-    Per video view v:
-    `{v}.affine` (T, 2, 3), `{v}.colour` (T, 4), `{v}.sigma` (T,), `{v}.aux` (3,) = (flip sign,
-    temporal flip, channel kept or -1). Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (),
-    `{a}.aux` = (reverse, mask starts and widths...). Plus `label` and `index`."""
+    Per video view v, with R = T frames in frame-wise mode and R = 1 otherwise (one draw for all frames):
+    `{v}.roi` (R, 4) resize region (y0, x0, y1, x1), `{v}.affine` (R, 2, 3) the same as a warp_affine
+    matrix, `{v}.colour` (R, 3, 4) colour map of 0-255 RGB, `{v}.sigma` (R,) blur sigma (a tiny one for
+    frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (3,) = (u scale, v scale,
+    temporal flip): the factors that map source-pixel flow to output pixels (u's negative under a flip).
+    Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (), `{a}.reverse` () int32,
+    `{a}.aux` = (mask starts and widths...). Plus `label` and `index`."""
 
     def __init__(self, views: list[ViewSpec], key_index: dict[str, int], seed: int, epoch: int = 0):
         self.views = views
@@ -127,15 +151,17 @@ class SampleDrawer:
         for a in self.audio:
             if a.audio.follow not in names:
                 raise ValueError(f"audio view {a.name!r} follows unknown view {a.audio.follow!r}")
+        # An anchor shared with a flow view is drawn over the n - 1 flow frames (flow i: frame i -> i+1).
+        self.flow_anchors = {v.temporal.anchor for v in self.video if v.modality == "flow"}
         self.names = ["label", "index"]
         if any(v.modality != "flow" for v in self.video):
             self.names += ["frames", "frames.order"]
         if any(v.modality == "flow" for v in self.video):
             self.names += ["flow_frames", "flow_frames.order"]
         for v in self.video:
-            self.names += [f"{v.name}.affine", f"{v.name}.colour", f"{v.name}.sigma", f"{v.name}.aux"]
+            self.names += [f"{v.name}.{part}" for part in ("roi", "affine", "colour", "sigma", "blur", "aux")]
         for a in self.audio:
-            self.names += [f"{a.name}.start", f"{a.name}.gain", f"{a.name}.aux"]
+            self.names += [f"{a.name}.start", f"{a.name}.gain", f"{a.name}.reverse", f"{a.name}.aux"]
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of one sample in this epoch: independent of order, rank and batch."""
@@ -162,7 +188,7 @@ class SampleDrawer:
             t = v.temporal
             length = n - 1 if v.modality == "flow" else n  # flow frame i: frame i -> i+1
             if t.anchor not in anchors:
-                anchors[t.anchor] = anchor_start(t, length, magnitude, rng)
+                anchors[t.anchor] = anchor_start(t, n - 1 if t.anchor in self.flow_anchors else n, magnitude, rng)
             idx, first[v.name], reversed_[v.name] = view_frames(t, anchors[t.anchor], length, rng)
             (flow_frames if v.modality == "flow" else rgb_frames).append(idx)
             out.update(self._spatial(v, meta, rng, shared))
@@ -176,28 +202,30 @@ class SampleDrawer:
 
     def _spatial(self, v: ViewSpec, meta: dict, rng: np.random.Generator,
                  shared: dict[str, tuple[tuple[float, float, float, float], bool]]) -> dict[str, np.ndarray]:
-        s, frames = v.spatial, v.temporal.frames
+        s = v.spatial
         width, height = int(meta["width"]), int(meta["height"])
-        mats, colours, sigmas = [], [], []
-        for i in range(frames if s.per_frame else 1):
+        regions, colours, sigmas = [], [], []
+        for i in range(v.temporal.frames if s.per_frame else 1):
             if s.group is not None and s.group in shared and not s.per_frame:
                 box, flip = shared[s.group]
             else:
                 box, flip = crop_box(s, width, height, rng), bool(rng.random() < s.flip)
                 if s.group is not None and i == 0:
                     shared[s.group] = (box, flip)
-            mats.append(affine(box, flip, s.size))
+            regions.append(roi(box, flip))
             c, sigma = colour(s, rng)
             colours.append(c)
             sigmas.append(sigma)
-        reps = 1 if s.per_frame else frames  # chunk mode: the one draw for every frame
-        channel = int(rng.integers(3)) if s.channel_split else -1
         tflip = float(rng.random() < s.flow_flip)
-        sign = -1.0 if mats[0][0, 0] < 0 else 1.0  # a flipped flow field's u changes sign
-        return {f"{v.name}.affine": np.repeat(np.stack(mats), reps, axis=0),  # (T, 2, 3)
-                f"{v.name}.colour": np.repeat(np.stack(colours), reps, axis=0),  # (T, 4)
-                f"{v.name}.sigma": np.repeat(np.array(sigmas, np.float32), reps),  # (T,)
-                f"{v.name}.aux": np.array([sign, tflip, channel], np.float32)}
+        y0, x0, y1, x1 = regions[0].tolist()
+        scale_u, scale_v = s.size[1] / (x1 - x0), s.size[0] / (y1 - y0)  # output px per source px; < 0: flipped
+        return {f"{v.name}.roi": np.stack(regions),  # (R, 4)
+                f"{v.name}.affine": np.stack([affine(r, s.size) for r in regions]),  # (R, 2, 3)
+                f"{v.name}.colour": np.stack(colours),  # (R, 3, 4)
+                # DALI's window for a tiny sigma has one tap: frame-wise mode's unblurred frames
+                f"{v.name}.sigma": np.maximum(np.array(sigmas, np.float32), 1e-3),  # (R,)
+                f"{v.name}.blur": np.array(max(sigmas) > 0),
+                f"{v.name}.aux": np.array([scale_u, scale_v, tflip], np.float32)}
 
     def _audio(self, a: ViewSpec, meta: dict, first_frame: int, reverse: bool,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -213,7 +241,8 @@ class SampleDrawer:
                 masks += [int(rng.integers(extent - width + 1)), width]
         return {f"{a.name}.start": np.array([start], np.int32),
                 f"{a.name}.gain": np.array(rng.uniform(*spec.volume), np.float32),
-                f"{a.name}.aux": np.array([float(reverse), *masks], np.float32)}
+                f"{a.name}.reverse": np.array(int(reverse), np.int32),
+                f"{a.name}.aux": np.array(masks, np.float32)}
 
 
 def audio_frames(spec, rate: int) -> int:

@@ -57,7 +57,7 @@ class SpatialSpec:
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.4
-    hue: float = 0.1  # fraction of a half turn: hue shift in [-hue * 180, hue * 180] degrees
+    hue: float = 0.1  # torchvision's ColorJitter unit, a fraction of a full turn: shift in [-hue, hue] * 360 deg
     grayscale: float = 0.0  # probability
     blur: float = 0.0  # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels
@@ -107,6 +107,8 @@ class ViewSpec:
             raise ValueError(f"view {self.name!r}: a frame view takes temporal.frames=1")
         if self.temporal.frames < 1 or self.temporal.stride < 1:
             raise ValueError(f"view {self.name!r}: frames and stride must be >= 1")
+        if self.modality == "flow" and self.spatial.per_frame:
+            raise ValueError(f"view {self.name!r}: frame-wise crops would give each flow frame its own scale")
 
 
 @dataclass

@@ -85,4 +85,4 @@ def test_audio_window_starts_at_the_followed_views_first_frame():
         frames = d["frames"][d["frames.order"]]
         first = int(frames.min())
         assert d["a.start"][0] == round(first / 25.0 * 24000)
-        assert d["a.aux"][0] == float(frames[0] > frames[-1])  # reversed with its video
+        assert d["a.reverse"] == int(frames[0] > frames[-1])  # reversed with its video
