@@ -17,7 +17,8 @@ registers. Triton on CUDA tensors (`frame_diff_triton`), Numba `@njit(parallel=T
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numba
 import numpy as np
@@ -27,20 +28,28 @@ from torch import Tensor
 LAYOUTS = ("NTHWC", "NCTHW")
 
 
-@numba.njit(parallel=True, cache=True)
-def _frame_diff_numba(x, out, scale, channel, sx_n, sx_c, sx_t, sx_p):  # pragma: no cover - compiled
-    """x: the clip's flat buffer; out: (N, C, T - 1, H*W) float32; scale (C,); channel (N, C); element strides."""
-    n_, c_, t1, hw = out.shape
-    for nc in numba.prange(n_ * c_):
-        n, c = nc // c_, nc % c_
-        k = channel[n, c]
-        base = n * sx_n + k * sx_c
-        s = scale[k]
-        for t in range(t1):
-            a = base + t * sx_t
-            b = a + sx_t
-            for p in range(hw):
-                out[n, c, t, p] = (np.float32(x[b + p * sx_p]) - np.float32(x[a + p * sx_p])) * s
+@functools.cache
+def _numba_kernel(sx_p: int) -> Callable:
+    """The CPU kernel for one pixel stride (C for NTHWC, 1 for NCTHW), compiled once per stride: a constant stride
+    lets LLVM vectorise the inner loop (interleaved loads), about 2x the bandwidth of a runtime stride."""
+
+    @numba.njit(parallel=True, cache=True)
+    def kernel(x, out, scale, channel, sx_n, sx_c, sx_t):  # pragma: no cover - compiled
+        """x: the clip's flat buffer; out: (N, C, T - 1, H*W) float32; scale (C,); channel (N, C); element strides.
+        One (sample, frame pair) per parallel step; each output row is one unit-stride store stream."""
+        n_, c_, t1, hw = out.shape
+        for nt in numba.prange(n_ * t1):
+            n, t = nt // t1, nt % t1
+            for c in range(c_):
+                k = channel[n, c]
+                prev = x[n * sx_n + k * sx_c + t * sx_t:]  # frame t, channel k onwards
+                nxt = x[n * sx_n + k * sx_c + (t + 1) * sx_t:]
+                row = out[n, c, t]  # (H*W,)
+                s = scale[k]
+                for p in range(hw):
+                    row[p] = (np.float32(nxt[p * sx_p]) - np.float32(prev[p * sx_p])) * s
+
+    return kernel
 
 
 def _plan(
@@ -107,7 +116,7 @@ def frame_diff(
     flat = torch.as_strided(x, (x.untyped_storage().nbytes() // x.element_size() - x.storage_offset(),), (1,),
                             x.storage_offset())  # the 1-D buffer the strides index into
     out = torch.empty((n, c, t - 1, h * w), dtype=torch.float32)
-    _frame_diff_numba(flat.numpy(), out.numpy(), scale.numpy(), table.numpy(), *strides)
+    _numba_kernel(strides[3])(flat.numpy(), out.numpy(), scale.numpy(), table.numpy(), *strides[:3])
     return out.view(n, c, t - 1, h, w).to(dtype)  # extra pass only for 16-bit outputs
 
 
