@@ -48,7 +48,8 @@ def _read(reader: ReaderArgs, exts: list[str]):
 def _decode(data, frames, codec: str, device: str):
     """(F, H, W, 3) uint8 frames at `frames` (any order, repeats allowed); device "cpu" or "mixed"."""
     if device == "cpu" and codec not in CPU_CODECS:  # H.264 on the CPU: PyAV inside the pipeline
-        return fn.python_function(data, frames, function=decode_frames, num_outputs=1)
+        return fn.python_function(data, frames, fn.get_property(data, key="source_info"), function=decode_frames,
+                                  num_outputs=1)
     return fn.decoders.video(data, device=device, frames=frames)
 
 

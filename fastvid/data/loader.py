@@ -7,9 +7,10 @@ de-quantisation and rescaling to the crop, mean subtraction and temporal flip, S
 """
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import torch
@@ -39,12 +40,14 @@ def _required_exts(views: list[ViewSpec]) -> list[str]:
     return exts
 
 
-def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Path) -> tuple[list[str], dict[str, int], list[str]]:
+def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Path,
+                 undecodable: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, int], list[str]]:
     """Check every sample of every shard's DALI index for the members `exts`, before any decoding.
 
-    Returns the index files to read (rewritten without the incomplete samples when on_error="skip"),
-    key -> position in the dataset (stable: skipped samples keep their numbers free), and the skipped
-    "shard:key" names. Raises LoaderError naming shard and key for the first incomplete sample."""
+    Returns the index files to read (rewritten without the incomplete samples, and without the
+    `undecodable` "shard:key" names, when on_error="skip"), key -> position in the dataset (stable:
+    skipped samples keep their numbers free), and the skipped "shard:key" names. Raises LoaderError
+    naming shard and key for the first incomplete sample."""
     indices, key_index, skipped, position = [], {}, [], 0
     for shard in shards:
         lines = Path(shard["index"]).read_text().splitlines()
@@ -58,8 +61,9 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Pa
             if missing and on_error == "raise":
                 raise LoaderError(f"{shard['tar']}: sample {key!r} has no {', '.join('.' + m for m in missing)} "
                                   f"member (the views need {', '.join(exts)})")
-            if missing:
-                skipped.append(f"{Path(shard['tar']).name}:{key}")
+            name = f"{Path(shard['tar']).name}:{key}"
+            if missing or name in undecodable:
+                skipped.append(name)
             else:
                 kept.append(line)
                 key_index[key] = position
@@ -89,15 +93,10 @@ class VideoLoader:
         options = manifest.get("options", {})
         self.codec = options.get("codec", "h264")
         self.audio_rate = int(options.get("audio_rate", 24000))
+        self._shards = shards
         self._tmp = tempfile.TemporaryDirectory(prefix="fastvid-idx-")
-        indices, self.key_index, self.skipped = scan_indices(shards, _required_exts(views), cfg.on_error,
-                                                             Path(self._tmp.name))
-        if not self.key_index:
-            raise LoaderError(f"{cfg.shards}: no complete sample in split {cfg.split!r} "
-                              f"({len(self.skipped)} skipped)")
-        self.reader = ReaderArgs(tars=[s["tar"] for s in shards], indices=indices, shard_id=rank,
-                                 num_shards=world_size, shuffle_buffer=cfg.shuffle_buffer,
-                                 pad_last_batch=not cfg.drop_last)
+        self.undecodable: set[str] = set()  # "shard:key" found undecodable while reading (on_error="skip")
+        self._scan()
         if cfg.decode == "gpu" and self.device.type != "cuda":
             raise LoaderError("decode='gpu' needs a CUDA device for the loader")
         self.decode = "mixed" if cfg.decode == "gpu" or (cfg.decode == "auto" and self.device.type == "cuda") \
@@ -105,6 +104,18 @@ class VideoLoader:
         self.names = output_names(views)
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded
+
+    def _scan(self) -> None:
+        """(Re)read the shard indices, leaving out the samples to skip; set up the reader."""
+        indices, self.key_index, self.skipped = scan_indices(
+            self._shards, _required_exts(self.views), self.cfg.on_error, Path(self._tmp.name),
+            frozenset(self.undecodable))
+        if not self.key_index:
+            raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
+                              f"({len(self.skipped)} skipped)")
+        self.reader = ReaderArgs(tars=[s["tar"] for s in self._shards], indices=indices, shard_id=self.rank,
+                                 num_shards=self.world_size, shuffle_buffer=self.cfg.shuffle_buffer,
+                                 pad_last_batch=not self.cfg.drop_last)
 
     def samples(self) -> int:
         """Samples this rank reads per epoch (DALI gives shard i the samples [iN/S, (i+1)N/S))."""
@@ -138,11 +149,18 @@ class VideoLoader:
         return pipe
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while (yield from self._epoch()):  # a sample was found undecodable and is now skipped: go on
+            pass
+        self.set_epoch(self.epoch + 1)
+
+    def _epoch(self) -> Generator[dict[str, torch.Tensor], None, bool]:
+        """Yield the rest of the epoch's batches; True when it stopped at an undecodable sample that
+        on_error="skip" now leaves out (the epoch restarts without it, past the batches yielded)."""
         policy = LastBatchPolicy.DROP if self.cfg.drop_last else LastBatchPolicy.PARTIAL
-        pipe = self._pipeline()
-        it = DALIGenericIterator([pipe], self.names, reader_name=READER, last_batch_policy=policy,
-                                 auto_reset=False)
+        pipe, it = self._pipeline(), None
         try:
+            it = DALIGenericIterator([pipe], self.names, reader_name=READER, last_batch_policy=policy,
+                                     auto_reset=False)
             for i, outputs in enumerate(it):
                 if i < self.consumed:  # resuming: these were yielded before the checkpoint
                     continue
@@ -150,11 +168,16 @@ class VideoLoader:
                 self.consumed = i + 1
                 yield batch
         except RuntimeError as err:
-            raise LoaderError(f"reading {', '.join(self.reader.tars)} failed: {err}") from err
+            culprit = _failed_sample(str(err))
+            if self.cfg.on_error == "skip" and culprit and culprit not in self.undecodable:
+                self.undecodable.add(culprit)
+                self._scan()
+                return True
+            raise LoaderError(f"reading {culprit or ', '.join(self.reader.tars)} failed: {err}") from err
         finally:
             _shutdown_later(it, pipe)
             del it, pipe
-        self.set_epoch(self.epoch + 1)
+        return False
 
     def _finish(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """DALI outputs -> the batch contract: one tensor per view on the device, label, index."""
@@ -170,6 +193,12 @@ class VideoLoader:
             else:
                 batch[view.name] = finish_rgb(x, view)
         return batch
+
+
+def _failed_sample(message: str) -> str | None:
+    """"shard.tar:key" of the sample a DALI error names (its source info is "path.tar:offset:key.ext")."""
+    found = re.search(r'"([^"]*?([^/"]+\.tar)):\d+:([^".]+)\.[^"]*"', message)
+    return f"{found.group(2)}:{found.group(3)}" if found else None
 
 
 def _shutdown_later(*pipeline_refs) -> None:

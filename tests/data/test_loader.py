@@ -252,18 +252,28 @@ def test_missing_member_names_shard_and_key_or_is_skipped(vp9_shards, tmp_path):
     assert video_only.skipped == []  # the flac is not needed there
 
 
-def test_undecodable_member_raises_not_hangs(vp9_shards, tmp_path):
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_undecodable_member_names_shard_and_key_or_is_skipped(codec, request, tmp_path):
     out = tmp_path / "corrupt"
-    shutil.copytree(vp9_shards, out)
+    shutil.copytree(request.getfixturevalue(f"{codec}_shards"), out)
     tar = Path(read_manifest(out)["shards"][0]["tar"])
     data = bytearray(tar.read_bytes())
     with tarfile.open(tar) as t:
         mp4 = next(m for m in t.getmembers() if m.name.endswith(".mp4"))
     data[mp4.offset_data + 64: mp4.offset_data + mp4.size] = b"\x00" * (mp4.size - 64)
     tar.write_bytes(bytes(data))
-    loader = build_loader(cfg(out, batch_size=6, drop_last=False), [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)])
-    with pytest.raises(LoaderError, match="train-000000.tar"):
-        list(loader)
+    key = mp4.name.split(".")[0]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}"):
+        list(build_loader(cfg(out, batch_size=2, drop_last=False), views))
+    loader = build_loader(cfg(out, batch_size=1, on_error="skip"), views)
+    got = [i for b in loader for i in b["index"].tolist()]
+    assert loader.undecodable == {f"train-000000.tar:{key}"} and loader.skipped == [f"train-000000.tar:{key}"]
+    assert key not in loader.key_index and len(loader) == 5
+    # the epoch restarts without it past the batches already yielded: an epoch's worth, none of it the bad one
+    assert len(got) == 5 and set(got) <= set(loader.key_index.values())
+    again = [i for b in loader for i in b["index"].tolist()]  # the next epoch reads around it from the start
+    assert sorted(again) == sorted(loader.key_index.values())
 
 
 def test_empty_split_is_an_error(vp9_shards):
