@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
 
 from fastvid.shard import ShardConfig, shard_dataset
@@ -42,3 +45,31 @@ def h264_shards(marked_src, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def flow_shards(marked_src, tmp_path_factory) -> Path:
     return _shards(marked_src, tmp_path_factory.mktemp("flow"), "vp9", flow="farneback")
+
+
+SHIFT = (2.0, 1.0)  # (u, v) px per frame of the moving-texture clips
+
+
+@pytest.fixture(scope="session")
+def moving_shards(tmp_path_factory) -> Path:
+    """VP9 shards with optical flow of two clips whose texture moves exactly SHIFT px per frame."""
+    src = tmp_path_factory.mktemp("moving_src")
+    texture = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (96, 128, 3)).astype(np.uint8), (0, 0), 1.5)
+    for k in range(2):
+        path = src / "moving" / f"clip{k}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv444p"
+            stream.options = {"crf": "4", "preset": "veryfast"}
+            for i in range(10):  # the window slides up-left, so the content moves right and down
+                y, x = 20 - int(SHIFT[1]) * i, 40 - int(SHIFT[0]) * i + k
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[y:y + 64, x:x + 80]), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    out = tmp_path_factory.mktemp("moving")
+    shard_dataset(ShardConfig(src=str(src), out=str(out), codec="vp9", crf=8, short_side=64, gop=4, workers=1,
+                              audio=False, flow="farneback", progress=False))
+    return out

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from fastvid.data.sampling import SampleDrawer, anchor_start, crop_box, view_frames
+from fastvid.data.sampling import RGB_TO_YIQ, YIQ_TO_RGB, SampleDrawer, anchor_start, colour, crop_box, view_frames
 from fastvid.data.spec import AudioSpec, SpatialSpec, TemporalSpec, ViewSpec
+from fastvid.data.views import Vi2CLRViews, vi2clr_views
 
 
 def rng(seed=0):
@@ -86,3 +87,36 @@ def test_audio_window_starts_at_the_followed_views_first_frame():
         first = int(frames.min())
         assert d["a.start"][0] == round(first / 25.0 * 24000)
         assert d["a.reverse"] == int(frames[0] > frames[-1])  # reversed with its video
+
+
+def test_vi2clr_middle_frame_follows_a_looped_clip():
+    views = vi2clr_views(Vi2CLRViews(frames=32))
+    drawer = SampleDrawer(views, {"k": 0}, seed=0)
+    for n in (12, 20, 40):  # shorter than the 32-frame clip: it loops, and so does its middle
+        meta = {"key": "k", "num_frames": n, "width": 80, "height": 64}
+        for epoch in range(5):
+            drawer.epoch = epoch
+            d = drawer.draw(meta)
+            frames = d["frames"][d["frames.order"]]  # clip1 (32), frame1 (1), clip2 (32), frame2 (1)
+            for k in (0, 33):
+                clip, middle = frames[k:k + 32], frames[k + 32]
+                assert np.array_equal(clip, (clip[0] + np.arange(32)) % n) and middle == clip[16], (n, epoch)
+
+
+def test_hue_follows_torchvisions_unit_a_fraction_of_a_turn():
+    s = SpatialSpec(jitter=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.1, grayscale=0.0, blur=0.0)
+    angles = []
+    for seed in range(400):
+        m, sigma = colour(s, rng(seed))
+        turn = RGB_TO_YIQ @ m[:, :3] @ YIQ_TO_RGB  # rotation of the (I, Q) plane, luma kept
+        assert np.allclose(turn[0], [1, 0, 0], atol=1e-5) and np.allclose(m[:, 3], 0) and sigma == 0
+        angles.append(np.degrees(np.arctan2(turn[2, 1], turn[1, 1])))
+    assert 34.0 < max(angles) <= 36.0 and -36.0 <= min(angles) < -34.0  # ColorJitter(hue=0.1): +-36 degrees
+
+
+def test_grayscale_and_channel_split_are_colour_maps():
+    grey, _ = colour(SpatialSpec(jitter=0.0, grayscale=1.0), rng())
+    assert np.allclose(grey[:, :3], np.tile([0.299, 0.587, 0.114], (3, 1)), atol=1e-5)  # luma in every channel
+    split, _ = colour(SpatialSpec(jitter=0.0, grayscale=0.0, channel_split=True), rng())
+    kept = np.flatnonzero(np.abs(split[0, :3]) > 1e-5)
+    assert len(kept) == 1 and np.allclose(split[:, :3], np.eye(3)[[kept[0]] * 3], atol=1e-5)
