@@ -133,10 +133,11 @@ class SampleDrawer:
     `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
     `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
     Per video view v, with R = T frames in frame-wise mode and R = 1 otherwise (one draw for all frames):
-    `{v}.roi` (R, 4) resize region (y0, x0, y1, x1), `{v}.affine` (R, 2, 3) the same as a warp_affine
-    matrix, `{v}.colour` (R, 3, 4) colour map of 0-255 RGB, `{v}.sigma` (R,) blur sigma (a tiny one for
-    frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (3,) = (u scale, v scale,
-    temporal flip): the factors that map source-pixel flow to output pixels (u's negative under a flip).
+    `{v}.roi` (R, 4) resize region (y0, x0, y1, x1) and, in frame-wise mode, `{v}.affine` (T, 2, 3) the
+    same as warp_affine matrices, `{v}.colour` (R, 3, 4) colour map of 0-255 RGB, `{v}.sigma` (R,) blur
+    sigma (a tiny one for frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (3,)
+    = (u scale, v scale, temporal flip): the factors that map source-pixel flow to output pixels (u's
+    negative under a flip).
     Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (), `{a}.reverse` () int32,
     `{a}.aux` = (mask starts and widths...). Plus `label` and `index`."""
 
@@ -159,7 +160,8 @@ class SampleDrawer:
         if any(v.modality == "flow" for v in self.video):
             self.names += ["flow_frames", "flow_frames.order"]
         for v in self.video:
-            self.names += [f"{v.name}.{part}" for part in ("roi", "affine", "colour", "sigma", "blur", "aux")]
+            parts = ("roi", "colour", "sigma", "blur", "aux") + (("affine",) if v.spatial.per_frame else ())
+            self.names += [f"{v.name}.{part}" for part in parts]
         for a in self.audio:
             self.names += [f"{a.name}.start", f"{a.name}.gain", f"{a.name}.reverse", f"{a.name}.aux"]
 
@@ -219,13 +221,15 @@ class SampleDrawer:
         tflip = float(rng.random() < s.flow_flip)
         y0, x0, y1, x1 = regions[0].tolist()
         scale_u, scale_v = s.size[1] / (x1 - x0), s.size[0] / (y1 - y0)  # output px per source px; < 0: flipped
-        return {f"{v.name}.roi": np.stack(regions),  # (R, 4)
-                f"{v.name}.affine": np.stack([affine(r, s.size) for r in regions]),  # (R, 2, 3)
+        out = {f"{v.name}.roi": np.stack(regions),  # (R, 4)
                 f"{v.name}.colour": np.stack(colours),  # (R, 3, 4)
                 # DALI's window for a tiny sigma has one tap: frame-wise mode's unblurred frames
                 f"{v.name}.sigma": np.maximum(np.array(sigmas, np.float32), 1e-3),  # (R,)
                 f"{v.name}.blur": np.array(max(sigmas) > 0),
                 f"{v.name}.aux": np.array([scale_u, scale_v, tflip], np.float32)}
+        if s.per_frame:
+            out[f"{v.name}.affine"] = np.stack([affine(r, s.size) for r in regions])  # (T, 2, 3)
+        return out
 
     def _audio(self, a: ViewSpec, meta: dict, first_frame: int, reverse: bool,
                rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -22,6 +22,9 @@ from fastvid.shard import read_manifest
 from tests.clips import audio_tone, frame_index, ramp_direction
 from tests.data.conftest import SHIFT
 
+# Each test with a `device` runs the CPU path here and, on a GPU machine, the mixed (NVDEC) decode with
+# every augmentation on the GPU: the same draws must give the same frames, crops, colours and shapes.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 PLAIN = SpatialSpec(size=(32, 32), normalize=False, crop="random_resized", scale=(0.3, 0.6))
 
 
@@ -39,7 +42,7 @@ def metas(shards: Path) -> dict[str, dict]:
 def pixels(x: torch.Tensor) -> np.ndarray:
     """(3, T, H, W) or (3, H, W) in [0, 1] -> (T, H, W, 3) in [0, 255]."""
     x = x if x.dim() == 4 else x.unsqueeze(1)
-    return (x.permute(1, 2, 3, 0).float().numpy() * 255.0)
+    return x.permute(1, 2, 3, 0).float().cpu().numpy() * 255.0
 
 
 def blue_profile(frame: np.ndarray) -> np.ndarray:
@@ -65,9 +68,11 @@ TEMPORAL_VIEWS = [
 
 
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
-def test_views_decode_exactly_the_drawn_frames(codec, request):
+@pytest.mark.parametrize("device", DEVICES)
+def test_views_decode_exactly_the_drawn_frames(codec, request, device):
     shards = request.getfixturevalue(f"{codec}_shards")
-    loader = build_loader(cfg(shards), TEMPORAL_VIEWS)
+    loader = build_loader(cfg(shards), TEMPORAL_VIEWS, device=device)
+    assert loader.decode == {"cpu": "cpu", "cuda": "mixed"}[device]
     by_key = metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
     drawer = SampleDrawer(TEMPORAL_VIEWS, loader.key_index, seed=0, epoch=0)
@@ -82,7 +87,8 @@ def test_views_decode_exactly_the_drawn_frames(codec, request):
                 first += t
                 frames = pixels(batch[view.name][n])
                 assert [frame_index(f) for f in frames] == want, (view.name, index)
-                flipped = draw[f"{view.name}.affine"][0, 0, 0] < 0
+                y0, x0, y1, x1 = draw[f"{view.name}.roi"][0]
+                flipped = x1 < x0  # a mirrored region
                 assert {ramp_direction(f) for f in frames} == {-1 if flipped else 1}
                 profiles = np.stack([blue_profile(f) for f in frames])
                 assert np.abs(profiles - profiles[0]).max() < 4.5, view.name  # one crop for the whole view
@@ -100,21 +106,23 @@ def test_crops_differ_between_views_and_samples_and_groups_share(vp9_shards):
     assert all(np.abs(profile["shifted"][0] - profile["shifted"][n]).max() > 6.0 for n in (1, 2, 3))
 
 
-def test_frame_wise_mode_draws_per_frame(vp9_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_frame_wise_mode_draws_per_frame(vp9_shards, device):
     view = ViewSpec("v", temporal=TemporalSpec(frames=8), spatial=replace(PLAIN, per_frame=True, jitter=1.0))
-    batch = next(iter(build_loader(cfg(vp9_shards), [view])))
+    batch = next(iter(build_loader(cfg(vp9_shards), [view], device=device)))
     frames = pixels(batch["v"][0])
     profiles = np.stack([blue_profile(f) for f in frames])
     assert min(np.abs(profiles[i] - profiles[j]).max() for i in range(8) for j in range(i)) > 1.0  # own crops
 
 
-def test_colour_jitter_is_the_drawn_map_on_every_frame(vp9_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_colour_jitter_is_the_drawn_map_on_every_frame(vp9_shards, device):
     # Brightness alone: each sample's frames must be the unjittered frames times that sample's drawn b,
     # every frame alike (the old test instead required two random draws to differ by a margin).
     plain = replace(PLAIN, crop="center", short_side=32, flip=0.0, jitter=0.0)
     jittered = replace(plain, jitter=1.0, brightness=0.3, contrast=0.0, saturation=0.0, hue=0.0)
     views = [ViewSpec("v", temporal=TemporalSpec(frames=4), spatial=spatial) for spatial in (plain, jittered)]
-    batches = [next(iter(build_loader(cfg(vp9_shards), [view]))) for view in views]
+    batches = [next(iter(build_loader(cfg(vp9_shards), [view], device=device))) for view in views]
     assert torch.equal(batches[0]["index"], batches[1]["index"])
     loader = build_loader(cfg(vp9_shards), views[1:])
     drawer, by_key = SampleDrawer(views[1:], loader.key_index, seed=0), metas(vp9_shards)
@@ -129,7 +137,8 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(vp9_shards):
     assert len(set(gains)) == len(gains) and all(0.7 <= g <= 1.3 for g in gains)
 
 
-def test_audio_window_aligns_with_its_frames(vp9_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_audio_window_aligns_with_its_frames(vp9_shards, device):
     views = [ViewSpec("v", temporal=TemporalSpec(frames=4, reverse=0.5), spatial=PLAIN),
              ViewSpec("a", "audio", audio=AudioSpec(follow="v", seconds=0.4, freq_masks=0, time_masks=0))]
     spec = views[1].audio
@@ -137,11 +146,11 @@ def test_audio_window_aligns_with_its_frames(vp9_shards):
     # (k + 1) * mel_max / 41 mel, 200/3 Hz per mel; the tones (200 + 50 i Hz) stay below 1 kHz here.
     mel_max = 15 + 27 * np.log(12000 / 1000) / np.log(6.4)
     centres = (np.arange(1, spec.mel_bins + 1) * mel_max / (spec.mel_bins + 1)) * 200 / 3
-    for batch in build_loader(cfg(vp9_shards), views):
+    for batch in build_loader(cfg(vp9_shards), views, device=device):
         for n in range(batch["v"].shape[0]):
             idx = [frame_index(f) for f in pixels(batch["v"][n])]
             first, reverse = min(idx), idx[0] > idx[-1]
-            spectrogram = batch["a"][n, 0].numpy()  # (40, T_mel), 10 ms per column
+            spectrogram = batch["a"][n, 0].cpu().numpy()  # (40, T_mel), 10 ms per column
             if reverse:
                 spectrogram = spectrogram[:, ::-1]
             for col in (5, 15, 25):  # 50, 150, 250 ms after the first frame
@@ -170,34 +179,37 @@ PRESETS = {
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_shapes_and_dtypes(name, vp9_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_presets_shapes_and_dtypes(name, vp9_shards, device):
     views, shapes, dtype = PRESETS[name]
-    batch = next(iter(build_loader(cfg(vp9_shards), views)))
+    batch = next(iter(build_loader(cfg(vp9_shards), views, device=device)))
     assert set(batch) == set(shapes) | {"label", "index"}
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == (3, *shape) and batch[key].dtype == dtype, key
         assert torch.isfinite(batch[key].float()).all()
 
 
-def test_cross_and_learn_flow_preset(flow_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_and_learn_flow_preset(flow_shards, device):
     views = cross_and_learn_views(CrossAndLearnViews(size=32, short_side=40))
-    loader = build_loader(cfg(flow_shards), views)
+    loader = build_loader(cfg(flow_shards), views, device=device)
     batch = next(iter(loader))
     assert tuple(batch["rgb"].shape) == (3, 3, 32, 32) and tuple(batch["flow"].shape) == (3, 2, 10, 32, 32)
-    flow = batch["flow"]
+    flow = batch["flow"].cpu()
     assert flow.abs().max() <= 20.0 + 1e-3
     assert flow.mean(dim=(3, 4)).abs().max() < 1e-4  # each frame's mean motion subtracted
-    rgb = batch["rgb"]
+    rgb = batch["rgb"].cpu()
     # channel splitting: before normalisation the three channels are one channel copied
     raw = rgb * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
 
 
-def test_flow_is_rescaled_with_its_crop(moving_shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_flow_is_rescaled_with_its_crop(moving_shards, device):
     # The texture moves SHIFT px per source frame; after a crop of w x h source pixels resized to 16 x 24
     # the motion is SHIFT * (24 / w, 16 / h) output px, and u changes sign when the crop is mirrored.
     views = [ViewSpec("f", "flow", TemporalSpec(frames=4), SpatialSpec(size=(16, 24), scale=(0.3, 1.0), flip=0.5))]
-    loader = build_loader(cfg(moving_shards, batch_size=1, shuffle_buffer=0), views)
+    loader = build_loader(cfg(moving_shards, batch_size=1, shuffle_buffer=0), views, device=device)
     by_key, key_of = metas(moving_shards), {i: k for k, i in loader.key_index.items()}
     drawer = SampleDrawer(views, loader.key_index, seed=0, epoch=0)
     flips = set()
