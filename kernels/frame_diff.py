@@ -92,32 +92,41 @@ def frame_diff(
     std: Sequence[float] | None = None,
     channel: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    out: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Successive frame differences (N, C, T - 1, H, W) in `dtype` from a clip (N, T, H, W, C) or (N, C, T, H, W).
 
     std: per-channel std of the normalisation (uint8 is first mapped to [0, 1]); channel: (N,) int64, the colour
-    channel copied into every output channel of each sample (channel splitting), or None.
+    channel copied into every output channel of each sample (channel splitting), or None. out: a contiguous
+    (N, C, T - 1, H, W) buffer of `dtype` to fill and return (a loader's reused, e.g. pinned, batch buffer), or None.
     backend: "auto" (Triton for CUDA tensors, Numba otherwise), "triton" (CPU tensors run under
     TRITON_INTERPRET=1) or "numba" (CPU tensors).
     """
     if backend not in ("auto", "triton", "numba"):
         raise ValueError(f"frame_diff: backend must be 'auto', 'triton' or 'numba', got {backend!r}")
     (n, c, t, h, w), strides, scale, table = _plan(clip, layout, std, channel)
+    if out is None:
+        out = torch.empty((n, c, t - 1, h, w), dtype=dtype, device=clip.device)
+    elif out.shape != (n, c, t - 1, h, w) or out.dtype != dtype or out.device != clip.device or not out.is_contiguous():
+        raise ValueError(f"frame_diff: out must be a contiguous {dtype} tensor of shape {(n, c, t - 1, h, w)} on "
+                         f"{clip.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    rows = out.view(n, c, t - 1, h * w)  # (N, C, T - 1, H*W)
     if backend == "triton" or (backend == "auto" and clip.is_cuda):
         from fastvid.kernels.frame_diff_triton import frame_diff_launch
 
-        out = torch.empty((n, c, t - 1, h * w), dtype=dtype, device=clip.device)
-        frame_diff_launch(clip, out, scale.to(clip.device), table.to(clip.device), strides)
-        return out.view(n, c, t - 1, h, w)
+        frame_diff_launch(clip, rows, scale.to(clip.device), table.to(clip.device), strides)
+        return out
     if clip.is_cuda:
         raise ValueError("frame_diff: the numba backend takes CPU tensors")
     x = clip if clip.dtype in (torch.uint8, torch.float32, torch.float64) else clip.float()  # Numba has no fp16
     flat = torch.as_strided(x, (x.untyped_storage().nbytes() // x.element_size() - x.storage_offset(),), (1,),
                             x.storage_offset())  # the 1-D buffer the strides index into
-    out = torch.empty((n, c, t - 1, h * w), dtype=torch.float32)
-    _numba_kernel(strides[3])(flat.numpy(), out.numpy(), scale.numpy(), table.numpy(), *strides[:3])
-    return out.view(n, c, t - 1, h, w).to(dtype)  # extra pass only for 16-bit outputs
+    dst = rows if dtype == torch.float32 else torch.empty(rows.shape)  # Numba writes float32 only
+    _numba_kernel(strides[3])(flat.numpy(), dst.numpy(), scale.numpy(), table.numpy(), *strides[:3])
+    if dst is not rows:
+        rows.copy_(dst)  # extra pass only for other output dtypes
+    return out
 
 
 def frame_diff_reference(

@@ -60,6 +60,28 @@ def test_reference_hand_values():
     assert torch.allclose(split, torch.full((1, 3, 3, 2, 2), 30 / 255 / 0.25, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_numba_kernel_per_pixel_stride(channels):
+    """The CPU kernel is compiled per pixel stride (C in NTHWC): other channel counts get their own, correct one,
+    interleaved with the 3-channel one."""
+    for c in (channels, 3):
+        x = clip("NTHWC", torch.uint8, c=c, seed=c)
+        want = frame_diff_reference(x, std=[0.5] * c, dtype=torch.float64)
+        torch.testing.assert_close(frame_diff(x, std=[0.5] * c, backend="numba").double(), want)
+
+
+@pytest.mark.parametrize("backend", ["numba", "triton"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_fills_given_buffer(backend, out_dtype):
+    """out= is filled in place (every element: it starts as NaN) and returned."""
+    x = clip("NTHWC", torch.uint8)
+    buf = torch.full((2, 3, 4, 7, 9), float("nan"), dtype=out_dtype)
+    got = frame_diff(x, std=STD, dtype=out_dtype, out=buf, backend=backend)
+    assert got is buf
+    want = frame_diff_reference(x, std=STD, dtype=torch.float64)
+    torch.testing.assert_close(buf.double(), want, rtol=2e-3, atol=1e-2)
+
+
 def test_bad_inputs_are_named():
     x = clip("NTHWC", torch.uint8)
     with pytest.raises(ValueError, match="layout"):
@@ -72,6 +94,8 @@ def test_bad_inputs_are_named():
         frame_diff(x[:, :1])
     with pytest.raises(TypeError, match="uint8 or floating"):
         frame_diff(x.to(torch.int32))
+    with pytest.raises(ValueError, match="out must be"):
+        frame_diff(x, out=torch.empty(2, 3, 5, 7, 9))
 
 
 @pytest.mark.gpu
