@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 # Tile sizes (rows, columns). Module constants so tests can shrink them to exercise partial tiles.
-# CPU: (1024, 128) @ (128, 1024) runs the BLAS near peak, and a 4 MiB float32 tile stays in L3 between the matmul
-# and the in-place exp passes over it; larger tiles mean fewer OpenMP regions per pass, which matters on a shared
-# machine where a preempted thread stalls every region (measured on a 2-core EPYC: 512 x 512 tiles were as fast
-# when idle, slower under load).
-CPU_BLOCK = (1024, 1024)
+# CPU: (1024, 128) @ (128, 2048) runs the BLAS near peak, and an 8 MiB float32 tile stays in L3 between the matmul
+# and the in-place exp passes over it. Every tile op is one OpenMP region, and on a shared machine a preempted
+# thread stalls each region, so larger tiles (fewer regions) are steadier; 512 x 512 tiles were as fast only when
+# the machine was idle (measured on a 2-core EPYC).
+CPU_BLOCK = (1024, 2048)
 TRITON_BLOCK = (64, 64)
 MAX_DIM = 512  # one feature tile per program in the kernels
 
@@ -59,8 +59,8 @@ def _tiles(m: int, k: int, block: tuple[int, int]) -> Iterator[tuple[slice, slic
 class _Tile:
     """Reused buffers for one tile of logits and (for plse) its positive part: no allocation per tile."""
 
-    def __init__(self, x: Tensor, block: tuple[int, int], with_plse: bool):
-        size = block[0] * block[1]
+    def __init__(self, x: Tensor, y: Tensor, block: tuple[int, int], with_plse: bool):
+        size = min(block[0], x.shape[0]) * min(block[1], y.shape[0])  # (bm, bn) at most
         self.s = torch.empty(size, dtype=x.dtype, device=x.device)
         self.sp = torch.empty(size, dtype=x.dtype, device=x.device) if with_plse else None
         self.neg = torch.empty(size, dtype=torch.bool, device=x.device) if with_plse else None
@@ -93,7 +93,7 @@ def tiled_forward(
 ) -> tuple[Tensor, Tensor | None]:
     """PyTorch twin of `_lse_fwd`: lse (M,) and plse (M,) or None of s = x y^T, one row block at a time."""
     m, k = x.shape[0], y.shape[0]
-    tile = _Tile(x, block, with_plse)
+    tile = _Tile(x, y, block, with_plse)
     lse = torch.empty(m, dtype=x.dtype, device=x.device)
     plse = torch.empty_like(lse) if with_plse else None
     for i0 in range(0, m, block[0]):
@@ -117,7 +117,7 @@ def tiled_backward(
     g_plse: Tensor | None, *, exclude_diag: bool, need_x: bool, need_y: bool, block: tuple[int, int],
 ) -> tuple[Tensor | None, Tensor | None]:
     """PyTorch twin of `_lse_bwd_x` and `_lse_bwd_y`: (dx, dy) from the gradients of lse and plse (None: unused)."""
-    tile = _Tile(x, block, g_plse is not None)
+    tile = _Tile(x, y, block, g_plse is not None)
     dx = torch.zeros_like(x) if need_x else None  # sum_j G_ij y_j
     dy = torch.zeros_like(y) if need_y else None  # sum_i G_ij x_i
     for r, c in _tiles(x.shape[0], y.shape[0], block):

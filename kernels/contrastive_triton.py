@@ -158,8 +158,10 @@ _ACC = {torch.float64: tl.float64}
 
 
 def _meta(x: Tensor, with_plse: bool, exclude_diag: bool, block: tuple[int, int]) -> dict:
-    """Compile-time constants shared by the three kernels."""
+    """Compile-time constants shared by the three kernels, and the warps per program (4 for 64 x 64 tiles,
+    8 above: flash-attention's choices for D = 64-128 on an H100)."""
     return dict(
+        num_warps=4 if block[0] * block[1] <= 64 * 64 else 8,
         EXCLUDE_DIAG=exclude_diag,
         WITH_PLSE=with_plse,
         BLOCK_M=block[0],
