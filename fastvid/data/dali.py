@@ -2,10 +2,11 @@
 
 `views_pipeline` reads shards with `fn.readers.webdataset`, asks `SampleDrawer` (numpy, one call per
 sample) for every random draw, decodes each video once at the union of the frames its views need,
-and applies each view's crop/flip (one `resize` of a region), colour jitter and blur. It returns
-uint8 frames (T, H, W, C) per video view, log-mel spectrograms of the (possibly reversed) waveform per
-audio view, and the draws the torch side (`fastvid.data.loader`) still needs (flow scale, channel
-split, masks).
+and applies each view's crop/flip (one `resize` of a region), blur, colour map and normalisation. It
+returns float (3, T, H, W) per RGB view, uint8 (T, H, W, 2) per flow view, log-mel spectrograms of the
+(possibly reversed) waveform per audio view, and the draws the torch side (`fastvid.data.loader`) still
+needs (flow scale and temporal flip, SpecAugment masks). Every operator here also runs on the GPU
+(`device="mixed"` decoding); the draws stay on the CPU as per-sample argument inputs.
 `decode_pipeline` is the decode-only ceiling for benchmarks/loader.py.
 """
 from __future__ import annotations
@@ -57,7 +58,8 @@ def _spatial(frames, view: ViewSpec, draws: dict):
     """(T, H, W, 3) uint8 frames -> the view: (3, T, h, w) float RGB, or (T, h, w, 2) uint8 flow.
 
     Crop + resize + flip first, so the rest runs on the small output frames; blur only in the samples
-    that drew it (a conditional splits the batch: DALI's blur costs as much with a one-tap window);
+    that drew it (a conditional splits the batch: DALI's CPU blur with a one-tap window still costs
+over half of a real one);
     colour jitter, grayscale and channel splitting as one affine colour map; normalisation and the
     CFHW layout in one `crop_mirror_normalize`. One draw per view: a single `resize` of the region
     (x1 < x0 mirrors it) and per-sample arguments, which DALI applies to every frame of the sequence.
