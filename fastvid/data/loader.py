@@ -78,7 +78,10 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Pa
 
 
 class VideoLoader:
-    """Iterate batches for one process: dict view name -> tensor, plus "label" and "index" (N,) int64."""
+    """Iterate batches for one process: dict view name -> tensor, plus "label" and "index" (N,) int64.
+
+    With on_error="skip", `skipped` lists the "shard:key" samples left out (missing members, found before
+    reading, and undecodable ones, found while reading and also listed in `undecodable`)."""
 
     def __init__(self, cfg: DataConfig, views: list[ViewSpec], *, rank: int, world_size: int,
                  device: torch.device | str):

@@ -45,7 +45,11 @@ class TemporalSpec:
 class SpatialSpec:
     """Spatial augmentation of a view. One random draw serves every frame of the view (chunk-consistent)
     unless `per_frame` asks for a new draw per frame (thesis Table 3). Views with the same `group` share
-    the crop and flip draw (Cross and Learn's RGB frame and its flow stack)."""
+    the crop and flip draw (Cross and Learn's RGB frame and its flow stack).
+
+    Colour jitter takes torchvision ColorJitter's ranges but is one linear colour map, so it differs in
+    three details: contrast pivots on mid-grey 128 (torchvision: the image's mean grey), hue turns the
+    YIQ chroma plane (torchvision: an HSV hue shift), and values are clamped once at the end."""
 
     size: tuple[int, int] = (112, 112)  # output (H, W)
     crop: Literal["random_resized", "resize_crop", "center"] = "random_resized"
