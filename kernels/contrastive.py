@@ -120,13 +120,18 @@ def tiled_backward(
     tile = _Tile(x, y, block, g_plse is not None)
     dx = torch.zeros_like(x) if need_x else None  # sum_j G_ij y_j
     dy = torch.zeros_like(y) if need_y else None  # sum_i G_ij x_i
+    # g_lse_i exp(s - lse_i) = sign_i exp(s - shift_i): the row weight rides in the exp's shift, one tile pass less
+    shift = lse - g_lse.abs().log()  # (M,); g_lse_i = 0 gives +inf, so exp = 0
+    sign = torch.where(g_lse < 0, -1.0, 1.0).to(x.dtype) if bool((g_lse < 0).any()) else None  # (M,) or None
     for r, c in _tiles(x.shape[0], y.shape[0], block):
         g = tile.logits(x, y, r, c, exclude_diag)  # becomes G = dL/ds in place
         gp = None
         if g_plse is not None:  # g_plse_i exp(s - plse_i) on P; rows without positives have plse = -inf: zeroed
             gp = tile.positives(g, la[r], lb[c])
             gp.sub_(plse[r, None]).exp_().mul_(g_plse[r, None]).nan_to_num_(nan=0.0)
-        g.sub_(lse[r, None]).exp_().mul_(g_lse[r, None])  # g_lse_i softmax_W(s)_ij; exp(-inf) = 0 off W
+        g.sub_(shift[r, None]).exp_()  # |g_lse_i| softmax_W(s)_ij; exp(-inf) = 0 off W
+        if sign is not None:
+            g.mul_(sign[r, None])
         if gp is not None:
             g.add_(gp)
         if need_x:
