@@ -105,6 +105,26 @@ def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
     return 1.0
 
 
+def accelerate_precision(mixed_precision: str, device_type: str) -> str:
+    """Accelerate's mixed_precision for train.mixed_precision on `device_type`: bf16/fp16 on CUDA only.
+
+    On the CPU the run stays float32: oneDNN's bfloat16 Conv3d weight gradient (torch 2.14.1) returns NaN or
+    ~1e20 garbage at random for some small shapes (a (4, 128, 2, 4, 4) input fails about half the time; it
+    was a 3D ResNet's layer3 at 64x64 crops), and the CPU has no bf16 speed to gain for it.
+    """
+    if device_type == "cpu" or mixed_precision == "fp32":
+        return "no"
+    return mixed_precision
+
+
+def with_sync_bn(method: Method, world: int, device_type: str) -> Method:
+    """`method` with its BatchNorm layers synchronised across processes when it asks for it (`sync_bn`) and
+    several CUDA processes train; torch's SyncBatchNorm has no CPU kernels, so CPU runs keep per-process BN."""
+    if not method.sync_bn or world == 1 or device_type != "cuda":
+        return method
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+
+
 @dataclass
 class Progress:
     """Optimiser steps taken; checkpointed with the run."""
@@ -141,8 +161,9 @@ def latest_checkpoint(output: str | Path) -> Path | None:
 def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
     """Run (or, with `resume`, continue) training; returns the last logged values of each loss term."""
     out_dir = Path(cfg.output)
-    precision = {"fp32": "no"}.get(cfg.train.mixed_precision, cfg.train.mixed_precision)  # Accelerate's name
-    accelerator = Accelerator(cpu=cfg.train.device == "cpu", mixed_precision=precision,
+    cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    precision = accelerate_precision(cfg.train.mixed_precision, "cpu" if cpu else "cuda")
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
                               gradient_accumulation_steps=cfg.train.grad_accum, log_with="tensorboard",
                               project_dir=str(out_dir), dynamo_backend="inductor" if cfg.train.compile else "no")
     if cfg.train.device == "cuda" and accelerator.device.type != "cuda":
@@ -160,6 +181,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
     # Data, method, optimiser, schedule.
     method = get_method(cfg.method)(cfg.model)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if method.sync_bn and world > 1:
+        if accelerator.device.type != "cuda":
+            accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
+        method = with_sync_bn(method, world, accelerator.device.type)
     loader = build_loader(cfg.data, method.views(), rank=rank, world_size=world, device=accelerator.device)
     if len(loader) == 0:
         raise ValueError(f"{cfg.data.shards}: {loader.samples()} samples per process is less than one batch "

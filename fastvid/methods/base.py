@@ -12,8 +12,13 @@ Each method module defines a config dataclass (`Method.Config`) and `configs/<na
     data: {...}               # fastvid.data.DataConfig (the shards path comes from --data)
     train: {...}              # fastvid.train.TrainConfig
 
-State that must survive a checkpoint and is not a parameter lives in registered buffers (fixed shape)
-or in `get_extra_state`/`set_extra_state` (shape known only at run time), so `state_dict()` carries it.
+State that must survive a checkpoint and is not a parameter lives in registered persistent buffers, so
+`state_dict()` carries it. State whose shape is known only at run time (Vi2CLR's clusters) is a buffer
+that a load_state_dict pre-hook resizes to the checkpoint's shape (as in vi2clr.py), not
+`get_extra_state`: Accelerate saves models as safetensors, which hold tensors only.
+
+`sync_bn`: the trainer converts the method's BatchNorm layers to SyncBatchNorm when several CUDA processes
+train (GDT's authors do); a method sets it from its config.
 """
 from __future__ import annotations
 
@@ -104,6 +109,7 @@ class Method(nn.Module, abc.ABC):
     Config: ClassVar[type]  # the method's config dataclass (mirrored by configs/<name>.yaml `model:`)
     needs_feature_pass: ClassVar[bool] = False  # True: the trainer calls before_epoch with data
     momentum: float = 0.0  # m in theta_k <- m theta_k + (1 - m) theta_q; set by momentum methods
+    sync_bn: bool = False  # BN statistics over every process's batch (the trainer converts the layers)
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()

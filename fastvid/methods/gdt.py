@@ -24,7 +24,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-import fastvid.models.audio  # noqa: F401  registers the "resnet9" audio arch
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import GDTViews, gdt_views
 from fastvid.losses import gdt_loss
@@ -46,6 +45,7 @@ class GDTConfig:
     hidden_dim: int = 512  # MLP head: 512 -> hidden (BN, ReLU) -> embed_dim
     embed_dim: int = 256
     temperature: float = 0.07  # rho in eq. (1)
+    sync_bn: bool = True  # the authors train with synchronised BN across GPUs
     views: GDTViews = field(default_factory=GDTViews)  # clip length, crop size, audio window
 
 
@@ -75,6 +75,7 @@ class GDT(Method):
     def __init__(self, cfg: GDTConfig) -> None:
         super().__init__(cfg)
         self.k_tau, self.k_r, self.invariant = hypothesis(cfg)
+        self.sync_bn = cfg.sync_bn
         self.video = Encoder(cfg.video_arch)
         self.head_v = mlp_head([self.video.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
         if cfg.modality == "av":

@@ -105,7 +105,8 @@ class VideoMoCo(Method):
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
         """Replace the oldest len(k) entries of the queue (FIFO), wrapping around its end."""
-        k = F.normalize(gather_no_grad(k), dim=1)  # (world * N, D)
+        # Under bf16/fp16 autocast the keys come in the autocast dtype; the queue stays float32.
+        k = F.normalize(gather_no_grad(k), dim=1).to(self.queue.dtype)  # (world * N, D)
         idx = (self.queue_ptr + torch.arange(k.shape[0], device=k.device)) % self.cfg.queue_size
         self.queue[idx] = k
         self.queue_ptr.copy_((self.queue_ptr + k.shape[0]) % self.cfg.queue_size)

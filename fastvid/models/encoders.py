@@ -12,6 +12,7 @@ AlexNet) minus its classification layers, so `Encoder.export()` is a state dict 
 | resnet50      | (N, C, H, W)   | 2048, global average pool                | Vi2CLR (frames)  |
 | vgg16         | (N, C, H, W)   | 4096, fc6 after ReLU (+ dropout)         | Cross and Learn  |
 | caffenet_bn   | (N, C, H, W)   | 4096, fc6 after ReLU (+ dropout)         | Cross and Learn  |
+| resnet9       | (N, 1, F, T)   | 512, global average pool (log-mel input) | GDT (audio)      |
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torchvision.models as tvm
 import torchvision.models.video as tvv
 from torch import nn
 
+from fastvid.models.audio import resnet9
 from fastvid.models.caffenet import CaffeNetBN
 
 
@@ -44,6 +46,7 @@ ARCHS: dict[str, Arch] = {
     "resnet50": Arch("image", 2048, tvm.resnet50, "conv1", "pool_fc"),
     "vgg16": Arch("image", 4096, tvm.vgg16, "features.0", "fc6"),
     "caffenet_bn": Arch("image", 4096, CaffeNetBN, "features.0", "fc6"),
+    "resnet9": Arch("image", 512, resnet9, "conv1", "pool_fc"),  # a spectrogram is a 2D input
 }
 
 

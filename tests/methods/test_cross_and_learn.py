@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from fastvid.data.views import CrossAndLearnViews
 from fastvid.losses import reference
 from fastvid.methods.cross_and_learn import CrossAndLearn, CrossAndLearnConfig
+from tests.methods.autocast import assert_bf16_forward_matches_fp32
 
 
 def small(second: str = "flow", **kw) -> CrossAndLearn:
@@ -69,3 +70,9 @@ def test_concat_ablation_labels_same_and_crossed_pairs():
         logits = method.pair_classifier(torch.stack([torch.cat([fx[a], gy[b]]) for a, b in pairs]))
     labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
     torch.testing.assert_close(out["cross_entropy"], F.cross_entropy(logits, labels), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_forward():
+    method = small("sod")
+    method.f.net.classifier[2].p = method.g.net.classifier[2].p = 0.0  # dropout draws differ between copies
+    assert_bf16_forward_matches_fp32(method, {"rgb": torch.randn(4, 3, 80, 80), "sod": torch.randn(4, 3, 5, 80, 80)})

@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.gdt import GDT, GDTConfig, hypothesis, transformation_factors
+from tests.methods.autocast import assert_bf16_forward_matches_fp32
 
 # Table 1 of the paper: row -> (Mod., TR, TS); DS is distinctive in every row; "none" is the table's dot.
 TABLE1 = {
@@ -201,3 +202,8 @@ def test_packaged_config_has_the_papers_defaults():
     assert (m.modality, m.time_reversal, m.time_shift) == TABLE1["l"]  # the setup of sec. 4.4
     assert (m.views.frames, m.views.size, m.views.reverse) == (30, 112, 0.0)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size) == ("sgd", 0.01, 1e-5, 8)
+
+
+def test_bf16_autocast_forward():
+    method = small_encoders(build(GDTConfig()))  # the eq. (1) rows and gathers, not the backbones' bf16 kernels
+    assert_bf16_forward_matches_fp32(method, random_batch(method.cfg, k_i=2))

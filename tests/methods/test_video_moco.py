@@ -7,6 +7,7 @@ from torch import nn
 from fastvid.data.views import VideoContrastViews
 from fastvid.losses import reference
 from fastvid.methods.video_moco import VideoMoCo, VideoMoCoConfig
+from tests.methods.autocast import assert_bf16_forward_matches_fp32
 
 
 def small(**kw) -> VideoMoCo:
@@ -69,3 +70,12 @@ def test_momentum_update_after_a_step():
         torch.testing.assert_close(p_k, 0.9 * p_k0 + 0.1 * p_q)
     assert not any(p.requires_grad for p in method.key_encoder.parameters())
     assert set(method.encoder_state_dicts()) == {"video"}
+
+
+def test_bf16_autocast_enqueues_float32_keys():
+    """Under bf16 autocast the keys are bf16; the float32 queue takes them (it used to fail in enqueue)."""
+    method = small()
+    after = assert_bf16_forward_matches_fp32(method, batch(4))
+    assert after.queue.dtype == torch.float32 and int(after.queue_ptr) == 4
+    torch.testing.assert_close(after.queue[4:], method.queue[4:])  # untouched entries
+    torch.testing.assert_close(after.queue[:4].norm(dim=1), torch.ones(4), rtol=1e-2, atol=0)  # unit keys

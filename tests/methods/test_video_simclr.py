@@ -4,6 +4,7 @@ import torch
 from fastvid.data.views import VideoContrastViews
 from fastvid.losses import reference
 from fastvid.methods.video_simclr import VideoSimCLR, VideoSimCLRConfig
+from tests.methods.autocast import assert_bf16_forward_matches_fp32
 
 
 def small(**views) -> VideoSimCLR:
@@ -47,3 +48,8 @@ def test_loss_falls_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_bf16_autocast_forward():
+    batch = {"clip_i": torch.randn(3, 3, 4, 32, 32), "clip_j": torch.randn(3, 3, 4, 32, 32)}
+    assert_bf16_forward_matches_fp32(small(), batch)

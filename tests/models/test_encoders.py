@@ -1,5 +1,9 @@
 """Encoders: the representation each paper uses, at the sizes it uses, and weights that reload into
 the torchvision model they came from."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -72,3 +76,13 @@ def test_wrong_input_names_the_layout():
         enc(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown encoder arch 'r4d'"):
         Encoder("r4d")
+
+
+def test_resnet9_export_loads_in_a_process_that_never_imported_audio(tmp_path):
+    """GDT's audio export must load in a fresh eval process: resnet9 lives in ARCHS, not an import side effect."""
+    path = tmp_path / "audio.pt"
+    torch.save(Encoder("resnet9", in_channels=1).export(), path)
+    code = ("import torch; from fastvid.models.encoders import load_backbone; "
+            f"net = load_backbone(torch.load({str(path)!r}), num_classes=3); "
+            "assert net(torch.randn(2, 1, 40, 50)).shape == (2, 3)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
