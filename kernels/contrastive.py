@@ -98,7 +98,7 @@ def tiled_forward(
     plse = torch.empty_like(lse) if with_plse else None
     for i0 in range(0, m, block[0]):
         r = slice(i0, min(i0 + block[0], m))
-        acc = torch.full((4, r.stop - i0), float("-inf"), dtype=x.dtype, device=x.device)  # max, sum, pmax, psum
+        acc = torch.full((4, r.stop - i0), float("-inf"), dtype=x.dtype, device=x.device)  # running max, sum: W, P
         acc[1::2] = 0.0
         for j0 in range(0, k, block[1]):
             c = slice(j0, min(j0 + block[1], k))
