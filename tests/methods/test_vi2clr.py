@@ -1,5 +1,7 @@
 """Vi2CLR's wiring: the views, the per-epoch clustering state (index-aligned, checkpointed) feeding
-CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a few CPU steps."""
+CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a descent step on the CPU."""
+import copy
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -122,25 +124,27 @@ def test_clusters_survive_a_checkpoint(clustered):
         fresh(random_batch([12, 0]))  # index 12 was not in the feature pass
 
 
-def test_shapes_into_each_encoder_and_cpu_steps(clustered):
-    method, _ = clustered
-    method.train()
+def test_shapes_into_each_encoder_and_a_descent_step(clustered):
+    method = copy.deepcopy(clustered[0]).train()  # the step below must not change the shared fixture
     seen = {}
     hooks = [method.video.register_forward_pre_hook(lambda m, args: seen.update(video=args[0].shape)),
              method.image.register_forward_pre_hook(lambda m, args: seen.update(image=args[0].shape))]
     batch = random_batch([0, 4, 9], seed=6)
-    opt = torch.optim.Adam(method.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(3):
-        out = method(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    loss = method(batch)["loss"]
     for h in hooks:
         h.remove()
     assert seen == {"video": (6, 3, FRAMES, CLIP, CLIP), "image": (6, 3, FRAME, FRAME)}  # 2 crops x 3 videos
-    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    # Random clips through batch-norm on 6 samples give gradient norms in the thousands, so a fixed-lr
+    # optimiser step overshoots; a short step along -grad must lower the loss if the gradients are right.
+    params = [p for p in method.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    norm = torch.sqrt(sum((g * g).sum() for g in grads if g is not None))
+    assert torch.isfinite(loss) and torch.isfinite(norm) and norm > 0
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is not None:
+                p -= 1e-3 * g / norm
+        assert method(batch)["loss"] < loss
 
 
 def _feature_pass_worker(rank: int, init: str, out: str) -> None:
