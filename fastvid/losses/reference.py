@@ -4,7 +4,7 @@ They build the full similarity matrix and are meant for tests (in float64) and a
 `benchmarks/losses.py`; training goes through the fused versions in `fastvid.losses`. Sums over anchors in
 the papers are divided by the number of terms (a mean), so a loss does not scale with the batch size.
 
-Papers (in /work/shared/papers): thesis = "videoSimCLR / videoMoCo" thesis, eqs. (1)-(2);
+Papers: thesis = Simion-Constantinescu, "videoSimCLR / videoMoCo" (TU Delft), eqs. (1)-(2);
 C&L = Sayed et al., "Cross and Learn", eqs. (1)-(4); GDT = Patrick et al., eq. (1);
 Vi2CLR = Diba et al., eqs. (2)-(3).
 """

@@ -1,4 +1,4 @@
-"""Cross and Learn (Sayed, Brattoli, Ommer 2018; /work/shared/papers/cross_and_learn.md).
+"""Cross and Learn (Sayed, Brattoli, Ommer, Heidelberg University; shared/papers/cross_and_learn.md).
 
 Notation (paper -> code):
   x, y            the two modalities of a pair: RGB frame x, and y = a stack of 10 flow frames (u, v: 20

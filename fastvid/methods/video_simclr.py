@@ -1,4 +1,4 @@
-"""videoSimCLR (thesis, Sec. 3 "videoSimCLR", eq. 1; /work/shared/papers/video_simclr_moco_thesis.txt).
+"""videoSimCLR (thesis, Sec. 3 "videoSimCLR", eq. 1; shared/papers/video_simclr_moco_thesis.txt).
 
 Notation (thesis -> code):
   clip_i, clip_j      two temporal transforms of one sampled "Random m" clip, each spatially augmented:
