@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fastvid.data.views import CrossAndLearnViews
 from fastvid.losses import reference
 from fastvid.methods.cross_and_learn import CrossAndLearn, CrossAndLearnConfig
-from tests.methods.autocast import assert_bf16_forward_matches_fp32
+from tests.methods.checks import assert_bf16_forward_matches_fp32
 
 
 def small(second: str = "flow", **kw) -> CrossAndLearn:

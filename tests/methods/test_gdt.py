@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.gdt import GDT, GDTConfig, hypothesis, transformation_factors
-from tests.methods.autocast import assert_bf16_forward_matches_fp32
+from tests.methods.checks import assert_bf16_forward_matches_fp32, losses_over_steps
 
 # Table 1 of the paper: row -> (Mod., TR, TS); DS is distinctive in every row; "none" is the table's dot.
 TABLE1 = {
@@ -142,15 +142,7 @@ def test_loss_equals_reference(row):
 def test_a_few_cpu_steps_lower_the_loss():
     method = build(GDTConfig(hidden_dim=64, embed_dim=32))
     batch = random_batch(method.cfg, k_i=2)
-    opt = torch.optim.Adam(method.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(3):
-        loss = method(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(losses)))
+    losses = losses_over_steps(method, batch, torch.optim.Adam(method.parameters(), lr=1e-4), steps=3)
     assert losses[-1] < losses[0]
 
 

@@ -11,7 +11,7 @@ from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.clustering import cluster_features
 from fastvid.methods.vi2clr import Vi2CLR, Vi2CLRConfig
-from tests.methods.autocast import assert_bf16_forward_matches_fp32
+from tests.methods.checks import assert_bf16_forward_matches_fp32
 
 FRAMES, CLIP, FRAME = 8, 32, 32  # tiny inputs: S3D and ResNet-50 on 2 CPU cores
 

@@ -7,7 +7,7 @@ from torch import nn
 from fastvid.data.views import VideoContrastViews
 from fastvid.losses import reference
 from fastvid.methods.video_moco import VideoMoCo, VideoMoCoConfig
-from tests.methods.autocast import assert_bf16_forward_matches_fp32
+from tests.methods.checks import assert_bf16_forward_matches_fp32
 
 
 def small(**kw) -> VideoMoCo:

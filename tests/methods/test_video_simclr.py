@@ -4,7 +4,7 @@ import torch
 from fastvid.data.views import VideoContrastViews
 from fastvid.losses import reference
 from fastvid.methods.video_simclr import VideoSimCLR, VideoSimCLRConfig
-from tests.methods.autocast import assert_bf16_forward_matches_fp32
+from tests.methods.checks import assert_bf16_forward_matches_fp32, losses_over_steps
 
 
 def small(**views) -> VideoSimCLR:
@@ -39,14 +39,7 @@ def test_loss_falls_on_a_fixed_batch():
     method = small()
     batch = {"clip_i": torch.randn(4, 3, 4, 32, 32), "clip_j": torch.randn(4, 3, 4, 32, 32)}
     batch["clip_j"] = batch["clip_i"] + 0.1 * batch["clip_j"]  # two noisy versions of the same clips
-    opt = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(4):
-        loss = method(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = losses_over_steps(method, batch, torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9), steps=4)
     assert losses[-1] < losses[0]
 
 

@@ -1,4 +1,4 @@
-"""Shared check of a method's bfloat16 path: the trainer runs `method(batch)` under `accelerator.autocast()`,
+"""Checks every method's tests share. The bfloat16 path: the trainer runs `method(batch)` under `accelerator.autocast()`,
 so every method must accept autocast's bf16 activations (queues, cluster state and losses stay float32)."""
 import copy
 
@@ -21,3 +21,17 @@ def assert_bf16_forward_matches_fp32(method: Method, batch: dict[str, torch.Tens
                                    msg=f"{term}: bf16 {value.item():.5f} vs fp32 {want[term].item():.5f}")
     got["loss"].backward()  # CPU bf16 Conv3d weight gradients are unreliable (see fastvid.train); no value check
     return bf16
+
+
+def losses_over_steps(method: Method, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                      steps: int) -> list[float]:
+    """Train `steps` optimiser steps on one fixed batch; the loss before each step. All must be finite."""
+    losses = []
+    for _ in range(steps):
+        loss = method(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    return losses
