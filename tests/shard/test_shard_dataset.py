@@ -19,6 +19,7 @@ from fastvid.cli import byte_size, main
 from fastvid.config import ConfigError
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.info import check
+from fastvid.shard.run import JOURNAL
 from tests.clips import frame_index, write_marked_clip
 from tests.shard.media import decode_rgb, read_tar
 
@@ -92,45 +93,37 @@ def test_shards_roll_by_size(src: Path, tmp_path: Path) -> None:
         assert payload <= 6000 or s["samples"] == 1
 
 
-VIDEO_MEMBERS = ("mp4", "flow.mp4")
-
-
-def assert_same_samples(a: Path, b: Path) -> None:
-    """The same samples in the same order, byte-identical members other than videos, and videos with the
-    same frames up to coding noise. Video bytes are checked in test_video_bytes_identical_across_processes:
-    libx264's output occasionally differs between processes for the same frames (cause not yet found)."""
+def assert_identical_shards(a: Path, b: Path) -> None:
+    """Two shard files with the same bytes; on a difference, name the first member that differs."""
+    if a.read_bytes() == b.read_bytes():
+        return
     ta, tb = read_tar(a), read_tar(b)
-    assert list(ta) == list(tb)
+    assert list(ta) == list(tb), f"{a.name}: other samples or order"
     for key, members in ta.items():
-        assert sorted(members) == sorted(tb[key])
         for ext, data in members.items():
-            if ext not in VIDEO_MEMBERS:
-                assert data == tb[key][ext], f"{a.name}: {key}.{ext}"
-                continue
-            fa, fb = decode_rgb(data), decode_rgb(tb[key][ext])
-            assert len(fa) == len(fb), f"{a.name}: {key}.{ext}"
-            for x, y in zip(fa, fb):
-                assert np.abs(x.astype(np.int16) - y).mean() < 2, f"{a.name}: {key}.{ext}"
+            assert data == tb[key].get(ext), f"{a.name}: {key}.{ext} differs"
+    raise AssertionError(f"{a.name}: same members, other tar bytes")
 
 
-def test_same_command_same_samples_and_seed_orders(src: Path, tmp_path: Path) -> None:
+def test_same_command_same_shards_and_seed_orders(src: Path, tmp_path: Path) -> None:
     shard(src, tmp_path / "a", max_samples=4)
     shard(src, tmp_path / "b", max_samples=4, workers=2)
     shard(src, tmp_path / "c", max_samples=4, seed=1)
-    for name in ("train-000000.tar", "train-000001.tar"):
-        assert_same_samples(tmp_path / "a" / name, tmp_path / "b" / name)
+    for name in ("train-000000.tar", "train-000000.idx", "train-000001.tar", "train-000001.idx"):
+        assert_identical_shards(tmp_path / "a" / name, tmp_path / "b" / name)
     order = lambda d: list(read_tar(d / "train-000000.tar")) + list(read_tar(d / "train-000001.tar"))  # noqa: E731
     assert order(tmp_path / "a") != order(tmp_path / "c") and sorted(order(tmp_path / "a")) == sorted(order(tmp_path / "c"))
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: libx264 output occasionally differs between processes "
-                                       "for identical frames (seen in about 1 run in 5 here); cause not found yet")
-def test_video_bytes_identical_across_processes(src: Path, tmp_path: Path) -> None:
-    for _ in range(3):
-        shard(src, tmp_path / "a", max_samples=4)
-        shard(src, tmp_path / "b", max_samples=4, workers=2)
-        for name in ("train-000000.tar", "train-000000.idx", "train-000001.tar"):
-            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+@pytest.mark.parametrize("codec, flow, repeats", [("h264", "farneback", 3), ("vp9", None, 1), ("mjpeg", None, 1)])
+def test_same_bytes_in_forked_workers(src: Path, tmp_path: Path, codec: str, flow: str | None, repeats: int) -> None:
+    """The test process and forked workers encode the same bytes. libx264 with MB-tree did not (about 1
+    run in 20 of this test differed), hence the repeats for h264: see _Encoder in fastvid/shard/transcode.py."""
+    for _ in range(repeats):
+        shard(src, tmp_path / "a", max_samples=4, codec=codec, flow=flow)
+        shard(src, tmp_path / "b", max_samples=4, codec=codec, flow=flow, workers=2)
+        for name in ("train-000000.tar", "train-000001.tar"):
+            assert_identical_shards(tmp_path / "a" / name, tmp_path / "b" / name)
         shutil.rmtree(tmp_path / "a")
         shutil.rmtree(tmp_path / "b")
 
@@ -203,14 +196,21 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "dataset.json").exists(), "the run ended before it could be killed"
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    assert 3 <= len(before) < 8
+    # A tar renamed but not yet journaled when the kill came is redone; journaled ones must be kept.
+    before = {}
+    for line in (out / JOURNAL).read_text().splitlines()[1:]:
+        try:
+            name = json.loads(line)["tar"]
+        except json.JSONDecodeError:  # the kill tore the last line
+            break
+        before[name] = (out / name).stat().st_mtime_ns
+    assert 2 <= len(before) < 8
     assert main(["shard", args[0], str(out), *args[1:]]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert {k: after[k] for k in before} == before  # complete shards were not redone
     assert sorted(after) == sorted(p.name for p in (tmp_path / "ref").glob("*.tar"))
-    for name in after:  # no losses, no duplicates: the same samples as an uninterrupted run
-        assert_same_samples(out / name, tmp_path / "ref" / name)
+    for name in after:  # no losses, no duplicates: the same bytes as an uninterrupted run
+        assert_identical_shards(out / name, tmp_path / "ref" / name)
     assert not list(out.glob("*.partial")) and check(out) == []
 
 
