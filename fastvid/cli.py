@@ -31,7 +31,7 @@ def _run_shard(args: argparse.Namespace) -> int:
         src=args.src, out=args.out, split_files=args.split_file, default_split=args.split, codec=args.codec,
         crf=args.crf, preset=args.preset, short_side=args.short_side, fps=args.fps, gop=args.gop,
         audio=not args.no_audio, audio_rate=args.audio_rate, flow=args.flow, shard_size=args.shard_size,
-        max_samples=args.max_samples, seed=args.seed, workers=args.workers, strict=args.strict,
+        max_samples=args.max_samples, seed=args.seed, workers=args.workers, timeout=args.timeout, strict=args.strict,
         progress=not args.no_progress)
     summary = shard_dataset(cfg)
     print(summary.format())
@@ -69,6 +69,8 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="close a shard at this many samples")
     p.add_argument("--seed", type=int, default=0, help="orders samples within each split (default 0)")
     p.add_argument("--workers", type=int, default=0, help="transcoding processes (default 0: all cores)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds one video may take before it is stopped and rejected (default 1800; 0: no limit)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any file is rejected")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_shard)

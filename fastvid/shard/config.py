@@ -14,7 +14,7 @@ FlowMethod = Literal["tvl1", "dis", "farneback"]
 DEFAULT_CRF = {"h264": 23, "vp9": 32, "mjpeg": 3}
 
 # Fields that do not change the bytes written; a resumed run may change them freely.
-RUNTIME_FIELDS = ("out", "workers", "progress", "strict")
+RUNTIME_FIELDS = ("out", "workers", "timeout", "progress", "strict")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class ShardConfig:
     shard_size: bytes after which a shard is closed; max_samples: samples after which it is closed.
     seed: orders the samples inside each split (so a shard mixes classes); same seed, same shards.
     workers: transcoding processes, 0 = all cores.
+    timeout: seconds one video may take before its worker is stopped and the file rejected; 0 = no limit.
     """
 
     src: str
@@ -48,6 +49,7 @@ class ShardConfig:
     max_samples: int | None = None
     seed: int = 0
     workers: int = 0
+    timeout: float = 1800.0
     strict: bool = False
     progress: bool = True
 
@@ -66,6 +68,8 @@ class ShardConfig:
             raise ConfigError(f"max_samples: must be >= 1, got {self.max_samples}")
         if self.workers < 0:
             raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
+        if self.timeout < 0:
+            raise ConfigError(f"timeout: must be >= 0 seconds (0 = no limit), got {self.timeout}")
         if not self.default_split.replace("_", "").isalnum():
             raise ConfigError(f"default_split: letters, digits and _ only, got {self.default_split!r}")
 

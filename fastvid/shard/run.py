@@ -9,7 +9,6 @@ would: no shard is redone, no sample is lost or written twice, and the bytes are
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from fastvid.config import ConfigError, to_dict
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import check_flow_method
+from fastvid.shard.pool import run_isolated
 from fastvid.shard.sources import Source, plan_sources
 from fastvid.shard.transcode import Failure, Sample, process
 from fastvid.shard.writer import ShardWriter
@@ -30,8 +30,6 @@ from fastvid.shard.writer import ShardWriter
 JOURNAL = ".progress.jsonl"
 MANIFEST = "dataset.json"
 ERRORS = "errors.jsonl"
-# fork starts a worker in milliseconds; spawn re-imports av, cv2 and the caller's __main__ in every worker.
-START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 @dataclass
@@ -97,14 +95,15 @@ def _work(source: Source, cfg: ShardConfig, labels: dict[str, int]) -> tuple[Sam
     return process(source, cfg, labels.get(source.label, -1) if source.label is not None else -1)
 
 
+def _lost(source: Source, kind: str, reason: str) -> tuple[Failure, int]:
+    return Failure(source.key, source.split, source.rel, kind, reason), 0
+
+
 def _results(todo: list[Source], cfg: ShardConfig, labels: dict[str, int]) -> Iterator[tuple[Sample | Failure, int]]:
-    """Transcoded samples in plan order; workers run ahead while the writer waits for the next one."""
+    """Transcoded samples in plan order, from worker processes (even with one worker, so that a video
+    that crashes or hangs FFmpeg costs only itself); workers run ahead while the writer waits."""
     work = partial(_work, cfg=cfg, labels=labels)
-    if cfg.num_workers == 1 or len(todo) <= 1:
-        yield from map(work, todo)
-        return
-    with multiprocessing.get_context(START_METHOD).Pool(min(cfg.num_workers, len(todo))) as pool:
-        yield from pool.imap(work, todo, chunksize=1)
+    yield from run_isolated(work, todo, cfg.num_workers, cfg.timeout or None, _lost)
 
 
 class _Roller:
