@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import tempfile
 import threading
+import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -175,6 +176,9 @@ class VideoLoader:
             if self.cfg.on_error == "skip" and culprit and culprit not in self.undecodable:
                 self.undecodable.add(culprit)
                 self._scan()
+                warnings.warn(f"{culprit}: undecodable, left out from now on; epoch {self.epoch} "
+                              f"goes on reshuffled without it after the {self.consumed} batches already given, "
+                              "so a few of its samples may come twice or not at all", stacklevel=2)
                 return True
             raise LoaderError(f"reading {culprit or ', '.join(self.reader.tars)} failed: {err}") from err
         finally:
