@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:  # ConfigError is a ValueError
         print(f"fastvid {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (run the same command again to resume)" if args.command == "shard" else ""
+        print(f"fastvid {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ the order of the inputs, at most `2 * workers` ahead of the consumer.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
@@ -22,17 +25,34 @@ Result = TypeVar("Result")
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _serve(work: Callable, conn: Connection) -> None:
-    """A worker's loop: (index, item) in, (index, work(item)) out, None to stop."""
-    while (task := conn.recv()) is not None:
+def _serve(work: Callable, conn: Connection, parent_pid: int) -> None:
+    """A worker's loop: (index, item) in, (index, work(item)) out, None to stop. It ends with its parent:
+    a killed run (kill -9) must not leave workers behind, and the parent's end of the pipe stays open in
+    the workers forked after this one, so the pipe alone would not tell. Ctrl-C is the parent's to handle:
+    it stops the workers, without a traceback from each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    while True:
+        while not conn.poll(1.0):
+            if os.getppid() != parent_pid:
+                return
+        if (task := conn.recv()) is None:
+            return
         index, item = task
         conn.send((index, work(item)))
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when its parent dies, even mid-video."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Worker(Generic[Item]):
     def __init__(self, context: multiprocessing.context.BaseContext, work: Callable) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(work, child), daemon=True)
+        self.process = context.Process(target=_serve, args=(work, child, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.task: int | None = None

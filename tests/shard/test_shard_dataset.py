@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import webdataset as wds
 
@@ -193,8 +194,10 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     deadline = time.time() + 60
     while len(list(out.glob("*.tar"))) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
+    workers = psutil.Process(proc.pid).children()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert workers and psutil.wait_procs(workers, timeout=10)[1] == [], "the killed run's workers lingered"
     assert not (out / "dataset.json").exists(), "the run ended before it could be killed"
     # A tar renamed but not yet journaled when the kill came is redone; journaled ones must be kept.
     before = {}

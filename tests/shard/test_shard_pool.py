@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import fastvid.shard.run as run
@@ -79,3 +82,19 @@ def test_timeout_option_is_checked_and_reaches_the_config(tmp_path: Path) -> Non
     assert main(["shard", str(tmp_path / "src"), str(tmp_path / "out"), "--short-side", "32", "--timeout", "0",
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["options"]["timeout"] == 0
+
+
+def test_ctrl_c_stops_the_run_and_its_workers_with_one_line(tmp_path: Path) -> None:
+    for i in range(8):
+        write_marked_clip(tmp_path / "src" / "c" / f"v{i}.mp4", 40, height=96, width=128)
+    proc = subprocess.Popen([sys.executable, "-m", "fastvid.cli", "shard", str(tmp_path / "src"), str(tmp_path / "out"),
+                             "--flow", "farneback", "--workers", "2", "--no-progress"],
+                            cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while len(workers := psutil.Process(proc.pid).children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130, "the run ended before the interrupt"
+    assert proc.stderr.read().strip() == "fastvid shard: interrupted (run the same command again to resume)"
+    assert psutil.wait_procs(workers, timeout=10)[1] == []
