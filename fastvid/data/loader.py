@@ -19,7 +19,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from fastvid.data.dali import READER, ReaderArgs, output_names, views_pipeline
 from fastvid.data.sampling import SampleDrawer
-from fastvid.data.spec import RGB_MEAN, RGB_STD, DataConfig, ViewSpec
+from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.shard import read_manifest
 
 FLOW_BOUND = 20.0  # px: the shard format stores 128 + u * 127 / bound

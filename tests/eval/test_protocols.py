@@ -2,10 +2,8 @@
 thumbnails, the retrieval figure, and fine-tuning's learning rates."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fastvid.data.spec import RGB_MEAN, RGB_STD
 from fastvid.eval import protocols, report
