@@ -138,7 +138,14 @@ def bench_losses(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
             if n <= args.max_compiled:
                 impls["naive_compiled"] = torch.compile(naive_fn)
             for impl, fn in impls.items():
-                r = measure(fn, inputs, args.device, args.repeats)
+                try:
+                    r = measure(fn, inputs, args.device, args.repeats)
+                except torch.OutOfMemoryError:  # a result too: the naive loss cannot run at this N
+                    torch.cuda.empty_cache()
+                    rows.append({"loss": name, "n": n, "impl": impl, "seconds": None, "peak_bytes": None,
+                                 "error": "out of memory"})
+                    print(f"{name:16s} N={n:6d} {impl:15s} out of memory", flush=True)
+                    continue
                 rows.append({"loss": name, "n": n, "impl": impl, **r})
                 print(f"{name:16s} N={n:6d} {impl:15s} {r['seconds'] * 1e3:10.2f} ms "
                       f"{r['peak_bytes'] / 2**20:10.1f} MiB", flush=True)
@@ -198,6 +205,9 @@ def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) 
     lines = [f"# Losses, forward + backward, {meta['device']} {meta['dtype']}, D={meta['dim']}", "",
              "| loss | N | impl | ms | peak MiB | time / fused | memory / fused |", "|---|---|---|---|---|---|---|"]
     for r in losses:
+        if r["seconds"] is None:
+            lines.append(f"| {r['loss']} | {r['n']} | {r['impl']} | {r['error']} | | | |")
+            continue
         f = next(x for x in losses if x["loss"] == r["loss"] and x["n"] == r["n"] and x["impl"] == "fused")
         ratio_t = r["seconds"] / f["seconds"]
         ratio_m = r["peak_bytes"] / max(f["peak_bytes"], 1)
@@ -210,7 +220,7 @@ def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) 
     fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), squeeze=False)
     for col, name in enumerate(names):
         for impl in ("fused", "naive", "naive_compiled"):
-            pts = [r for r in losses if r["loss"] == name and r["impl"] == impl]
+            pts = [r for r in losses if r["loss"] == name and r["impl"] == impl and r["seconds"] is not None]
             if pts:
                 axes[0, col].loglog([p["n"] for p in pts], [p["seconds"] for p in pts], "o-", label=impl)
                 axes[1, col].loglog([p["n"] for p in pts], [max(p["peak_bytes"], 1) / 2**20 for p in pts], "o-")

@@ -78,6 +78,9 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Pa
     return indices, key_index, skipped
 
 
+NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
+
+
 class VideoLoader:
     """Iterate batches for one process: dict view name -> tensor, plus "label" and "index" (N,) int64.
 
@@ -105,6 +108,11 @@ class VideoLoader:
             raise LoaderError("decode='gpu' needs a CUDA device for the loader")
         self.decode = "mixed" if cfg.decode == "gpu" or (cfg.decode == "auto" and self.device.type == "cuda") \
             else "cpu"
+        short_side = int(options.get("short_side") or 0)
+        if self.decode == "mixed" and self.codec == "vp9" and 0 < short_side < NVDEC_VP9_MIN:
+            raise LoaderError(f"{cfg.shards}: NVDEC decodes VP9 only from {NVDEC_VP9_MIN}x{NVDEC_VP9_MIN} up and "
+                              f"these shards have short side {short_side}: decode on the CPU (decode='cpu') or "
+                              f"re-shard with --codec h264 or --short-side {NVDEC_VP9_MIN}")
         self.names = output_names(views)
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded
@@ -182,8 +190,9 @@ class VideoLoader:
                 return True
             raise LoaderError(f"reading {culprit or ', '.join(self.reader.tars)} failed: {err}") from err
         finally:
-            _shutdown_later(it, pipe)
-            del it, pipe
+            held = [it, pipe]
+            it = pipe = None  # the thread below must hold the last references, or the shutdown runs here
+            _shutdown_later(held)
         return False
 
     def _finish(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,11 +217,10 @@ def _failed_sample(message: str) -> str | None:
     return f"{found.group(2)}:{found.group(3)}" if found else None
 
 
-def _shutdown_later(*pipeline_refs) -> None:
-    """Drop the last references to an epoch's pipeline on a daemon thread: its shutdown waits for the
-    batches the iterator scheduled past the epoch's end (0.3-1 s on 2 cores), which the next epoch's
-    pipeline need not wait for."""
-    held = list(pipeline_refs)
+def _shutdown_later(held: list) -> None:
+    """Drop `held`, the last references to an epoch's pipeline and iterator, on a daemon thread: the
+    pipeline's shutdown waits for the batches the iterator scheduled past the epoch's end (0.3-1 s on 2
+    cores, seconds with the GPU decoder), which the next epoch's pipeline need not wait for."""
     threading.Thread(target=held.clear, daemon=True).start()
 
 

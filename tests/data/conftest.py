@@ -47,12 +47,18 @@ def flow_shards(marked_src, tmp_path_factory) -> Path:
     return _shards(marked_src, tmp_path_factory.mktemp("flow"), "vp9", flow="farneback")
 
 
+@pytest.fixture(scope="session")
+def flow_h264_shards(marked_src, tmp_path_factory) -> Path:
+    """For NVDEC, which decodes VP9 only from 128x128 up: these clips are 80x64."""
+    return _shards(marked_src, tmp_path_factory.mktemp("flow_h264"), "h264", flow="farneback")
+
+
 SHIFT = (2.0, 1.0)  # (u, v) px per frame of the moving-texture clips
 
 
 @pytest.fixture(scope="session")
-def moving_shards(tmp_path_factory) -> Path:
-    """VP9 shards with optical flow of two clips whose texture moves exactly SHIFT px per frame."""
+def moving_src(tmp_path_factory) -> Path:
+    """Two clips whose texture moves exactly SHIFT px per frame."""
     src = tmp_path_factory.mktemp("moving_src")
     texture = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (96, 128, 3)).astype(np.uint8), (0, 0), 1.5)
     for k in range(2):
@@ -69,7 +75,20 @@ def moving_shards(tmp_path_factory) -> Path:
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    out = tmp_path_factory.mktemp("moving")
-    shard_dataset(ShardConfig(src=str(src), out=str(out), codec="vp9", crf=8, short_side=64, gop=4, workers=1,
+    return src
+
+
+def _moving(src: Path, out: Path, codec: str) -> Path:
+    shard_dataset(ShardConfig(src=str(src), out=str(out), codec=codec, crf=8, short_side=64, gop=4, workers=1,
                               audio=False, flow="farneback", progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def moving_shards(moving_src, tmp_path_factory) -> Path:
+    return _moving(moving_src, tmp_path_factory.mktemp("moving"), "vp9")
+
+
+@pytest.fixture(scope="session")
+def moving_h264_shards(moving_src, tmp_path_factory) -> Path:
+    return _moving(moving_src, tmp_path_factory.mktemp("moving_h264"), "h264")

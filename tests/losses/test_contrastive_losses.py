@@ -104,10 +104,11 @@ def test_gdt_every_table1_row(row):
                      lambda v, a: ref.gdt_loss(v, a, factors, invariant, 0.1), (v, a), (v, a))
 
 
-def test_gdt_triton_backend():
+@pytest.mark.parametrize("backend", ["triton"])
+def test_gdt_triton_backend(backend):
     factors, invariant = gdt_batch("l", k_i=6)  # N = 24: two row tiles
     v, a = rand(24, 8, seed=11), rand(24, 8, seed=12)
-    assert_same_loss(lambda v, a: fused.gdt_loss(v, a, factors, invariant, 0.1, backend="triton"),
+    assert_same_loss(lambda v, a: fused.gdt_loss(v, a, factors, invariant, 0.1, backend=backend),
                      lambda v, a: ref.gdt_loss(v, a, factors, invariant, 0.1), (v, a), (v, a))
 
 
