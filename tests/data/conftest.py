@@ -26,9 +26,10 @@ def marked_src(tmp_path_factory) -> Path:
     return src
 
 
-def _shards(src: Path, out: Path, codec: str, flow: str | None = None) -> Path:
-    shard_dataset(ShardConfig(src=str(src), out=str(out), codec=codec, crf=16, short_side=64, gop=4, workers=1,
-                              max_samples=3, audio_rate=RATE, flow=flow, progress=False))
+def _shards(src: Path, out: Path, codec: str, **options) -> Path:
+    shard_dataset(ShardConfig(**{"src": str(src), "out": str(out), "codec": codec, "crf": 16, "short_side": 64,
+                                 "gop": 4, "workers": 1, "max_samples": 3, "audio_rate": RATE, "progress": False,
+                                 **options}))
     return out
 
 
@@ -78,17 +79,14 @@ def moving_src(tmp_path_factory) -> Path:
     return src
 
 
-def _moving(src: Path, out: Path, codec: str) -> Path:
-    shard_dataset(ShardConfig(src=str(src), out=str(out), codec=codec, crf=8, short_side=64, gop=4, workers=1,
-                              audio=False, flow="farneback", progress=False))
-    return out
+MOVING = {"crf": 8, "audio": False, "flow": "farneback", "max_samples": None}
 
 
 @pytest.fixture(scope="session")
 def moving_shards(moving_src, tmp_path_factory) -> Path:
-    return _moving(moving_src, tmp_path_factory.mktemp("moving"), "vp9")
+    return _shards(moving_src, tmp_path_factory.mktemp("moving"), "vp9", **MOVING)
 
 
 @pytest.fixture(scope="session")
 def moving_h264_shards(moving_src, tmp_path_factory) -> Path:
-    return _moving(moving_src, tmp_path_factory.mktemp("moving_h264"), "h264")
+    return _shards(moving_src, tmp_path_factory.mktemp("moving_h264"), "h264", **MOVING)

@@ -28,19 +28,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 # NVDEC decodes VP9 only from 128x128 up and the marked clips are 80x64: on the GPU, read their H.264 twins.
-@pytest.fixture
-def device_shards(device, request) -> Path:
-    return request.getfixturevalue("vp9_shards" if device == "cpu" else "h264_shards")
+H264_TWIN = {"vp9_shards": "h264_shards", "flow_shards": "flow_h264_shards", "moving_shards": "moving_h264_shards"}
 
 
-@pytest.fixture
-def device_flow_shards(device, request) -> Path:
-    return request.getfixturevalue("flow_shards" if device == "cpu" else "flow_h264_shards")
-
-
-@pytest.fixture
-def device_moving_shards(device, request) -> Path:
-    return request.getfixturevalue("moving_shards" if device == "cpu" else "moving_h264_shards")
+def on_device(request, device: str, fixture: str) -> Path:
+    return request.getfixturevalue(fixture if device == "cpu" else H264_TWIN[fixture])
 PLAIN = SpatialSpec(size=(32, 32), normalize=False, crop="random_resized", scale=(0.3, 0.6))
 
 
@@ -127,25 +119,27 @@ def test_crops_differ_between_views_and_samples_and_groups_share(vp9_shards):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_frame_wise_mode_draws_per_frame(device_shards, device):
+def test_frame_wise_mode_draws_per_frame(request, device):
+    shards = on_device(request, device, "vp9_shards")
     view = ViewSpec("v", temporal=TemporalSpec(frames=8), spatial=replace(PLAIN, per_frame=True, jitter=1.0))
-    batch = next(iter(build_loader(cfg(device_shards), [view], device=device)))
+    batch = next(iter(build_loader(cfg(shards), [view], device=device)))
     frames = pixels(batch["v"][0])
     profiles = np.stack([blue_profile(f) for f in frames])
     assert min(np.abs(profiles[i] - profiles[j]).max() for i in range(8) for j in range(i)) > 1.0  # own crops
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_colour_jitter_is_the_drawn_map_on_every_frame(device_shards, device):
+def test_colour_jitter_is_the_drawn_map_on_every_frame(request, device):
+    shards = on_device(request, device, "vp9_shards")
     # Brightness alone: each sample's frames must be the unjittered frames times that sample's drawn b,
     # every frame alike (the old test instead required two random draws to differ by a margin).
     plain = replace(PLAIN, crop="center", short_side=32, flip=0.0, jitter=0.0)
     jittered = replace(plain, jitter=1.0, brightness=0.3, contrast=0.0, saturation=0.0, hue=0.0)
     views = [ViewSpec("v", temporal=TemporalSpec(frames=4), spatial=spatial) for spatial in (plain, jittered)]
-    batches = [next(iter(build_loader(cfg(device_shards), [view], device=device))) for view in views]
+    batches = [next(iter(build_loader(cfg(shards), [view], device=device))) for view in views]
     assert torch.equal(batches[0]["index"], batches[1]["index"])
-    loader = build_loader(cfg(device_shards), views[1:])
-    drawer, by_key = SampleDrawer(views[1:], loader.key_index, seed=0), metas(device_shards)
+    loader = build_loader(cfg(shards), views[1:])
+    drawer, by_key = SampleDrawer(views[1:], loader.key_index, seed=0), metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
     gains = []
     for n, index in enumerate(batches[1]["index"].tolist()):
@@ -158,7 +152,8 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(device_shards, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_audio_window_aligns_with_its_frames(device_shards, device):
+def test_audio_window_aligns_with_its_frames(request, device):
+    shards = on_device(request, device, "vp9_shards")
     views = [ViewSpec("v", temporal=TemporalSpec(frames=4, reverse=0.5), spatial=PLAIN),
              ViewSpec("a", "audio", audio=AudioSpec(follow="v", seconds=0.4, freq_masks=0, time_masks=0))]
     spec = views[1].audio
@@ -166,7 +161,7 @@ def test_audio_window_aligns_with_its_frames(device_shards, device):
     # (k + 1) * mel_max / 41 mel, 200/3 Hz per mel; the tones (200 + 50 i Hz) stay below 1 kHz here.
     mel_max = 15 + 27 * np.log(12000 / 1000) / np.log(6.4)
     centres = (np.arange(1, spec.mel_bins + 1) * mel_max / (spec.mel_bins + 1)) * 200 / 3
-    for batch in build_loader(cfg(device_shards), views, device=device):
+    for batch in build_loader(cfg(shards), views, device=device):
         for n in range(batch["v"].shape[0]):
             idx = [frame_index(f) for f in pixels(batch["v"][n])]
             first, reverse = min(idx), idx[0] > idx[-1]
@@ -200,9 +195,10 @@ PRESETS = {
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @pytest.mark.parametrize("device", DEVICES)
-def test_presets_shapes_and_dtypes(name, device_shards, device):
+def test_presets_shapes_and_dtypes(name, request, device):
+    shards = on_device(request, device, "vp9_shards")
     views, shapes, dtype = PRESETS[name]
-    batch = next(iter(build_loader(cfg(device_shards), views, device=device)))
+    batch = next(iter(build_loader(cfg(shards), views, device=device)))
     assert set(batch) == set(shapes) | {"label", "index"}
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == (3, *shape) and batch[key].dtype == dtype, key
@@ -210,9 +206,10 @@ def test_presets_shapes_and_dtypes(name, device_shards, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_cross_and_learn_flow_preset(device_flow_shards, device):
+def test_cross_and_learn_flow_preset(request, device):
+    shards = on_device(request, device, "flow_shards")
     views = cross_and_learn_views(CrossAndLearnViews(size=32, short_side=40))
-    loader = build_loader(cfg(device_flow_shards), views, device=device)
+    loader = build_loader(cfg(shards), views, device=device)
     batch = next(iter(loader))
     assert tuple(batch["rgb"].shape) == (3, 3, 32, 32) and tuple(batch["flow"].shape) == (3, 2, 10, 32, 32)
     flow = batch["flow"].cpu()
@@ -225,12 +222,13 @@ def test_cross_and_learn_flow_preset(device_flow_shards, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_flow_is_rescaled_with_its_crop(device_moving_shards, device):
+def test_flow_is_rescaled_with_its_crop(request, device):
+    shards = on_device(request, device, "moving_shards")
     # The texture moves SHIFT px per source frame; after a crop of w x h source pixels resized to 16 x 24
     # the motion is SHIFT * (24 / w, 16 / h) output px, and u changes sign when the crop is mirrored.
     views = [ViewSpec("f", "flow", TemporalSpec(frames=4), SpatialSpec(size=(16, 24), scale=(0.3, 1.0), flip=0.5))]
-    loader = build_loader(cfg(device_moving_shards, batch_size=1, shuffle_buffer=0), views, device=device)
-    by_key, key_of = metas(device_moving_shards), {i: k for k, i in loader.key_index.items()}
+    loader = build_loader(cfg(shards, batch_size=1, shuffle_buffer=0), views, device=device)
+    by_key, key_of = metas(shards), {i: k for k, i in loader.key_index.items()}
     drawer = SampleDrawer(views, loader.key_index, seed=0, epoch=0)
     flips = set()
     for _ in range(3):  # epochs: new crops
