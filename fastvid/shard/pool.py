@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -49,7 +49,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class _Worker(Generic[Item]):
+class _Worker:
     def __init__(self, context: multiprocessing.context.BaseContext, work: Callable) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(work, child, os.getpid()), daemon=True)
@@ -58,7 +58,7 @@ class _Worker(Generic[Item]):
         self.task: int | None = None
         self.started = 0.0
 
-    def give(self, index: int, item: Item) -> None:
+    def give(self, index: int, item: object) -> None:
         self.conn.send((index, item))
         self.task, self.started = index, time.monotonic()
 
