@@ -29,7 +29,7 @@ def _run_shard(args: argparse.Namespace) -> int:
 
     cfg = ShardConfig(
         src=args.src, out=args.out, split_files=args.split_file, default_split=args.split, codec=args.codec,
-        crf=args.crf, preset=args.preset, short_side=args.short_side, fps=args.fps, gop=args.gop,
+        crf=args.crf, preset=args.preset, short_side=args.short_side, align=args.align, fps=args.fps, gop=args.gop,
         audio=not args.no_audio, audio_rate=args.audio_rate, flow=args.flow, shard_size=args.shard_size,
         max_samples=args.max_samples, seed=args.seed, workers=args.workers, timeout=args.timeout, strict=args.strict,
         progress=not args.no_progress)
@@ -58,6 +58,8 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
                    help="quality: CRF for h264 (default 23) and vp9 (32), quantiser scale for mjpeg (3)")
     p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
     p.add_argument("--short-side", type=int, default=128, help="output short side, even; 0 keeps the size (default 128)")
+    p.add_argument("--align", type=int, default=16, choices=[2, 4, 8, 16],
+                   help="width and height become multiples of this; 16 lets NVDEC reuse decoders (default 16)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--gop", type=int, default=16, help="a keyframe every GOP frames (default 16)")
     p.add_argument("--audio-rate", type=int, default=24000, help="mono FLAC sample rate (default 24000)")

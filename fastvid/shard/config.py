@@ -24,6 +24,9 @@ class ShardConfig:
     src: a folder of videos (recursive, parent folder = class) or a CSV/JSONL manifest with columns
     `path`, optional `label`, `split`, `key` (relative paths are relative to the manifest's folder).
     short_side: output short side in pixels (even), 0 keeps the source size (rounded down to even).
+    align: width and height become multiples of this (16, the default, suits hardware decoders: coded
+    size = display size); the long side is rounded, changing the aspect ratio by a few percent at most.
+    2 keeps the old rule (even sizes, aspect kept to within a pixel).
     fps: output frame rate; None keeps the source rate (variable-rate sources are resampled to their mean).
     gop: a keyframe exactly every `gop` frames, so random access decodes at most gop-1 extra frames.
     shard_size: bytes after which a shard is closed; max_samples: samples after which it is closed.
@@ -40,6 +43,7 @@ class ShardConfig:
     crf: int | None = None
     preset: str = "veryfast"
     short_side: int = 128
+    align: int = 16
     fps: float | None = None
     gop: int = 16
     audio: bool = True
@@ -56,6 +60,12 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.short_side < 0 or self.short_side % 2:
             raise ConfigError(f"short_side: must be an even number of pixels (0 keeps the size), got {self.short_side}")
+        if self.align not in (2, 4, 8, 16):
+            raise ConfigError(f"align: must be 2, 4, 8 or 16 pixels, got {self.align}")
+        if self.short_side % self.align:
+            raise ConfigError(f"short_side: {self.short_side} is not a multiple of align={self.align}; pick a "
+                              f"multiple (e.g. {self.align * round(self.short_side / self.align) or self.align}) "
+                              "or a smaller align")
         if self.fps is not None and not 0 < self.fps <= 1000:
             raise ConfigError(f"fps: must be in (0, 1000], got {self.fps}")
         if self.gop < 1:

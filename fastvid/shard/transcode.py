@@ -105,16 +105,24 @@ class _Encoder:
         else:
             self.stream.options = {"qmin": str(quality), "qmax": str(quality), "threads": "1"}
         self.count = 0
+        self.keyframes: list[int] = []  # frame indices of the keyframes: where a reader can start decoding
 
     def encode(self, frame: av.VideoFrame) -> None:
         frame.pts, frame.time_base = self.count, self.time_base
         frame.pict_type = PictureType.NONE  # a decoded I-frame would force a keyframe: the GOP is ours
         self.count += 1
-        self.container.mux(self.stream.encode(frame))
+        self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:  # packet pts are still in frame units (1 / rate) before muxing
+            if packet.is_keyframe:
+                self.keyframes.append(int(packet.pts))
+        self.container.mux(packets)
 
     def finish(self) -> bytes:
-        self.container.mux(self.stream.encode(None))
+        self._mux(self.stream.encode(None))
         self.container.close()
+        self.keyframes.sort()
         return self.buffer.getvalue()
 
 
@@ -123,12 +131,18 @@ def pix_fmt_of(codec: str) -> str:
     return "yuvj420p" if codec == "mjpeg" else "yuv420p"
 
 
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(W, H) with the short side scaled to `short_side` (0: kept), both even."""
+def output_size(width: int, height: int, short_side: int, align: int = 2) -> tuple[int, int]:
+    """(W, H) with the short side scaled to `short_side` (0: kept), both rounded to a multiple of `align`.
+
+    NVDEC decodes whole 16x16 macroblocks: with align=16 the coded size equals the display size, so a
+    hardware decoder made for one clip can be reused for the next of the same size. Rounding the long
+    side changes the aspect ratio by at most align/2 pixels over it (under 5% at short side 128)."""
     if short_side == 0:
-        return max(2, width // 2 * 2), max(2, height // 2 * 2)
+        if align == 2:
+            return max(2, width // 2 * 2), max(2, height // 2 * 2)
+        return max(align, align * round(width / align)), max(align, align * round(height / align))
     scale = short_side / min(width, height)
-    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
+    return max(align, align * round(width * scale / align)), max(align, align * round(height * scale / align))
 
 
 def _plausible(rate: Fraction | None) -> bool:
@@ -317,7 +331,8 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
                     w, h = (frame.height, frame.width) if turned else (frame.width, frame.height)
                     if w % 2 or h % 2:
                         notes.append(Note("odd-size", f"odd frame size {w}x{h}; scaled to even"))
-                    out_size = output_size(w, h, cfg.short_side)
+                    out_size = output_size(w, h, cfg.short_side, cfg.align)
+                    source_size = (w, h)
                     graph = _build_graph(frame, stream.time_base, out_size, rate if resample else None,
                                          pix_fmt_of(cfg.codec))
                     sink = _VideoSink(cfg, rate, out_size)
@@ -369,9 +384,13 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
         "key": source.key, "path": source.rel, "label": source.label, "label_index": label_index,
         "split": source.split, "fps": float(rate), "num_frames": num_frames,
         "duration": round(num_frames / float(rate), 6), "width": sink.size[0], "height": sink.size[1],
+        # what rounding the frame size to a multiple of --align did to the aspect ratio (out / source - 1)
+        "aspect_change": round(sink.size[0] * source_size[1] / (sink.size[1] * source_size[0]) - 1, 4),
+        "keyframes": sink.video.keyframes,
         "codec": cfg.codec, "has_audio": has_audio, "audio_rate": cfg.audio_rate if has_audio else None,
         "audio_samples": int(len(audio)),
-        "flow": {"method": cfg.flow, "bound": BOUND, "magnitude": sink.magnitudes} if cfg.flow else None,
+        "flow": {"method": cfg.flow, "bound": BOUND, "magnitude": sink.magnitudes,
+                 "keyframes": sink.flow.keyframes} if cfg.flow else None,
     }
     files["json"] = json.dumps(meta, sort_keys=True).encode()
     return Sample(key=source.key, split=source.split, rel=source.rel, files=files, frames=num_frames, notes=notes)

