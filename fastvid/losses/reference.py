@@ -71,15 +71,17 @@ def cross_and_learn_loss(
 
 
 def gdt_loss(
-    v: Tensor, a: Tensor, factors: Tensor, invariant: Sequence[bool], temperature: float, *, normalize: bool = True
+    v: Tensor, a: Tensor, factors: Tensor, invariant: Sequence[bool], temperature: float, *,
+    cross_modal: bool = True, normalize: bool = True
 ) -> Tensor:
     """GDT eq. (1) over the 2N transformations T = (factors[n], m) with m in {video, audio}.
 
     v, a: (N, D) video / audio embeddings of row n; factors: (N, F) int64 labels of the other transformation
     factors (sample index i, time shift, time reversal, ...); invariant[f] picks c(t_f, t_f') = 1 (invariant)
     or delta(t_f = t_f') (distinctive). c(T, T') = prod_f c(t_f, t_f'); the modality is invariant, and
-    w(T, T') = delta(m != m') keeps cross-modal pairs only. Returns the double sum of eq. (1) divided by the
-    number of pairs with c * w = 1.
+    w(T, T') = delta(m != m') keeps cross-modal pairs only (sec. 3.2), or with cross_modal=False SimCLR's
+    w(T, T') = delta(T != T') (sec. 3.1; Table 1 rows (a)-(d), where m is a second augmentation). Returns the
+    double sum of eq. (1) divided by the number of pairs with c * w = 1.
     """
     if factors.shape[1] != len(invariant):
         raise ValueError(f"gdt_loss: factors has {factors.shape[1]} columns but invariant has {len(invariant)}")
@@ -91,7 +93,10 @@ def gdt_loss(
     for f, inv in enumerate(invariant):
         if not inv:
             c &= fac[:, f, None] == fac[None, :, f]
-    w = modality[:, None] != modality[None, :]  # (2N, 2N)
+    if cross_modal:
+        w = modality[:, None] != modality[None, :]  # (2N, 2N)
+    else:
+        w = ~torch.eye(2 * n, dtype=torch.bool, device=v.device)  # every T'' != T
     sim = phi @ phi.T / temperature  # (2N, 2N)
     log_denom = torch.logsumexp(sim.masked_fill(~w, float("-inf")), dim=1, keepdim=True)  # (2N, 1)
     cw = (c & w).to(sim.dtype)

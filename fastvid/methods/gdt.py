@@ -6,13 +6,15 @@ hierarchical: K_i videos (the loader's batch, `batch["index"]` is i) x K_tau shi
 `video{k}` / `audio{k}`, one 1 s clip each) x K_r reversals (made here: the same clip and spectrogram,
 flipped in time) x K_m = 2 modalities, so row n of the N = K_i K_tau K_r embeddings has factors
 (i, tau, r). Each factor is distinctive (c = delta(t = t')) or invariant (c = 1) per the config; a factor
-set to "none" is not sampled (K = 1, the dots of Table 1). The loss is eq. (1) with w = delta(m != m')
-(`fastvid.losses.gdt_loss`), over the embeddings of every process (negatives gathered with gradient).
+set to "none" is not sampled (K = 1, the dots of Table 1). The loss is eq. (1) (`fastvid.losses.gdt_loss`)
+over the embeddings of every process (negatives gathered with gradient), with w = delta(m != m'): "we
+extend SimCLR weight function w to focus learning on only cross-modal pairs" (sec. 3.2).
 
 Table 1's rows: DS is always distinctive; TR = `time_reversal`, TS = `time_shift`, Mod. = `modality`.
-With modality "v" (rows a-d, SimCLR-like) the second "modality" is a second augmentation g of the same
-clip (K_g = 2, views `video{k}_g`), encoded by the same video network; w then keeps the pairs across the
-two augmentation draws.
+With modality "v" (rows a-d, "emulating SimCLR") the second "modality" is a second augmentation g of the
+same clip (K_g = 2, views `video{k}_g`), encoded by the same video network, and w is SimCLR's
+w(T, T') = delta(T != T') (sec. 3.1): every other row is in the denominator, so row (a) is NT-Xent.
+`acc` is the pretext top-1: how often an anchor's best candidate under w is one of its positives.
 
 Phi_v = R(2+1)D-18 + MLP head, Phi_a = audio ResNet-9 + MLP head (sec. 4, appendix A.3.4).
 """
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import GDTViews, gdt_views
-from fastvid.losses import gdt_loss
+from fastvid.losses import gdt_loss, gdt_top1_accuracy
 from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
 from fastvid.models import Encoder
 
@@ -126,7 +128,9 @@ class GDT(Method):
         v, a, factors = self.embed(batch)
         # every process's rows take part in eq. (1): more negatives, gradients flow back to their owners
         v, a, factors = gather_with_grad(v), gather_with_grad(a), gather_no_grad(factors)
-        return {"loss": gdt_loss(v, a, factors, self.invariant, self.cfg.temperature)}
+        cross_modal = self.cfg.modality == "av"  # w = delta(m != m'); video only: SimCLR's delta(T != T')
+        loss = gdt_loss(v, a, factors, self.invariant, self.cfg.temperature, cross_modal=cross_modal)
+        return {"loss": loss, "acc": gdt_top1_accuracy(v, a, factors, self.invariant, cross_modal=cross_modal)}
 
     def encoders(self) -> dict[str, Encoder]:
         return {"video": self.video, "audio": self.audio} if self.cfg.modality == "av" else {"video": self.video}

@@ -83,8 +83,10 @@ def test_cross_and_learn():
 
 
 # GDT Table 1: (time reversal, time shift) per row, "d" distinctive, "i" invariant, "." not sampled (one
-# value), always cross-modal (rows e-m; rows a-d are video-only SimCLR, which nt_xent covers).
-GDT_TABLE1 = {"e": "..", "f": "i.", "g": ".i", "h": "ii", "i": "d.", "j": ".d", "k": "di", "l": "id", "m": "dd"}
+# value). Rows a-d are video only: the second "modality" is a second augmentation draw and w is SimCLR's
+# delta(T != T'); rows e-m are cross-modal, w = delta(m != m').
+GDT_TABLE1 = {"a": "..", "b": "i.", "c": ".i", "d": "ii",
+              "e": "..", "f": "i.", "g": ".i", "h": "ii", "i": "d.", "j": ".d", "k": "di", "l": "id", "m": "dd"}
 
 
 def gdt_batch(row: str, k_i: int = 5):
@@ -98,10 +100,25 @@ def gdt_batch(row: str, k_i: int = 5):
 @pytest.mark.parametrize("row", list(GDT_TABLE1))
 def test_gdt_every_table1_row(row):
     factors, invariant = gdt_batch(row)
+    cross_modal = row not in "abcd"
     n = factors.shape[0]
     v, a = rand(n, 8, seed=9), rand(n, 8, seed=10)
-    assert_same_loss(lambda v, a: fused.gdt_loss(v, a, factors, invariant, 0.1, backend="torch"),
-                     lambda v, a: ref.gdt_loss(v, a, factors, invariant, 0.1), (v, a), (v, a))
+    assert_same_loss(
+        lambda v, a: fused.gdt_loss(v, a, factors, invariant, 0.1, cross_modal=cross_modal, backend="torch"),
+        lambda v, a: ref.gdt_loss(v, a, factors, invariant, 0.1, cross_modal=cross_modal), (v, a), (v, a))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gdt_row_a_is_nt_xent(backend):
+    """Table 1 row (a), "SimCLR-like": K_i videos x K_g = 2 augmentations, w = delta(T != T'), is NT-Xent on
+    the same embeddings (the cross-draw-only weights gave a different, smaller value)."""
+    factors, invariant = gdt_batch("a", k_i=7)
+    v, a = rand(7, 8, seed=21), rand(7, 8, seed=22)
+    want = ref.nt_xent(v, a, 0.5)
+    torch.testing.assert_close(ref.gdt_loss(v, a, factors, invariant, 0.5, cross_modal=False), want)
+    torch.testing.assert_close(fused.gdt_loss(v, a, factors, invariant, 0.5, cross_modal=False, backend=backend),
+                               want, rtol=1e-10, atol=1e-12)
+    assert abs(ref.gdt_loss(v, a, factors, invariant, 0.5, cross_modal=True).item() - want.item()) > 0.1
 
 
 @pytest.mark.parametrize("backend", ["triton"])
@@ -193,3 +210,26 @@ def test_reference_cross_and_learn_hand_values():
 def test_gdt_rejects_mismatched_invariant():
     with pytest.raises(ValueError, match="invariant"):
         fused.gdt_loss(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.int64), [True], 0.1)
+
+
+# --- pretext accuracy ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exclude_diag", [False, True])
+def test_top1_accuracy_equals_the_full_matrix_argmax(monkeypatch, exclude_diag):
+    monkeypatch.setattr("fastvid.losses.contrastive.ACCURACY_ROWS", 7)  # several partial row blocks
+    a = rand(23, 5, seed=31).detach()
+    b = a.clone() + 0.3 * rand(23, 5, seed=32).detach() if exclude_diag else rand(19, 5, seed=32).detach()
+    la, lb = torch.arange(23) % 4, torch.arange(b.shape[0]) % 4
+    beta = torch.linspace(0.5, 2.0, b.shape[0], dtype=F64)
+    s = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T * beta  # (23, K)
+    if exclude_diag:
+        s.fill_diagonal_(float("-inf"))
+    want = (lb[s.argmax(1)] == la).float().mean()
+    got = fused.top1_accuracy(a, b, la, lb, beta=beta, exclude_diag=exclude_diag)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want.item())
+
+
+def test_top1_accuracy_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0], [0.1, 3.0]])  # cosine: rows 0, 1 pick their own; row 2 picks b_1 (0.730 > 0.707)
+    assert fused.top1_accuracy(a, b, torch.tensor([0, 1, 0]), torch.tensor([0, 1])).item() == pytest.approx(2 / 3)

@@ -128,15 +128,38 @@ def test_rows_are_the_transformations_they_name(row_l):
     assert sorted(map(tuple, factors.tolist())) == [(i, t, r) for i in (2, 5) for t in (0, 1) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("row", ["a", "m"])
+@pytest.mark.parametrize("row", ["a", "d", "m"])
 def test_loss_equals_reference(row):
     method = build(row_config(row)).eval()
     batch = random_batch(method.cfg, k_i=2)
+    cross_modal = row not in "abcd"  # rows a-d: SimCLR's w = delta(T != T')
     with torch.no_grad():
         v, a, factors = method.embed(batch)
-        want = reference.gdt_loss(v.double(), a.double(), factors, method.invariant, 0.07)
-        got = method(batch)["loss"]
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+        want = reference.gdt_loss(v.double(), a.double(), factors, method.invariant, 0.07, cross_modal=cross_modal)
+        out = method(batch)
+    torch.testing.assert_close(out["loss"].double(), want, atol=1e-5, rtol=1e-5)
+    assert 0.0 <= out["acc"].item() <= 1.0
+
+
+def test_row_a_is_nt_xent_over_the_two_augmentations():
+    """Table 1 row (a) "emulating SimCLR": the loss is NT-Xent between the two augmentation draws."""
+    method = build(row_config("a")).eval()
+    batch = random_batch(method.cfg, k_i=3)
+    with torch.no_grad():
+        v, a, _ = method.embed(batch)  # (3, D) each: draw g and draw g' of each video
+        torch.testing.assert_close(method(batch)["loss"].double(), reference.nt_xent(v.double(), a.double(), 0.07),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_pretext_accuracy_is_one_when_the_modalities_agree():
+    """acc counts anchors whose best cross-modal candidate is a positive: identical video and audio
+    embeddings (positives exactly aligned) give 1."""
+    method = build(row_config("e")).eval()
+    batch = random_batch(method.cfg, k_i=3)
+    with torch.no_grad():
+        v, _, factors = method.embed(batch)
+        method.embed = lambda batch: (v, v.clone(), factors)
+        assert method(batch)["acc"].item() == 1.0
 
 
 def test_a_few_cpu_steps_lower_the_loss():
