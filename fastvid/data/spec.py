@@ -72,6 +72,11 @@ class SpatialSpec:
     flow_mean: bool = False  # subtract each flow frame's mean vector (camera motion)
     flow_flip: float = 0.0  # probability of reversing the flow stack in time
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hue <= 0.5:  # torchvision's bound: more than half a turn would wrap around
+            raise ValueError(f"hue {self.hue} is a fraction of a full turn (torchvision's unit) and must be in "
+                             "[0, 0.5]")
+
 
 @dataclass
 class AudioSpec:

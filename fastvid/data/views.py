@@ -10,9 +10,13 @@ from typing import Literal
 
 from fastvid.data.spec import AudioSpec, Dtype, SpatialSpec, TemporalSpec, ViewSpec
 
-# SimCLR's colour distortion at strength 0.5, as video SimCLR/MoCo use it (thesis sec. 3).
-SIMCLR_SPATIAL = SpatialSpec(jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-                             grayscale=0.2, blur=0.5, flip=0.5)
+# The thesis's spatial transformation (sec. 3): "a random cropping ... resizing ..., a random horizontal flip,
+# some random color distortions such as color jittering and random grayscaling and ... a random Gaussian
+# blur", the crop "of random size in [0.08, 1] uniform in area" (sec. 5.1). Probabilities and strengths are
+# not stated in the thesis: SimCLR's (Chen et al. 2020), colour distortion at strength 0.5 (hue 0.1 of a
+# turn: +-36 degrees) with p = 0.8, grayscale p = 0.2, blur p = 0.5, sigma in [0.1, 2].
+SIMCLR_SPATIAL = SpatialSpec(scale=(0.08, 1.0), jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
+                             hue=0.1, grayscale=0.2, blur=0.5, flip=0.5)
 
 
 @dataclass

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastvid.models import Encoder
 
@@ -101,6 +103,58 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
     """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (MoCo eq. 2)."""
     for p_q, p_k in zip(online.parameters(), target.parameters(), strict=True):
         p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+
+class SplitBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics come from `splits` sub-batches (contiguous chunks of the batch),
+    as if each were on its own GPU: MoCo's single-GPU shuffling BN (the authors' Colab demo "SplitBatchNorm").
+    Running statistics are the mean of the chunks' updates; eval mode is ordinary BN. Parameter and buffer
+    names are BatchNorm's, so checkpoints and exported torchvision weights are unchanged."""
+
+    def __init__(self, bn: _BatchNorm, splits: int) -> None:
+        if not bn.track_running_stats:
+            raise ValueError("SplitBatchNorm needs a BatchNorm that tracks running statistics")
+        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                         device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        self.load_state_dict(bn.state_dict())
+        self.splits = splits
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:  # any of BatchNorm1d/2d/3d's layouts: (N, C, ...)
+        if x.ndim < 2:
+            raise ValueError(f"SplitBatchNorm: expected (N, C, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.splits == 1:
+            return super().forward(x)
+        if x.shape[0] < self.splits:
+            raise ValueError(f"shuffling BN in {self.splits} sub-batches needs at least {self.splits} samples per "
+                             f"process, got {x.shape[0]}")
+        self.num_batches_tracked.add_(1)
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        parts, means, variances = [], [], []
+        for chunk in x.tensor_split(self.splits):  # (about N / splits, C, ...) each: its own batch statistics
+            mean, var = self.running_mean.clone(), self.running_var.clone()  # updated in place by batch_norm
+            parts.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, factor, self.eps))
+            means.append(mean)
+            variances.append(var)
+        with torch.no_grad():
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(parts)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, splits={self.splits}"
+
+
+def split_batch_norm(module: nn.Module, splits: int) -> nn.Module:
+    """`module` with every BatchNorm layer replaced, in place, by a `SplitBatchNorm` of `splits` sub-batches
+    carrying the same parameters and statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            setattr(module, name, SplitBatchNorm(child, splits))
+        else:
+            split_batch_norm(child, splits)
+    return module
 
 
 class Method(nn.Module, abc.ABC):

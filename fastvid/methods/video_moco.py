@@ -9,10 +9,17 @@ Notation (thesis / MoCo -> code):
   {k_1..k_K}          FIFO queue of the last K keys (dictionary)        -> self.queue (K, D), self.queue_ptr
   L_q                 InfoNCE with temperature tau against k_+ and the queue -> fastvid.losses.info_nce_queue
 
-v1: a single fully connected layer on the trunk; v2: the videoSimCLR MLP head and its stronger spatial
-augmentation (a view setting). Shuffled BN (MoCo Sec. 3.3): the keys' batch is permuted across processes
-before the key encoder so BN statistics cannot leak which key is positive; on one process the batch is
-one BN group already and nothing is shuffled. `bn: sync` uses SyncBatchNorm in both encoders instead.
+v1: a single fully connected layer on the trunk and MoCo v1's augmentation; v2: the videoSimCLR MLP head
+and its stronger spatial augmentation (a view setting).
+
+Shuffling BN (MoCo Sec. 3.3; not in the thesis): BN statistics over a batch let a query find its key by
+the statistics they share ("cheating"), so queries and keys must be normalised over different groups of
+clips. Each process splits its batch into `bn_splits` sub-batches with their own BN statistics (MoCo's
+per-GPU BN, as its single-GPU demo does with SplitBatchNorm), and the keys are shuffled before the key
+encoder: within the process, and with several processes across all of them. So a key's BN group is
+another set of clips than its query's, on one GPU too. `bn: sync` uses SyncBatchNorm in both encoders
+instead (no shuffle, no split).
+`acc` is the pretext top-1: how often a query's positive key beats every queue entry.
 """
 from __future__ import annotations
 
@@ -27,8 +34,8 @@ from torch import nn
 from fastvid.data import ViewSpec
 from fastvid.data.views import VideoContrastViews, video_moco_views
 from fastvid.config import ConfigError
-from fastvid.losses import info_nce_queue
-from fastvid.methods.base import Method, gather_no_grad, mlp_head, momentum_copy
+from fastvid.losses import info_nce_queue, top1_accuracy
+from fastvid.methods.base import Method, gather_no_grad, mlp_head, momentum_copy, split_batch_norm
 from fastvid.models import Encoder
 
 
@@ -41,17 +48,21 @@ class VideoMoCoConfig:
     momentum: float = 0.999  # m (MoCo)
     temperature: float = 0.2  # tau: MoCo v2's 0.2 (v1 used 0.07); the thesis does not state it
     bn: Literal["shuffle", "sync"] = "shuffle"
+    # shuffle: BN groups per process (MoCo: 32 images per GPU; 1 is plain BN, unprotected on one process)
+    bn_splits: int = 4
     # The preset's spatial draws are SimCLR's (v2's "stronger augmentation"); v1 swaps in MoCo v1's.
     views: VideoContrastViews = field(default_factory=VideoContrastViews)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature: must be > 0, got {self.temperature}")
+        if self.bn_splits < 1:
+            raise ConfigError(f"model.bn_splits: must be >= 1, got {self.bn_splits}")
 
 
-# MoCo v1's augmentation over SimCLR's: jitter always, hue +-144 degrees (the loader's hue is a fraction of
-# half a turn), no Gaussian blur; crop, flip and grayscale p = 0.2 are the same.
-MOCO_V1_SPATIAL = {"jitter": 1.0, "hue": 0.8, "blur": 0.0}
+# MoCo v1's augmentation over SimCLR's: ColorJitter(0.4, 0.4, 0.4, 0.4) always, so hue +-0.4 turn = +-144
+# degrees (torchvision's unit, as the loader's), no Gaussian blur; crop, flip and grayscale p = 0.2 as v2.
+MOCO_V1_SPATIAL = {"jitter": 1.0, "hue": 0.4, "blur": 0.0}
 
 
 def _world() -> tuple[int, int]:
@@ -71,6 +82,8 @@ class VideoMoCo(Method):
         self.head = mlp_head([width, cfg.dim] if cfg.version == "v1" else [width, width, cfg.dim])
         if cfg.bn == "sync":
             self.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
+        elif cfg.bn_splits > 1:
+            self.encoder = split_batch_norm(self.encoder, cfg.bn_splits)
         self.key_encoder, self.key_head = momentum_copy(self.encoder), momentum_copy(self.head)
         self.momentum = cfg.momentum
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))  # (K, D)
@@ -90,10 +103,14 @@ class VideoMoCo(Method):
 
     @torch.no_grad()
     def keys(self, clip_k: torch.Tensor) -> torch.Tensor:
-        """k = f_k(clip_k): (N, 3, T, H, W) -> (N, D), with the batch shuffled across processes for BN."""
+        """k = f_k(clip_k): (N, 3, T, H, W) -> (N, D), the batch shuffled (within and across processes) so the
+        keys' BN groups are not the queries'."""
         rank, world = _world()
-        if world == 1 or self.cfg.bn == "sync":
+        if self.cfg.bn == "sync":
             return self.key_head(self.key_encoder(clip_k))
+        if world == 1:  # the BN groups are this process's sub-batches: shuffle clips across them
+            perm = torch.randperm(clip_k.shape[0], device=clip_k.device)
+            return self.key_head(self.key_encoder(clip_k[perm]))[torch.argsort(perm)]
         every = gather_no_grad(clip_k)  # (world * N, ...)
         perm = torch.randperm(every.shape[0], device=every.device)
         dist.broadcast(perm, src=0)  # one permutation for all processes
@@ -115,7 +132,12 @@ class VideoMoCo(Method):
         q = self.head(self.encoder(batch["query"]))  # (N, D)
         k = self.keys(batch["key"])  # (N, D), no gradient
         # The loss reads the queue as it was before this batch's keys join it.
-        loss = info_nce_queue(q, k, self.queue.clone(), self.cfg.temperature)
+        queue = self.queue.clone()  # (K, D)
+        loss = info_nce_queue(q, k, queue, self.cfg.temperature)
+        # top-1 among k_+ and the queue: candidates [k (N); queue (K)], query n's positive is row n
+        ids = torch.arange(q.shape[0], device=q.device)  # (N,)
+        queue_ids = ids.new_full((queue.shape[0],), -1)  # (K,) never a positive
+        acc = top1_accuracy(q, torch.cat([k.float(), queue]), ids, torch.cat([ids, queue_ids]))
         if self.training:
             self.enqueue(k)
-        return {"loss": loss, "info_nce": loss.detach()}
+        return {"loss": loss, "info_nce": loss.detach(), "acc": acc}

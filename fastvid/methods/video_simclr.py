@@ -10,7 +10,8 @@ Notation (thesis -> code):
 
 Switches (Sec. 5): the temporal transform (shift [-s, s], frame drop, reverse, shuffle, or none) and
 chunk-wise vs frame-wise spatial augmentation (Table 3) are view settings, passed to the loader preset.
-Negatives come from every process (`gather_negatives`), as in SimCLR's global batch.
+Negatives come from every process (`gather_negatives`), as in SimCLR's global batch. `acc` is the pretext
+top-1: how often a clip's most similar other clip is its own other version.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.config import ConfigError
-from fastvid.losses import nt_xent
+from fastvid.losses import nt_xent, top1_accuracy
 from fastvid.methods.base import Method, gather_with_grad, mlp_head
 from fastvid.data import ViewSpec
 from fastvid.models import Encoder
@@ -70,4 +71,6 @@ class VideoSimCLR(Method):
         if self.cfg.gather_negatives:
             p_i, p_j = gather_with_grad(p_i), gather_with_grad(p_j)  # (world * N, D)
         loss = nt_xent(p_i, p_j, self.cfg.temperature)
-        return {"loss": loss, "nt_xent": loss.detach()}
+        p = torch.cat([p_i, p_j])  # (2M, D), M clips over every process
+        ids = torch.arange(p.shape[0], device=p.device) % p_i.shape[0]  # (2M,) clip of each version
+        return {"loss": loss, "nt_xent": loss.detach(), "acc": top1_accuracy(p, p, ids, ids, exclude_diag=True)}

@@ -1,17 +1,22 @@
 """videoMoCo wiring: v1/v2 heads and views, InfoNCE equal to thesis eq. (2) against the queue as it was,
-the FIFO queue's values and wrap-around, and the momentum update's values."""
+the FIFO queue's values and wrap-around, the momentum update's values, shuffling BN on one process and
+the pretext accuracy."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastvid.data.views import VideoContrastViews
 from fastvid.losses import reference
+from fastvid.methods.base import SplitBatchNorm
 from fastvid.methods.video_moco import VideoMoCo, VideoMoCoConfig
 from tests.methods.checks import assert_bf16_forward_matches_fp32
 
 
 def small(**kw) -> VideoMoCo:
+    """A tiny-clip videoMoCo; plain BN (bn_splits=1) unless asked, so keys can be recomputed unshuffled."""
     torch.manual_seed(0)
+    kw.setdefault("bn_splits", 1)
     return VideoMoCo(VideoMoCoConfig(queue_size=6, dim=8, views=VideoContrastViews(frames=4, size=32), **kw))
 
 
@@ -79,3 +84,75 @@ def test_bf16_autocast_enqueues_float32_keys():
     assert after.queue.dtype == torch.float32 and int(after.queue_ptr) == 4
     torch.testing.assert_close(after.queue[4:], method.queue[4:])  # untouched entries
     torch.testing.assert_close(after.queue[:4].norm(dim=1), torch.ones(4), rtol=1e-2, atol=0)  # unit keys
+
+
+def test_split_batch_norm_normalises_each_sub_batch_with_its_own_statistics():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm3d(3)
+    bn.weight.data.uniform_(0.5, 2.0)
+    bn.bias.data.normal_()
+    split = SplitBatchNorm(bn, 3)
+    assert list(split.state_dict()) == list(bn.state_dict())  # same names: checkpoints, torchvision export
+    x = torch.randn(7, 3, 2, 4, 4) * 3 + 1  # 7 clips in sub-batches of 3, 2 and 2
+    got = split.train()(x)
+    want, means, variances = [], [], []
+    for chunk in (x[:3], x[3:5], x[5:]):
+        mean, var = torch.zeros(3), torch.ones(3)
+        want.append(F.batch_norm(chunk, mean, var, bn.weight, bn.bias, True, 0.1, bn.eps))
+        means.append(mean)
+        variances.append(var)
+    torch.testing.assert_close(got, torch.cat(want))
+    torch.testing.assert_close(split.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack(variances).mean(0))
+    # one chunk's output depends on its own clips only
+    moved = x.clone()
+    moved[6] += 5.0
+    assert torch.equal(split(moved)[:5], got[:5]) and not torch.allclose(split(moved)[5], got[5])
+    bn.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split.eval()(x), bn.eval()(x))  # eval: ordinary BN on the running statistics
+
+
+def test_one_process_shuffling_bn_gives_keys_other_bn_groups_than_queries():
+    """MoCo's shuffling BN on one GPU: both encoders normalise over bn_splits sub-batches, and the keys are
+    shuffled first, so no key is normalised over the same group of clips as its query."""
+    method = small(bn_splits=2)
+    for encoder in (method.encoder, method.key_encoder):
+        norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(isinstance(m, SplitBatchNorm) and m.splits == 2 for m in norms)
+    b = batch(8)
+    b["key"] = b["query"].clone()  # key clip n is query clip n: rows identify the clips
+    seen = {}
+    method.encoder.register_forward_pre_hook(lambda m, args: seen.__setitem__("q", args[0]))
+    method.key_encoder.register_forward_pre_hook(lambda m, args: seen.__setitem__("k", args[0]))
+    torch.manual_seed(3)
+    method(b)
+
+    def groups(clips: torch.Tensor) -> set[frozenset[int]]:
+        order = [int(torch.nonzero((b["query"] == c).flatten(1).all(1))[0]) for c in clips]  # clip identities
+        return {frozenset(order[:4]), frozenset(order[4:])}  # the two BN sub-batches
+
+    assert groups(seen["q"]) == {frozenset(range(4)), frozenset(range(4, 8))}
+    assert groups(seen["k"]).isdisjoint(groups(seen["q"]))  # every key group mixes clips of both query groups
+
+
+def test_shuffled_keys_come_back_in_batch_order():
+    method = small(bn_splits=2).eval()  # eval: running statistics, so the shuffle cannot change a key's value
+    clips = batch(6)["key"]
+    with torch.no_grad():
+        torch.testing.assert_close(method.keys(clips), method.key_head(method.key_encoder(clips)))
+
+
+def test_too_few_clips_for_the_bn_splits_is_named():
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        small(bn_splits=4)(batch(2))
+
+
+def test_pretext_accuracy_counts_queries_whose_key_beats_the_queue():
+    method = small().eval()  # the key encoder starts as a copy of the query encoder
+    b = batch(4)
+    b["key"] = b["query"].clone()
+    assert method(b)["acc"].item() == 1.0  # q = k: cosine 1 beats any queue entry
+    b["key"][:2] = batch(2)["key"]  # queries 0 and 1 get other keys...
+    with torch.no_grad():
+        method.queue[:2] = F.normalize(method.head(method.encoder(b["query"][:2])), dim=1)  # ...and the queue
+    assert method(b)["acc"].item() == 0.5  # holds them exactly: for 0 and 1 a queue entry wins

@@ -1,4 +1,5 @@
-"""videoSimCLR wiring: its views, the clips into the 3D ResNet-18, NT-Xent equal to thesis eq. (1)."""
+"""videoSimCLR wiring: its views, the clips into the 3D ResNet-18, NT-Xent equal to thesis eq. (1), the
+pretext accuracy."""
 import torch
 
 from fastvid.data.views import VideoContrastViews
@@ -33,6 +34,14 @@ def test_clips_into_encoder_and_loss_is_eq1():
     assert p.shape == (6, 256)
     expected = reference.nt_xent(p[:3], p[3:], 0.5)
     torch.testing.assert_close(out["loss"].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pretext_accuracy_is_the_share_of_clips_whose_nearest_is_their_other_version():
+    method = small().eval()  # eval: BN on running statistics, so equal clips embed equally
+    clips = torch.randn(4, 3, 4, 32, 32)
+    assert method({"clip_i": clips, "clip_j": clips.clone()})["acc"].item() == 1.0  # p_i = p_j
+    # version j of clip n is clip n + 1: every version's exact match is another clip's version
+    assert method({"clip_i": clips, "clip_j": clips.roll(-1, dims=0)})["acc"].item() == 0.0
 
 
 def test_loss_falls_on_a_fixed_batch():
