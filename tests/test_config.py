@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fastvid.config import ConfigError, apply_overrides, from_dict
+from fastvid.config import ConfigError, apply_overrides, check_key, from_dict, load_yaml
 
 
 @dataclass
@@ -44,3 +44,32 @@ def test_overrides_are_parsed_as_yaml():
     cfg = from_dict(Outer, data)
     assert cfg.inner.lr == pytest.approx(1e-3)
     assert cfg.flag is True and cfg.mode is None
+
+
+def test_unknown_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"^unknown key inner\.lrr; did you mean inner\.lr\?$") as err:
+        from_dict(Outer, {"inner": {"lrr": 0.1}})
+    assert err.value.key == "inner.lrr"
+    with pytest.raises(ConfigError, match=r"unknown key inner\.zzz \(known: lr, steps\)"):
+        from_dict(Outer, {"inner": {"zzz": 0.1}})
+
+
+def test_override_keys_are_checked_against_the_schema():
+    schema = {"name": str, "inner": Inner, "maybe": Inner | None}
+    check_key(schema, ["inner", "lr"], "inner.lr=1")
+    check_key(schema, ["maybe", "steps"], "maybe.steps=[1]")
+    with pytest.raises(ConfigError, match=r"^override inner\.lrr=1: unknown key inner\.lrr; did you mean inner\.lr\?$"):
+        check_key(schema, ["inner", "lrr"], "inner.lrr=1")
+    with pytest.raises(ConfigError, match=r"^override inenr\.lr=1: unknown key inenr; did you mean inner\?$"):
+        check_key(schema, ["inenr", "lr"], "inenr.lr=1")
+    with pytest.raises(ConfigError, match=r"override name\.x=1: name is a value, not a section"):
+        check_key(schema, ["name", "x"], "name.x=1")
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\nb: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML: .* at line \d+, column \d+$"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match=r"^override 'a=\[1,': the value is not valid YAML"):
+        apply_overrides({}, ["a=[1,"])
