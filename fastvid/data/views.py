@@ -133,3 +133,15 @@ def vi2clr_views(cfg: Vi2CLRViews) -> list[ViewSpec]:
                                                                  offset=cfg.frames // 2),
                               replace(spatial, size=(cfg.frame_size, cfg.frame_size)), dtype=cfg.dtype))
     return views
+
+
+def vi2clr_feature_views(cfg: Vi2CLRViews) -> list[ViewSpec]:
+    """Vi2CLR's clustering input, Algorithm 1's R_J = f_VI(X): "clip1" (N, 3, 32, H, W), the temporally
+    centred clip, and "frame1" (N, 3, H', W'), its middle frame; centre crops of the short side, no flip,
+    colour jitter, grayscale or blur: the same every epoch."""
+    plain = SpatialSpec(crop="center", flip=0.0, jitter=0.0, grayscale=0.0, blur=0.0)
+    centred = TemporalSpec(frames=cfg.frames, anchor="clip1", start="middle")
+    return [ViewSpec("clip1", "rgb", centred, replace(plain, size=(cfg.clip_size,) * 2, short_side=cfg.clip_size),
+                     dtype=cfg.dtype),
+            ViewSpec("frame1", "frame", replace(centred, frames=1, window=cfg.frames, offset=cfg.frames // 2),
+                     replace(plain, size=(cfg.frame_size,) * 2, short_side=cfg.frame_size), dtype=cfg.dtype)]

@@ -3,6 +3,8 @@
 A method owns its encoders, heads and any non-gradient state (MoCo's queue, Vi2CLR's clusters); the
 trainer (`fastvid.train.train`) owns the loop, the optimiser and the checkpoints. Per step the trainer
 calls `out = method(batch)`, back-propagates `out["loss"]`, steps the optimiser, then `method.after_step()`.
+`out` holds scalars: "loss", its terms, and the pretext top-1 accuracy "acc" (or "<term>_acc" for several),
+logged beside the loss terms.
 
 Each method module defines a config dataclass (`Method.Config`) and `configs/<name>.yaml` mirrors a run:
 
@@ -27,6 +29,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
@@ -193,6 +196,16 @@ class Method(nn.Module, abc.ABC):
     def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, torch.Tensor]] | None) -> None:
         """Called at the start of each epoch; `feature_batches` is a pass over the data when
         `needs_feature_pass` (Vi2CLR clusters features here), else None."""
+
+    def feature_views(self) -> list[ViewSpec]:
+        """The views of the feature pass that `before_epoch` reads (`needs_feature_pass`)."""
+        return self.views()
+
+    def sample_order(self, epoch: int, shuffled: np.ndarray, batch_size: int, world_size: int) -> np.ndarray:
+        """Epoch `epoch`'s reading order for all processes (the loader's `set_order`: rank r reads the r-th of
+        `world_size` contiguous blocks in batches of `batch_size`), given the loader's seeded shuffle of the
+        dataset positions; Vi2CLR puts same-cluster samples together. Default: the shuffle itself."""
+        return shuffled
 
     def encoder_state_dicts(self) -> dict[str, dict[str, Any]]:
         """{role: {"arch", "in_channels", "state_dict"}}: loadable with `fastvid.models.load_backbone`

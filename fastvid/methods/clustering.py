@@ -212,3 +212,87 @@ def clusters_from_ids(x: Tensor, ids: Tensor, temperature: float) -> Clusters:
     means = _means(x, ids, int(ids.max()) + 1)  # (C, D)
     return Clusters(ids=ids, centroids=F.normalize(means, dim=1),
                     concentration=concentration(x, ids, means, temperature))
+
+
+def mined_order(positions: np.ndarray, clusters: np.ndarray, *, positives: int, batch_size: int,
+                world_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Vi2CLR's positive mining as a reading order: "for each instance in a given cluster, we randomly mine
+    samples from the same cluster as positive pairs" (sec. 3.2), so that they meet in one batch.
+
+    positions: (N,) dataset positions; clusters: (N,) the cluster of each (-1: none, read alone). Returns
+    the N positions in reading order for all processes together, cut the way the loader cuts it: rank r
+    reads the block [rN/W, (r+1)N/W), in batches of `batch_size` from the block's start.
+    1. Each cluster's members, in random order, form groups of `positives` + 1 or more (sizes differ by at
+       most one; a cluster smaller than that is one group): every member's group holds at least
+       min(positives, cluster size - 1) others of its cluster.
+    2. Groups, in random order, fill the batches whole. Only when no remaining group fits a batch's free
+       places is one group split across two batches: at most one per batch boundary.
+    So every sample outside a split group shares its batch with min(positives, cluster size - 1) or more
+    samples of its cluster. positives=0 gives a plain random permutation.
+    """
+    n, g = len(positions), positives + 1
+    perm = rng.permutation(n)
+    positions, clusters = np.asarray(positions)[perm], np.asarray(clusters)[perm]
+    groups: list[np.ndarray] = []
+    for c in np.unique(clusters):
+        members = positions[clusters == c]  # in random order
+        if c < 0:
+            groups += [members[i:i + 1] for i in range(len(members))]
+        else:
+            groups += np.array_split(members, max(len(members) // g, 1))
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    capacities = []  # the batches the loader will form, in reading order
+    for r in range(world_size):
+        size = (r + 1) * n // world_size - r * n // world_size
+        capacities += [batch_size] * (size // batch_size) + ([size % batch_size] if size % batch_size else [])
+    by_size: dict[int, list[int]] = {}  # size -> indices of unused groups, the next one last
+    for i in reversed(range(len(groups))):
+        by_size.setdefault(len(groups[i]), []).append(i)
+    left = {size: len(stack) for size, stack in by_size.items()}  # unused groups per size
+    used = np.zeros(len(groups), dtype=bool)
+    following = 0  # the next unused group in random order
+
+    def use(i: int) -> np.ndarray:
+        used[i] = True
+        left[len(groups[i])] -= 1
+        return groups[i]
+
+    def take(size: int) -> int:
+        """The next unused group of `size` members (one is left)."""
+        stack = by_size[size]
+        while used[stack[-1]]:
+            stack.pop()
+        return stack.pop()
+
+    def choose(free: int) -> int | None:
+        """A whole group for `free` places: the next in random order unless it would leave a gap no group
+        fills; then one that fills them exactly, or the largest that leaves a fillable gap; None: none fits."""
+        sizes = [size for size, count in left.items() if count > 0 and size <= free]
+        if not sizes:
+            return None
+        smallest = min(size for size, count in left.items() if count > 0)
+        nxt = len(groups[following])
+        if nxt <= free and (nxt == free or free - nxt >= smallest):
+            return following
+        if free in sizes:
+            return take(free)
+        fillable = [size for size in sizes if free - size >= smallest]
+        return take(max(fillable or sizes))
+
+    out: list[np.ndarray] = []
+    carry = positions[:0]  # the rest of a group split at the last batch boundary
+    for free in capacities:
+        out.append(carry[:free])  # opens this batch
+        free, carry = free - len(out[-1]), carry[free:]
+        while free > 0:
+            while used[following]:
+                following += 1
+            pick = choose(free)
+            if pick is None:  # no whole group fits: split the next one across this boundary
+                group = use(following)
+                out.append(group[:free])
+                carry = group[free:]
+                break
+            out.append(use(pick))
+            free -= len(out[-1])
+    return np.concatenate(out)

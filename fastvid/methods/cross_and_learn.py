@@ -12,6 +12,10 @@ Notation (paper -> code):
 Ablations (Table 4): `use_cross: false` is "only L_div"; `objective: concat` is the "Concat" model: fc6 of
 both streams concatenated (8192) -> fc7 -> fc8 binary classifier of whether x and y come from the same pair,
 trained with cross-entropy on (x_i, y_i), (x_j, y_j) (same) and (x_i, y_j), (x_j, y_i) (different).
+`acc` is the pretext top-1: how often f(x) is closer (cosine) to its own pair's g(y) than to the other pair's
+(the Concat model: how often its classifier is right).
+Time-reversed flow stacks (the loader's random temporal flip, sec. 4.1 "random temporal flips") reverse the
+frame order and negate every field (u, v), as the authors' code does (`rand_timeflip`: `s = -s`).
 """
 from __future__ import annotations
 
@@ -83,7 +87,10 @@ class CrossAndLearn(Method):
             return self.concat_loss(fx, gy)
         out = cross_and_learn_loss(fx, gy, use_cross=self.cfg.use_cross, use_div=self.cfg.use_div,
                                    eps=self.cfg.eps)
-        return {"loss": out["loss"], "cross": out["cross"].detach(), "div": out["div"].detach()}
+        with torch.no_grad():
+            sim = F.normalize(fx.float(), dim=2) @ F.normalize(gy.float(), dim=2).transpose(1, 2)  # (B, 2, 2)
+            acc = (sim.diagonal(dim1=1, dim2=2) > sim.flip(2).diagonal(dim1=1, dim2=2)).float().mean()
+        return {"loss": out["loss"], "cross": out["cross"].detach(), "div": out["div"].detach(), "acc": acc}
 
     def concat_loss(self, fx: torch.Tensor, gy: torch.Tensor) -> dict[str, torch.Tensor]:
         """The Concat ablation: classify (f(x_a), g(y_b)) as same pair (a == b) or not, a, b in {i, j}."""
@@ -94,4 +101,4 @@ class CrossAndLearn(Method):
         labels = torch.cat([torch.ones(2 * b), torch.zeros(2 * b)]).long().to(logits.device)  # (4B,) 1 = same
         ce = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return {"loss": ce, "cross_entropy": ce.detach(), "pair_accuracy": accuracy}
+        return {"loss": ce, "cross_entropy": ce.detach(), "acc": accuracy}

@@ -14,6 +14,13 @@ same video (the loader's `clip2`/`frame2`, "random temporal cropping ... from th
 and the batch's other members of the cluster; negatives are the rest of the batch, gathered from every
 process. CenterNCE contrasts r_J with all k centroids. tau = 0.08 for every loss (sec. 4.2).
 
+Positive mining (sec. 3.2): "for each instance in a given cluster, we randomly mine samples from the same
+cluster as positive pairs": `sample_order` has the loader read each sample with `mined_positives` random
+others of its cluster in its batch (`clustering.mined_order`); a shuffled batch would almost never hold
+two of thousands of clusters. The feature pass embeds the videos unaugmented (`feature_views`: centre clip
+and its middle frame, centre crop), as R_J = f_VI(X) reads. `center_acc`, `video_acc`, `img_acc`: pretext
+top-1, how often a sample's nearest centroid is its own, or its nearest other row is of its cluster.
+
 Not in the paper: when the clustering finds a single cluster (possible with an untrained network, whose
 features are nearly identical), that epoch uses one cluster per sample instead, with a warning.
 """
@@ -24,15 +31,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastvid.data.spec import ViewSpec
-from fastvid.data.views import Vi2CLRViews, vi2clr_views
-from fastvid.losses import center_nce, mil_nce
+from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
+from fastvid.losses import center_nce, mil_nce, top1_accuracy
 from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
-from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids
+from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids, mined_order
 from fastvid.models import Encoder
 
 
@@ -49,6 +57,7 @@ class Vi2CLRConfig:
     finch_level: int = 2  # "we use clusters from the second partition"
     num_clusters: int | None = None  # FINCH: the partition nearest this; k-means: K (None: FINCH's estimate)
     kmeans_iters: int = 20
+    mined_positives: int = 1  # same-cluster samples read into each sample's batch (0: a plain shuffle)
     views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
 
 
@@ -93,6 +102,19 @@ class Vi2CLR(Method):
     def views(self) -> list[ViewSpec]:
         return vi2clr_views(self.cfg.views)
 
+    def feature_views(self) -> list[ViewSpec]:
+        return vi2clr_feature_views(self.cfg.views)
+
+    def sample_order(self, epoch: int, shuffled: np.ndarray, batch_size: int, world_size: int) -> np.ndarray:
+        """The loader's shuffle regrouped so each sample meets `mined_positives` of its cluster in its batch;
+        deterministic in (shuffle, epoch, clusters), so a resumed epoch reads the same order."""
+        if self.cluster_ids.numel() == 0:
+            return shuffled
+        ids = self.cluster_ids.cpu().numpy()  # (N_data,) -1: not clustered
+        clusters = np.where(shuffled < len(ids), ids[np.minimum(shuffled, len(ids) - 1)], -1)
+        return mined_order(shuffled, clusters, positives=self.cfg.mined_positives, batch_size=batch_size,
+                           world_size=world_size, rng=np.random.default_rng(epoch))
+
     def encoders(self) -> dict[str, Encoder]:
         return {"video": self.video, "image": self.image}
 
@@ -104,8 +126,8 @@ class Vi2CLR(Method):
 
     @torch.no_grad()
     def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, Tensor]] | None) -> None:
-        """Algorithm 1's R_J = f_VI(X) and C = Clustering(R_J): every process embeds its share (first clip
-        of each sample, eval mode), the shares are gathered, and process 0 clusters them for all."""
+        """Algorithm 1's R_J = f_VI(X) and C = Clustering(R_J): every process embeds its share (`feature_views`,
+        eval mode), the shares are gathered, and process 0 clusters them for all."""
         if feature_batches is None:
             raise ValueError("vi2clr: before_epoch needs a feature pass over the data (needs_feature_pass)")
         training = self.training
@@ -161,11 +183,16 @@ class Vi2CLR(Method):
         ids = self.assignments(batch["index"]).repeat(2)  # (2B,) a crop's positives include its twin
         center = center_nce(r_j, ids, self.centroids, self.concentration)  # per sample against all k
         ids_all = gather_no_grad(ids)  # negatives from every process's batch
-        video = mil_nce(gather_with_grad(r_v), ids_all, self.cfg.temperature)
-        image = mil_nce(gather_with_grad(r_i), ids_all, self.cfg.temperature)
+        r_v_all, r_i_all = gather_with_grad(r_v), gather_with_grad(r_i)  # (2B W, d)
+        video = mil_nce(r_v_all, ids_all, self.cfg.temperature)
+        image = mil_nce(r_i_all, ids_all, self.cfg.temperature)
         w_c, w_v, w_i = self.cfg.loss_weights
+        clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
         return {"loss": w_c * center + w_v * video + w_i * image,
-                "center_nce": center, "video_nce": video, "img_nce": image}
+                "center_nce": center, "video_nce": video, "img_nce": image,
+                "center_acc": top1_accuracy(r_j, self.centroids, ids, clusters, beta=1.0 / self.concentration),
+                "video_acc": top1_accuracy(r_v_all, r_v_all, ids_all, ids_all, exclude_diag=True),
+                "img_acc": top1_accuracy(r_i_all, r_i_all, ids_all, ids_all, exclude_diag=True)}
 
     def _resize_cluster_state(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
                               *args: Any) -> None:

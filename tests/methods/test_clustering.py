@@ -1,6 +1,9 @@
-"""FINCH and k-means for Vi2CLR: FINCH's partitions on a hand-worked example, PCL's concentration."""
+"""FINCH and k-means for Vi2CLR: FINCH's partitions on a hand-worked example, PCL's concentration, and the
+positive-mining reading order."""
 import math
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from fastvid.methods.clustering import (
     finch,
     first_neighbours,
     kmeans,
+    mined_order,
     nearest,
     select_partition,
 )
@@ -109,3 +113,69 @@ def test_cluster_features_finch_and_kmeans():
     assert all(km.ids[res.ids == c].unique().numel() == 1 for c in range(2))
     with pytest.raises(ValueError, match="finch"):
         cluster_features(x, method="spectral")
+
+
+# --- positive mining: the reading order ------------------------------------------------------------------
+
+def batches(order: np.ndarray, batch_size: int, world_size: int) -> list[np.ndarray]:
+    """The full batches the loader forms from `order`: rank r's block [rN/W, (r+1)N/W) in batch_size steps."""
+    n, out = len(order), []
+    for r in range(world_size):
+        block = order[r * n // world_size:(r + 1) * n // world_size]
+        out += [block[b:b + batch_size] for b in range(0, len(block) - batch_size + 1, batch_size)]
+    return out
+
+
+def lacking(order, cluster_of: dict, size: Counter, positives: int, batch_size: int, world_size: int) -> list[int]:
+    """Per full batch: how many samples share it with fewer than min(positives, cluster size - 1) of their
+    cluster (samples of cluster -1 are alone by design and never count)."""
+    out = []
+    for batch in batches(order, batch_size, world_size):
+        here = Counter(cluster_of[p] for p in batch)
+        out.append(sum(here[cluster_of[p]] - 1 < min(positives, size[cluster_of[p]] - 1)
+                       for p in batch if cluster_of[p] >= 0))
+    return out
+
+
+def test_mined_order_by_hand():
+    """Four clusters of two, batches of four, two processes: every batch is two whole clusters."""
+    positions = np.array([10, 11, 12, 13, 14, 15, 16, 17])
+    clusters = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    cluster_of = dict(zip(positions.tolist(), clusters.tolist()))
+    for seed in range(5):
+        order = mined_order(positions, clusters, positives=1, batch_size=4, world_size=2,
+                            rng=np.random.default_rng(seed))
+        assert sorted(order.tolist()) == positions.tolist()
+        for batch in batches(order, 4, 2):
+            assert sorted(Counter(cluster_of[p] for p in batch.tolist()).values()) == [2, 2]
+
+
+@pytest.mark.parametrize("positives,batch_size,world_size", [(1, 64, 1), (1, 64, 3), (3, 64, 8), (2, 30, 2)])
+def test_mined_order_puts_each_sample_with_its_mined_positives(positives, batch_size, world_size):
+    """FINCH-like clusters (2 to 39 members) and unclustered samples: every position once; per full batch at
+    most the two pieces of the groups split at its two boundaries (each < 2 (positives + 1) - 1 samples)
+    lack their positives, and overall at least 97% have them, where a plain shuffle of these 8.6K samples
+    in 400 clusters gives under 30% (under 1% on a real dataset: 240K videos in 12K clusters)."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(2, 40, size=400)
+    clusters = np.concatenate([np.repeat(np.arange(len(sizes)), sizes), np.full(37, -1)])
+    positions = rng.permutation(len(clusters)) * 2 + 5  # any distinct dataset positions
+    cluster_of, size = dict(zip(positions.tolist(), clusters.tolist())), Counter(clusters.tolist())
+    order = mined_order(positions, clusters, positives=positives, batch_size=batch_size, world_size=world_size,
+                        rng=np.random.default_rng(1))
+    assert sorted(order.tolist()) == sorted(positions.tolist())
+    per_batch = lacking(order.tolist(), cluster_of, size, positives, batch_size, world_size)
+    assert max(per_batch) <= 2 * (2 * (positives + 1) - 2)
+    seen = len(per_batch) * batch_size
+    assert 1 - sum(per_batch) / seen >= 0.97
+    shuffled = rng.permutation(positions).tolist()
+    assert 1 - sum(lacking(shuffled, cluster_of, size, positives, batch_size, world_size)) / seen < 0.3
+
+
+def test_mined_order_is_reproducible_and_zero_positives_is_a_shuffle():
+    positions, clusters = np.arange(50), np.arange(50) % 5
+    first, again = (mined_order(positions, clusters, positives=2, batch_size=8, world_size=2,
+                                rng=np.random.default_rng(3)) for _ in range(2))
+    assert np.array_equal(first, again)
+    plain = mined_order(positions, clusters, positives=0, batch_size=8, world_size=2, rng=np.random.default_rng(3))
+    assert sorted(plain.tolist()) == list(range(50)) and not np.array_equal(plain, positions)

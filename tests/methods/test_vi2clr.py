@@ -1,12 +1,18 @@
 """Vi2CLR's wiring: the views, the per-epoch clustering state (index-aligned, checkpointed) feeding
-CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a descent step on the CPU."""
+CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encoder, a descent step on the CPU,
+unaugmented clustering inputs, the positive-mining reading order and the pretext accuracies."""
 import copy
+from collections import Counter
+
+import numpy as np
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
+from fastvid.data.sampling import SampleDrawer
 from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.clustering import cluster_features
@@ -99,6 +105,58 @@ def test_losses_read_the_clustering_state(clustered):
     method.cluster_ids = saved
     torch.testing.assert_close(single["video_nce"], reference.mil_nce(r_v, torch.arange(4).repeat(2), 0.08),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_pretext_accuracies_read_the_clustering_state(clustered):
+    method, _ = clustered
+    method.eval()
+    batch = random_batch([3, 10, 6, 1], seed=4)
+    with torch.no_grad():
+        out = method(batch)
+        r_v, _, r_j = method.embed(torch.cat([batch["clip1"], batch["clip2"]]),
+                                   torch.cat([batch["frame1"], batch["frame2"]]))
+    ids = method.cluster_ids[batch["index"]].repeat(2)
+    sim = F.normalize(r_v, dim=1) @ F.normalize(r_v, dim=1).T
+    sim.fill_diagonal_(-2.0)
+    assert out["video_acc"].item() == pytest.approx((ids[sim.argmax(1)] == ids).float().mean().item())
+    logits = F.normalize(r_j, dim=1) @ method.centroids.T / method.concentration  # eq. (3)'s r.c_j / phi_j
+    assert out["center_acc"].item() == pytest.approx((logits.argmax(1) == ids).float().mean().item())
+    assert 0.0 <= out["img_acc"].item() <= 1.0
+
+
+def test_clusters_come_from_unaugmented_inputs():
+    """R_J = f_VI(X): the feature pass reads the centred clip and its middle frame, centre-cropped, with no
+    flip or colour change: the same draws whatever the seed or epoch."""
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig())
+    views = method.feature_views()
+    assert [v.name for v in views] == ["clip1", "frame1"]
+    meta = {"key": "k", "num_frames": 100, "width": 160, "height": 120}
+    draws = [SampleDrawer(views, {"k": 0}, seed, epoch).draw(meta) for seed, epoch in ((0, 0), (1, 0), (7, 3))]
+    for d in draws[1:]:
+        assert all(np.array_equal(d[name], draws[0][name]) for name in draws[0])
+    d = draws[0]
+    frames = d["frames"][d["frames.order"]]  # clip1 (32), then frame1
+    assert frames[:32].tolist() == list(range(34, 66)) and frames[32] == 34 + 16  # centred clip, middle frame
+    for v in views:
+        assert np.allclose(d[f"{v.name}.roi"], [[0, 20, 120, 140]])  # the centre 120 x 120 square, unflipped
+        assert np.allclose(d[f"{v.name}.colour"], [np.eye(3, 4)], atol=1e-5)  # identity colour map
+        assert not d[f"{v.name}.blur"]
+
+
+def test_sample_order_mines_same_cluster_samples_into_each_batch():
+    """The order the loader reads (set_order): every position once, and each sample of a cluster of two or
+    more shares its batch with `mined_positives` of them (clusters here have 3 members, batches 6)."""
+    torch.manual_seed(0)
+    method = Vi2CLR(Vi2CLRConfig(mined_positives=2))
+    method.cluster_ids = torch.arange(24) // 3  # 8 clusters of 3 positions
+    shuffled = np.random.default_rng(0).permutation(24)
+    order = method.sample_order(0, shuffled, batch_size=6, world_size=2)
+    assert sorted(order.tolist()) == list(range(24))
+    for batch in order.reshape(4, 6):  # ranks take 12 each: two batches of 6
+        assert sorted(Counter((batch // 3).tolist()).values()) == [3, 3]
+    assert np.array_equal(method.sample_order(0, shuffled, 6, 2), order)  # a resumed epoch reads the same
+    assert not np.array_equal(method.sample_order(1, shuffled, 6, 2), order)
 
 
 def test_one_cluster_falls_back_to_one_per_sample():
@@ -194,6 +252,7 @@ def test_packaged_config_has_the_papers_defaults():
     assert (m.video_arch, m.image_arch, m.embed_dim, m.temperature) == ("s3d", "resnet50", 128, 0.08)
     assert (m.cluster, m.finch_level, m.loss_weights) == ("finch", 2, (1.0, 1.0, 1.0))
     assert (m.views.frames, m.views.clip_size) == (32, 128)
+    assert m.mined_positives == 1
     assert (cfg.train.epochs, cfg.data.batch_size, cfg.optim.name) == (300, 64, "adam")
 
 
