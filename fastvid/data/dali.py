@@ -1,57 +1,63 @@
 """Every NVIDIA DALI operator fastvid uses (DALI renames operators between releases: keep them here).
 
-`views_pipeline` reads shards with `fn.readers.webdataset`, asks `SampleDrawer` (numpy, one call per
-sample) for every random draw, decodes each video once at the union of the frames its views need,
-and applies each view's crop/flip (one `resize` of a region), blur, colour map and normalisation. It
-returns float (3, T, H, W) per RGB view, uint8 (T, H, W, 2) per flow view, log-mel spectrograms of the
-(possibly reversed) waveform per audio view, and the draws the torch side (`fastvid.data.loader`) still
-needs (flow scale and temporal flip, SpecAugment masks). Every operator here also runs on the GPU
-(`device="mixed"` decoding); the draws stay on the CPU as per-sample argument inputs.
-`decode_pipeline` is the decode-only ceiling for benchmarks/loader.py.
+`views_pipeline` takes each sample from `ShardSource` (`fastvid.data.source`), a parallel
+`fn.external_source` whose worker processes read the members, draw every augmentation and decode only
+the GOPs the views need; it then applies each view's crop/flip (one `resize` of a region), blur,
+colour map and normalisation. It returns float (3, T, H, W) per RGB view, uint8 (T, H, W, 2) per flow
+view, log-mel spectrograms of the (possibly reversed) waveform per audio view, and the draws the torch
+side (`fastvid.data.loader`) still needs (flow scale and temporal flip, SpecAugment masks). With
+decode="dali" the workers pass the member bytes on and DALI's video decoder decodes them
+(`device="mixed"`: NVDEC); every augmentation operator here also runs on the GPU.
 """
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from fastvid.data.pyav import decode_frames
-from fastvid.data.sampling import SampleDrawer, hop_samples
+from fastvid.data.sampling import hop_samples
+from fastvid.data.source import ShardSource
 from fastvid.data.spec import RGB_MEAN, RGB_STD, ViewSpec
 
-READER = "shards"  # the reader's name: the iterator takes the epoch length from it
-CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder accepts (not H.264)
+
+def used_draws(views: list[ViewSpec], decode: str) -> set[str]:
+    """The `SampleDrawer` outputs this module's pipeline reads (the source sends only these)."""
+    used = {"label", "index", "frames.order", "flow_frames.order"}
+    if decode == "dali":
+        used |= {"frames", "flow_frames"}
+    for v in views:
+        if v.modality == "audio":
+            used |= {f"{v.name}.{p}" for p in ("start", "gain", "reverse", "aux")}
+            continue
+        used.add(f"{v.name}.affine" if v.spatial.per_frame else f"{v.name}.roi")
+        if v.modality == "flow":
+            used.add(f"{v.name}.aux")
+            continue
+        used.add(f"{v.name}.colour")
+        if v.spatial.blur > 0:
+            used |= {f"{v.name}.blur", f"{v.name}.sigma"}
+    return used
 
 
-@dataclass
-class ReaderArgs:
-    """What `fn.readers.webdataset` needs, from the manifest and the process's rank."""
-
-    tars: list[str]
-    indices: list[str]
-    shard_id: int = 0
-    num_shards: int = 1
-    shuffle_buffer: int = 256
-    pad_last_batch: bool = False
-
-
-def _read(reader: ReaderArgs, exts: list[str]):
-    """The members named by `exts` of each sample, in a shuffled, sharded stream."""
-    return fn.readers.webdataset(
-        paths=reader.tars, index_paths=reader.indices, ext=exts, name=READER,
-        random_shuffle=reader.shuffle_buffer > 0, initial_fill=max(reader.shuffle_buffer, 1),
-        shard_id=reader.shard_id, num_shards=reader.num_shards, pad_last_batch=reader.pad_last_batch,
-        missing_component_behavior="error", dtypes=[types.UINT8] * len(exts))
+def _source(source: ShardSource, device: str) -> dict:
+    """The source's outputs by name; decoded frames carry the FHWC layout and move to the GPU with
+    device="mixed"."""
+    frames = "FHWC" if source.decode == "pyav" else ""
+    layouts = [frames if n in ("mp4", "flow.mp4") else "" for n in source.names]
+    outputs = fn.external_source(source, num_outputs=len(source.names), parallel=True, batch=False,
+                                 layout=layouts)
+    named = dict(zip(source.names, outputs))
+    if device == "mixed" and source.decode == "pyav":
+        for name in ("mp4", "flow.mp4"):
+            if name in named:
+                named[name] = named[name].gpu()
+    return named
 
 
-def _decode(data, frames, codec: str, device: str):
-    """(F, H, W, 3) uint8 frames at `frames` (any order, repeats allowed); device "cpu" or "mixed"."""
-    if device == "cpu" and codec not in CPU_CODECS:  # H.264 on the CPU: PyAV inside the pipeline
-        return fn.python_function(data, frames, fn.get_property(data, key="source_info"), function=decode_frames,
-                                  num_outputs=1)
-    return fn.decoders.video(data, device=device, frames=frames)
+def _decode(named: dict, member: str, frames_name: str, source: ShardSource, device: str):
+    """(F, H, W, 3) uint8: the sorted distinct frames `frames_name` of `member`."""
+    if source.decode == "pyav":
+        return named[member]  # decoded in the worker
+    return fn.decoders.video(named[member], device=device, frames=named[frames_name])
 
 
 def _spatial(frames, view: ViewSpec, draws: dict):
@@ -117,35 +123,30 @@ def _audio(flac, view: ViewSpec, draws: dict, rate: int, device: str):
 
 
 @pipeline_def(enable_conditionals=True)
-def views_pipeline(reader: ReaderArgs, views: list[ViewSpec], drawer: SampleDrawer, codec: str,
-                   audio_rate: int, device: str):
+def views_pipeline(source: ShardSource, views: list[ViewSpec], audio_rate: int, device: str):
     """Outputs, in order: `output_names(views)`."""
     flow_views = [v for v in views if v.modality == "flow"]
     audio_views = [v for v in views if v.modality == "audio"]
     rgb_views = [v for v in views if v.modality not in ("flow", "audio")]
-    exts = ["json"] + (["mp4"] if rgb_views else []) + (["flow.mp4"] if flow_views else []) \
-        + (["flac"] if audio_views else [])
-    members = dict(zip(exts, _read(reader, exts)))
-    draws = dict(zip(drawer.names, fn.python_function(members["json"], function=drawer,
-                                                       num_outputs=len(drawer.names))))
+    draws = _source(source, device)
     outputs = [draws["label"], draws["index"]]
-    for group, source in ((rgb_views, "mp4"), (flow_views, "flow.mp4")):
+    for group, member in ((rgb_views, "mp4"), (flow_views, "flow.mp4")):
         if not group:
             continue
-        name = "frames" if source == "mp4" else "flow_frames"
-        decoded = fn.sequence_rearrange(_decode(members[source], draws[name], codec, device),
+        name = "frames" if member == "mp4" else "flow_frames"
+        decoded = fn.sequence_rearrange(_decode(draws, member, name, source, device),
                                         new_order=draws[f"{name}.order"])  # (F_views, H, W, 3)
-        if source == "flow.mp4":
+        if member == "flow.mp4":
             decoded = _flow_planes(decoded)
         first = 0
         for view in group:  # each view is a fixed-length run of the one decode
             frames = decoded[first:first + view.temporal.frames]
             first += view.temporal.frames
             outputs.append(_spatial(frames, view, draws))
-            if source == "flow.mp4":
+            if member == "flow.mp4":
                 outputs.append(draws[f"{view.name}.aux"])
     for view in audio_views:
-        outputs += [_audio(members["flac"], view, draws, audio_rate, device), draws[f"{view.name}.aux"]]
+        outputs += [_audio(draws["flac"], view, draws, audio_rate, device), draws[f"{view.name}.aux"]]
     return tuple(outputs)
 
 
@@ -157,10 +158,3 @@ def output_names(views: list[ViewSpec]) -> list[str]:
     for v in ordered:
         names += [v.name] + ([f"{v.name}.aux"] if v.modality in ("flow", "audio") else [])
     return names
-
-
-@pipeline_def
-def decode_pipeline(reader: ReaderArgs, codec: str, device: str, frames_of: Callable[[np.ndarray], np.ndarray]):
-    """Decode-only ceiling: the frames `frames_of(json bytes)` names, no augmentation."""
-    data, meta = _read(reader, ["mp4", "json"])
-    return _decode(data, fn.python_function(meta, function=frames_of, num_outputs=1), codec, device)

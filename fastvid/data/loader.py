@@ -1,64 +1,60 @@
 """`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
 
 DALI (`fastvid.data.dali`) decodes and applies the geometric and photometric draws, normalises and
-lays out RGB views as (N, C, T, H, W); this module checks the shards up front, builds one pipeline per
-epoch (the epoch's seed sets the shuffle), and finishes views in torch on the training device: flow
-de-quantisation and rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
+lays out RGB views as (N, C, T, H, W); this module checks the shards up front, builds one pipeline for
+the whole run and, before each epoch, writes the epoch's sample order (its seeded shuffle, this rank's
+block, the batches a resumed run already had left out) for the pipeline's workers
+(`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
+rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
 """
 from __future__ import annotations
 
+import gc
+import os
 import re
 import tempfile
-import threading
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from fastvid.data.dali import READER, ReaderArgs, output_names, views_pipeline
+from fastvid.data.dali import output_names, used_draws, views_pipeline
 from fastvid.data.sampling import SampleDrawer
+from fastvid.data.source import UNDECODABLE, Entry, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.shard import read_manifest
 
 FLOW_BOUND = 20.0  # px: the shard format stores 128 + u * 127 / bound
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
+CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
 
 
 class LoaderError(RuntimeError):
     """A shard cannot be read as asked: names the shard and the sample key."""
 
 
-def _required_exts(views: list[ViewSpec]) -> list[str]:
-    exts = ["json"]
-    if any(v.modality not in ("flow", "audio") for v in views):
-        exts.append("mp4")
-    if any(v.modality == "flow" for v in views):
-        exts.append("flow.mp4")
-    if any(v.modality == "audio" for v in views):
-        exts.append("flac")
-    return exts
+def scan_indices(shards: list[dict], exts: list[str], on_error: str,
+                 undecodable: frozenset[str] = frozenset()) -> tuple[dict[int, Entry], dict[str, int], list[str]]:
+    """Read every shard's index and check each sample for the members `exts`, before any decoding.
 
-
-def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Path,
-                 undecodable: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, int], list[str]]:
-    """Check every sample of every shard's DALI index for the members `exts`, before any decoding.
-
-    Returns the index files to read (rewritten without the incomplete samples, and without the
-    `undecodable` "shard:key" names, when on_error="skip"), key -> position in the dataset (stable:
-    skipped samples keep their numbers free), and the skipped "shard:key" names. Raises LoaderError
-    naming shard and key for the first incomplete sample."""
-    indices, key_index, skipped, position = [], {}, [], 0
-    for shard in shards:
+    Returns dataset position -> Entry (where its members lie) for the samples to read, key -> position
+    (stable: skipped samples keep their numbers free), and the skipped "shard:key" names (incomplete, or
+    in `undecodable`, when on_error="skip"). Raises LoaderError naming shard and key for the first
+    incomplete sample, and naming the shard when the tar is shorter than its index says."""
+    entries, key_index, skipped, position = {}, {}, [], 0
+    for t, shard in enumerate(shards):
         lines = Path(shard["index"]).read_text().splitlines()
-        kept = []
+        end = 0
         for line in lines[1:]:
             fields = line.split()
-            names = fields[3::4]
-            key = names[0].split(".", 1)[0]
-            have = {n.split(".", 1)[1] for n in names}
-            missing = [e for e in exts if e not in have]
+            members = {n.split(".", 1)[1]: (int(o), int(z)) for o, z, n in zip(fields[1::4], fields[2::4], fields[3::4])}
+            key = fields[3].split(".", 1)[0]
+            end = max([end] + [o + z for o, z in members.values()])
+            missing = [e for e in exts if e not in members]
             if missing and on_error == "raise":
                 raise LoaderError(f"{shard['tar']}: sample {key!r} has no {', '.join('.' + m for m in missing)} "
                                   f"member (the views need {', '.join(exts)})")
@@ -66,26 +62,23 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str, workdir: Pa
             if missing or name in undecodable:
                 skipped.append(name)
             else:
-                kept.append(line)
+                entries[position] = Entry(t, key, members)
                 key_index[key] = position
             position += 1
-        if len(kept) == len(lines) - 1:
-            indices.append(shard["index"])
-        else:
-            path = workdir / Path(shard["index"]).name
-            path.write_text("\n".join([f"{lines[0].split()[0]} {len(kept)}", *kept]) + "\n")
-            indices.append(str(path))
-    return indices, key_index, skipped
-
-
-NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
+        size = os.path.getsize(shard["tar"]) if os.path.exists(shard["tar"]) else -1
+        if size < end:
+            raise LoaderError(f"{shard['tar']}: " + ("missing" if size < 0 else
+                              f"{size} bytes, its index needs {end}: truncated or damaged; re-run `fastvid shard`"))
+    return entries, key_index, skipped
 
 
 class VideoLoader:
     """Iterate batches for one process: dict view name -> tensor, plus "label" and "index" (N,) int64.
 
-    With on_error="skip", `skipped` lists the "shard:key" samples left out (missing members, found before
-    reading, and undecodable ones, found while reading and also listed in `undecodable`)."""
+    One DALI pipeline serves the whole run; each epoch has its own order and augmentation draws, the
+    same for a given (seed, epoch). With on_error="skip", `skipped` lists the "shard:key" samples left
+    out (missing members, found before reading, and undecodable ones, found while reading, replaced in
+    their batch by the next sample of the order and also listed in `undecodable`)."""
 
     def __init__(self, cfg: DataConfig, views: list[ViewSpec], *, rank: int, world_size: int,
                  device: torch.device | str):
@@ -100,37 +93,40 @@ class VideoLoader:
         options = manifest.get("options", {})
         self.codec = options.get("codec", "h264")
         self.audio_rate = int(options.get("audio_rate", 24000))
+        self._gop = int(options.get("gop", 16))
         self._shards = shards
-        self._tmp = tempfile.TemporaryDirectory(prefix="fastvid-idx-")
         self.undecodable: set[str] = set()  # "shard:key" found undecodable while reading (on_error="skip")
         self._scan()
         if cfg.decode == "gpu" and self.device.type != "cuda":
             raise LoaderError("decode='gpu' needs a CUDA device for the loader")
-        self.decode = "mixed" if cfg.decode == "gpu" or (cfg.decode == "auto" and self.device.type == "cuda") \
-            else "cpu"
+        self.decode = "cpu" if cfg.decode == "auto" else cfg.decode
         short_side = int(options.get("short_side") or 0)
-        if self.decode == "mixed" and self.codec == "vp9" and 0 < short_side < NVDEC_VP9_MIN:
+        if self.decode == "gpu" and self.codec == "vp9" and 0 < short_side < NVDEC_VP9_MIN:
             raise LoaderError(f"{cfg.shards}: NVDEC decodes VP9 only from {NVDEC_VP9_MIN}x{NVDEC_VP9_MIN} up and "
                               f"these shards have short side {short_side}: decode on the CPU (decode='cpu') or "
                               f"re-shard with --codec h264 or --short-side {NVDEC_VP9_MIN}")
+        if self.decode == "dali-cpu" and self.codec not in CPU_CODECS:
+            raise LoaderError(f"{cfg.shards}: DALI's CPU video decoder reads {', '.join(CPU_CODECS)}, not "
+                              f"{self.codec}: use decode='cpu' (PyAV)")
         self.names = output_names(views)
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded
+        self._order_fn: Callable[[int], np.ndarray] | None = None  # None: `shuffled` (no cycle through self)
+        self._folder = tempfile.TemporaryDirectory(prefix="fastvid-order-")
+        self._pipe = self._iter = None
+        self._dali_epoch = -1  # the DALI epoch now running; -1: no pipeline yet
+        self._open = False  # the running DALI epoch has batches the iterator has not taken
 
     def _scan(self) -> None:
-        """(Re)read the shard indices, leaving out the samples to skip; set up the reader."""
-        indices, self.key_index, self.skipped = scan_indices(
-            self._shards, _required_exts(self.views), self.cfg.on_error, Path(self._tmp.name),
-            frozenset(self.undecodable))
+        """(Re)read the shard indices, leaving out the samples to skip."""
+        self.entries, self.key_index, self.skipped = scan_indices(
+            self._shards, ["json"] + media_names(self.views), self.cfg.on_error, frozenset(self.undecodable))
         if not self.key_index:
             raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
                               f"({len(self.skipped)} skipped)")
-        self.reader = ReaderArgs(tars=[s["tar"] for s in self._shards], indices=indices, shard_id=self.rank,
-                                 num_shards=self.world_size, shuffle_buffer=self.cfg.shuffle_buffer,
-                                 pad_last_batch=not self.cfg.drop_last)
 
     def samples(self) -> int:
-        """Samples this rank reads per epoch (DALI gives shard i the samples [iN/S, (i+1)N/S))."""
+        """Samples this rank reads per epoch: rank r takes the block [rN/S, (r+1)N/S) of the epoch's order."""
         n = len(self.key_index)
         return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
 
@@ -142,61 +138,124 @@ class VideoLoader:
         """Start `epoch` from its beginning: its own shuffle and its own augmentation draws."""
         self.epoch, self.consumed = epoch, 0
 
+    def set_order(self, order: Callable[[int], np.ndarray]) -> None:
+        """Read epochs in the order `order(epoch)` gives: every dataset position (`key_index` values) once,
+        for all ranks together (rank r takes the r-th contiguous block). Default: `shuffled`."""
+        self._order_fn = order
+
+    def shuffled(self, epoch: int) -> np.ndarray:
+        """The default order: a permutation seeded by (seed, epoch); positions in shard order with
+        shuffle_buffer=0."""
+        positions = np.array(sorted(self.key_index.values()), np.int64)
+        if self.cfg.shuffle_buffer == 0:
+            return positions
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(positions)
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume mid-epoch: the next iteration skips the batches already consumed."""
+        """Resume mid-epoch: the next iteration starts after the batches already consumed."""
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
 
-    def _pipeline(self):
+    def _block(self) -> tuple[np.ndarray, int]:
+        """This rank's positions for the rest of the epoch, padded to whole batches, and how many are real."""
+        order = np.asarray((self._order_fn or self.shuffled)(self.epoch), np.int64)
+        if sorted(order.tolist()) != sorted(self.key_index.values()):
+            raise ValueError(f"order({self.epoch}) must list every dataset position once ({len(self.key_index)})")
+        n, b = len(order), self.cfg.batch_size
+        block = order[self.rank * n // self.world_size:(self.rank + 1) * n // self.world_size]
+        block = block[:len(block) // b * b] if self.cfg.drop_last else block
+        block = block[self.consumed * b:]
+        real = len(block)
+        pad = -real % b
+        return np.concatenate([block, np.resize(block, pad)]) if real else block, real
+
+    def _start_epoch(self) -> int:
+        """Point the pipeline at the rest of the current epoch; returns the number of real samples."""
+        block, real = self._block()
+        if self._open:  # the last epoch was left part-read: DALI cannot drop its prefetched batches
+            self.close()
+        self._dali_epoch += 1  # a new pipeline counts from 0
+        write_order(Path(self._folder.name), self._dali_epoch, block, self.epoch)
+        if self._pipe is None:
+            self._build()
+        else:
+            self._iter.reset()
+        self._open = True
+        return real
+
+    def _build(self) -> None:
+        """The run's pipeline: `workers` decode processes feeding DALI's augmentation, on the GPU when the
+        loader's device is one."""
         drawer = SampleDrawer(self.views, self.key_index, self.cfg.seed, self.epoch)
-        # Seed per epoch: a new shuffle each epoch, the same one for a given (seed, epoch).
-        seed = (self.cfg.seed * 1_000_003 + self.epoch) % (2 ** 31)
-        device_id = (self.device.index or 0) if self.decode == "mixed" else None
-        pipe = views_pipeline(self.reader, self.views, drawer, self.codec, self.audio_rate, self.decode,
+        tars = [s["tar"] for s in self._shards]
+        decode = "pyav" if self.decode == "cpu" else "dali"
+        source = ShardSource(tars, self.entries, drawer, self.views, Path(self._folder.name), decode,
+                             self.cfg.on_error, self._gop, used_draws(self.views, decode))
+        on_gpu = self.device.type == "cuda" and self.decode != "dali-cpu"
+        workers = self.cfg.workers or os.cpu_count() or 1
+        # fork is fast but unsafe once CUDA is initialised in this process: spawn then (the source pickles)
+        start = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
+        pipe = views_pipeline(source, self.views, self.audio_rate, "mixed" if on_gpu else "cpu",
                               batch_size=self.cfg.batch_size, num_threads=self.cfg.threads,
-                              device_id=device_id, seed=seed, prefetch_queue_depth=self.cfg.prefetch)
-        pipe.build()
-        return pipe
+                              device_id=(self.device.index or 0) if on_gpu else None, seed=self.cfg.seed,
+                              prefetch_queue_depth=self.cfg.prefetch, py_num_workers=workers, py_start_method=start)
+        # The workers fork here. Objects they inherit must not be garbage-collected in them (a dead
+        # pipeline's __del__ in a worker waits for ever for its own workers): collect now, freeze the rest.
+        gc.collect()
+        gc.freeze()
+        try:
+            pipe.build()
+        finally:
+            gc.unfreeze()
+        self._pipe = pipe
+        self._iter = DALIGenericIterator([pipe], self.names, auto_reset=False)
+
+    def close(self) -> None:
+        """Stop the pipeline and its worker processes (a new iteration builds a new one)."""
+        self._iter = self._pipe = None
+        self._open = False
+        self._dali_epoch = -1
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while (yield from self._epoch()):  # a sample was found undecodable and is now skipped: go on
-            pass
+        b = self.cfg.batch_size
+        given = 0
+        try:
+            real = self._start_epoch()  # DALI runs the first batch here already
+            for outputs in self._iter:
+                if given >= real:  # only padding left (DALI may run one batch past the end)
+                    continue
+                batch = self._finish(outputs[0], min(b, real - given))
+                given += len(batch["index"])
+                self._report_undecodable()
+                self.consumed += 1
+                yield batch
+        except Exception as err:  # DALI re-raises a worker's error as a plain Exception with its traceback
+            self.close()
+            culprit = _failed_sample(str(err))
+            raise LoaderError(f"reading {culprit or ', '.join(s['tar'] for s in self._shards)} failed: "
+                              f"{_reason(str(err))}") from err
+        self._open = False
         self.set_epoch(self.epoch + 1)
 
-    def _epoch(self) -> Generator[dict[str, torch.Tensor], None, bool]:
-        """Yield the rest of the epoch's batches; True when it stopped at an undecodable sample that
-        on_error="skip" now leaves out (the epoch restarts without it, past the batches yielded)."""
-        policy = LastBatchPolicy.DROP if self.cfg.drop_last else LastBatchPolicy.PARTIAL
-        pipe, it = self._pipeline(), None
-        try:
-            it = DALIGenericIterator([pipe], self.names, reader_name=READER, last_batch_policy=policy,
-                                     auto_reset=False)
-            for i, outputs in enumerate(it):
-                if i < self.consumed:  # resuming: these were yielded before the checkpoint
-                    continue
-                batch = self._finish(outputs[0])
-                self.consumed = i + 1
-                yield batch
-        except RuntimeError as err:
-            culprit = _failed_sample(str(err))
-            if self.cfg.on_error == "skip" and culprit and culprit not in self.undecodable:
-                self.undecodable.add(culprit)
+    def _report_undecodable(self) -> None:
+        """Warn once per sample the workers found undecodable, and leave it out of later epochs."""
+        path = Path(self._folder.name) / UNDECODABLE
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            name, _, reason = line.partition("\t")
+            if name and name not in self.undecodable:
+                self.undecodable.add(name)
+                warnings.warn(f"{name}: undecodable ({reason}); replaced by the next sample of epoch "
+                              f"{self.epoch} and left out from now on", stacklevel=3)
                 self._scan()
-                warnings.warn(f"{culprit}: undecodable, left out from now on; epoch {self.epoch} "
-                              f"goes on reshuffled without it after the {self.consumed} batches already given, "
-                              "so a few of its samples may come twice or not at all", stacklevel=2)
-                return True
-            raise LoaderError(f"reading {culprit or ', '.join(self.reader.tars)} failed: {err}") from err
-        finally:
-            held = [it, pipe]
-            it = pipe = None  # the thread below must hold the last references, or the shutdown runs here
-            _shutdown_later(held)
-        return False
 
-    def _finish(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """DALI outputs -> the batch contract: one tensor per view on the device, label, index."""
+    def _finish(self, out: dict[str, torch.Tensor], real: int) -> dict[str, torch.Tensor]:
+        """DALI outputs -> the batch contract: one tensor per view on the device, label, index (the first
+        `real` samples: the rest pad the epoch's last batch)."""
+        out = {k: v[:real] for k, v in out.items()}
         batch = {"label": out["label"].to(self.device).long(), "index": out["index"].to(self.device).long()}
         for view in self.views:
             x = out[view.name].to(self.device, non_blocking=True)
@@ -212,16 +271,16 @@ class VideoLoader:
 
 
 def _failed_sample(message: str) -> str | None:
-    """"shard.tar:key" of the sample a DALI error names (its source info is "path.tar:offset:key.ext")."""
-    found = re.search(r'"([^"]*?([^/"]+\.tar)):\d+:([^".]+)\.[^"]*"', message)
-    return f"{found.group(2)}:{found.group(3)}" if found else None
+    """"shard.tar:key" of the sample a worker's error names (it names "shard.tar:key.ext")."""
+    found = re.search(r'([^/\s"\']+\.tar):([^.\s"\']+)\.', message)
+    return f"{found.group(1)}:{found.group(2)}" if found else None
 
 
-def _shutdown_later(held: list) -> None:
-    """Drop `held`, the last references to an epoch's pipeline and iterator, on a daemon thread: the
-    pipeline's shutdown waits for the batches the iterator scheduled past the epoch's end (0.3-1 s on 2
-    cores, seconds with the GPU decoder), which the next epoch's pipeline need not wait for."""
-    threading.Thread(target=held.clear, daemon=True).start()
+def _reason(message: str) -> str:
+    """The first line of a worker's error that says what went wrong (DALI wraps it in a traceback)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    named = [ln for ln in lines if "cannot decode" in ln or ".tar:" in ln]
+    return (named or lines or [message])[-1]
 
 
 def finish_rgb(x: torch.Tensor, view: ViewSpec) -> torch.Tensor:
@@ -234,13 +293,15 @@ def finish_rgb(x: torch.Tensor, view: ViewSpec) -> torch.Tensor:
 def finish_flow(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
     """(N, T, H, W, 2) uint8 quantised flow -> (N, 2, T, H, W) float32 in pixels.
     aux (N, 3): output pixels per source pixel along x (negative when the view was flipped: u changes
-    sign) and y, temporal flip flag. A displacement resized with its frame scales with it."""
+    sign) and y, temporal flip flag (the stack reversed in time and negated). A displacement resized with its frame scales with it."""
     flow = (x.float() - 128.0) * (FLOW_BOUND / 127.0)  # (N, T, H, W, 2) in source pixels
     flow = flow * aux[:, None, None, None, 0:2]  # (N, T, H, W, 2) in output pixels
     if view.spatial.flow_mean:
         flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # each frame's mean motion (camera)
+    # Reversed in time, flow t -> t+1 read backwards is t+1 -> t: each field negates too (Cross and Learn's
+    # public code, `rand_timeflip`: s = -s).
     flipped = aux[:, 2] > 0.5
-    flow = torch.where(flipped.view(-1, 1, 1, 1, 1), flow.flip(1), flow)
+    flow = torch.where(flipped.view(-1, 1, 1, 1, 1), -flow.flip(1), flow)
     return flow.permute(0, 4, 1, 2, 3).contiguous()  # (N, 2, T, H, W)
 
 

@@ -1,43 +1,94 @@
-"""Decode chosen frames of an in-memory video with PyAV: DALI's CPU path for H.264 (which its CPU video
-decoder refuses) and the PyAV baseline of benchmarks/loader.py."""
+"""Decode chosen frames of an in-memory video with PyAV, seeking to keyframes: the CPU decode stage of the
+loader (run in DALI's worker processes, one single-threaded decoder each) and the baselines of
+benchmarks/loader.py.
+
+Cost follows the frames asked for, not the video's length: `plan_runs` groups the wanted frames into runs
+that each start at a keyframe (KEY.json's `keyframes`, written by `fastvid shard`), so a clip near the
+end of a long video costs what one near its start costs. Inside a run, frames before the first wanted
+one that no other frame references (non-reference B-frames) are not decoded at all.
+"""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
 
 
-def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
-    """(len(frames), H, W, 3) uint8 RGB: the frames at the given indices, in the given order.
+def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int, int]]:
+    """(start keyframe, last frame) decode runs covering the sorted, distinct `frames`.
 
-    Decodes from the start only up to the last frame asked for (short GOP shards keep this cheap), each
-    frame once even when asked for twice; converts with OpenCV (3x faster than PyAV's rgb24 path).
-    `source`: DALI's source info of the member (uint8 text), quoted in errors so they name the sample."""
+    A run continues through the next wanted frame when no keyframe lies between the decoder's position
+    and that frame (decoding on is then the cheapest way there); otherwise a new run seeks to the last
+    keyframe at or before it. Frames decoded = sum(last - start + 1)."""
+    keys = np.asarray(keyframes, np.int64)
+    runs: list[tuple[int, int]] = []
+    for f in frames:
+        key = int(keys[np.searchsorted(keys, f, side="right") - 1]) if len(keys) and keys[0] <= f else 0
+        if runs and key <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], int(f))
+        else:
+            runs.append((key, int(f)))
+    return runs
+
+
+def decoded_frames(runs: list[tuple[int, int]]) -> int:
+    """Frames a decoder produces for `runs` (an upper bound: skipped non-reference frames are not produced)."""
+    return sum(last - start + 1 for start, last in runs)
+
+
+def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
+                  where: str = "") -> np.ndarray:
+    """(len(frames), H, W, 3) uint8 RGB: the frames at the sorted, distinct indices `frames`.
+
+    `keyframes`: frame indices where decoding may start; `fps`: the rate the frames are stamped at
+    (frame i has presentation time i / fps). Raises ValueError naming `where` when the member does not
+    decode or lacks a frame."""
     try:
-        return _decode(data, np.asarray(frames, np.int64))
+        return _decode(data, np.asarray(frames, np.int64), keyframes, fps)
     except (av.FFmpegError, ValueError) as err:
-        where = "" if source is None else f'"{np.asarray(source, np.uint8).tobytes().decode()}": '
-        raise ValueError(f"{where}cannot decode: {err}") from err
+        raise ValueError(f"{where + ': ' if where else ''}cannot decode: {err}") from err
 
 
-def _decode(data: bytes | np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """`decode_frames` without the error context: one pass from the start to the last frame wanted."""
-    wanted = set(frames.tolist())
-    last = int(frames.max())
-    got: dict[int, np.ndarray] = {}
+def _decode(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float) -> np.ndarray:
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    slot = {int(f): k for k, f in enumerate(frames.tolist())}
+    out: np.ndarray | None = None
+    got = 0
     with av.open(io.BytesIO(raw)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                yuv = frame.to_ndarray(format="yuv420p")  # (H * 3 / 2, W)
-                got[i] = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)  # (H, W, 3)
-            if i >= last:
-                break
-    missing = wanted - set(got)
-    if missing:
-        raise ValueError(f"video has no frame(s) {sorted(missing)[:5]} (decoded {len(got)} wanted frames)")
-    return np.stack([got[i] for i in frames.tolist()])  # (T, H, W, 3)
+        stream.codec_context.thread_count = 1  # parallelism comes from the workers, not from threads
+        ticks = 1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base)  # pts per frame
+        for start, last in plan_runs(frames.tolist(), keyframes):
+            container.seek(round(start * ticks), stream=stream, backward=True, any_frame=False)
+            first_wanted = next(f for f in slot if f >= start)
+            done = False
+            for packet in container.demux(stream):
+                # Frames before the first wanted one are decoded only as references: skip the others.
+                skip = packet.pts is not None and round(packet.pts / ticks) < first_wanted
+                stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+                for frame in packet.decode():
+                    i = round(frame.pts / ticks)
+                    if i in slot and start <= i <= last:
+                        if out is None:
+                            out = np.empty((len(frames), frame.height, frame.width, 3), np.uint8)  # (T, H, W, 3)
+                        _to_rgb(frame, out[slot[i]])
+                        got += 1
+                    done = i >= last
+                if done:
+                    break
+    if got != len(frames):
+        raise ValueError(f"video lacks frames among {frames.tolist()[:8]}... (got {got} of {len(frames)})")
+    return out
+
+
+def _to_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
+    """Write `frame` as (H, W, 3) RGB into `dst`: OpenCV for limited-range 4:2:0 (3x faster than PyAV's
+    rgb24 path), PyAV's swscale for anything else (full-range MJPEG)."""
+    if frame.format.name == "yuv420p":
+        cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420, dst=dst)  # (3H/2, W) I420 -> (H, W, 3)
+    else:
+        dst[...] = frame.to_ndarray(format="rgb24")

@@ -1,6 +1,6 @@
 """Every random draw of a sample, in numpy, from the sample's metadata and a seeded generator.
 
-The DALI pipeline runs `SampleDrawer` once per sample (inside `fn.python_function`) and applies the
+The loader's workers run `SampleDrawer` once per sample (`fastvid.data.source`) and DALI applies the
 draws with deterministic operators: frame indices go to the decoder's `frames=` argument, a crop and
 flip become one region of interest for `resize` (a matrix per frame for `warp_affine` in frame-wise
 mode), colour draws feed `color_twist`. Keeping the
@@ -9,7 +9,6 @@ so a seed reproduces a batch whatever the shuffle order, and testable without de
 """
 from __future__ import annotations
 
-import json
 import math
 import numpy as np
 
@@ -128,7 +127,7 @@ def colour(s: SpatialSpec, rng: np.random.Generator) -> tuple[np.ndarray, float]
 
 
 class SampleDrawer:
-    """Callable for `fn.python_function`: json bytes -> the tuple of arrays named by `names`.
+    """`draw(meta)`: a sample's shard json -> the arrays named by `names`, for epoch `epoch`.
 
     `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
     `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
@@ -168,11 +167,6 @@ class SampleDrawer:
     def rng(self, index: int) -> np.random.Generator:
         """The generator of one sample in this epoch: independent of order, rank and batch."""
         return np.random.default_rng([self.seed, self.epoch, index])
-
-    def __call__(self, meta_bytes: np.ndarray) -> tuple[np.ndarray, ...]:
-        meta = json.loads(meta_bytes.tobytes())
-        draw = self.draw(meta)
-        return tuple(draw[n] for n in self.names)
 
     def draw(self, meta: dict) -> dict[str, np.ndarray]:
         """All draws of the sample described by its shard json `meta`."""

@@ -127,12 +127,15 @@ class DataConfig:
     shards: str
     split: str = "train"
     batch_size: int = 8
-    shuffle_buffer: int = 256  # DALI initial_fill; 0 reads in shard order
+    shuffle_buffer: int = 256  # 0 reads in shard order; otherwise each epoch is a full seeded permutation
     seed: int = 0
-    decode: Literal["auto", "cpu", "gpu"] = "auto"  # auto: the GPU when the loader's device is CUDA
-    threads: int = 2
-    # Batches computed ahead. Each epoch's pipeline also computes this many past the epoch's end (DALI's
-    # iterator keeps its queue full), wasted work: 1 already overlaps loading with the step.
-    prefetch: int = 1
+    # cpu: PyAV in `workers` processes decodes only the GOPs the views need (any codec); augmentation
+    # runs on the loader's device. gpu: DALI's NVDEC decoder (decodes each clip from its start).
+    # dali-cpu: DALI's CPU decoder (VP9/MJPEG only; for comparisons). auto: cpu, the fastest measured.
+    decode: Literal["auto", "cpu", "gpu", "dali-cpu"] = "auto"
+    workers: int = 0  # decode processes; 0: one per CPU core
+    threads: int = 2  # DALI's CPU threads (augmentation when the device is the CPU)
+    # Batches computed ahead by each worker and by the pipeline.
+    prefetch: int = 2
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = "raise"

@@ -89,8 +89,6 @@ def test_concat_ablation_labels_same_and_crossed_pairs():
     assert out["acc"].item() == ((logits.argmax(1) == labels).float().mean().item())
 
 
-@pytest.mark.xfail(strict=True, reason="fastvid.data.loader.finish_flow reverses a flipped stack without negating "
-                                       "it; the fix is in the loader (being rewritten), see issue 12 item 7")
 def test_time_reversed_flow_stack_negates_every_field():
     """Sec. 4.1's "random temporal flips" of the flow stack: reversed in time, each field u, v negated (flow
     t -> t+1 read backwards is t+1 -> t), as the authors' `rand_timeflip` does (`s = -s`)."""

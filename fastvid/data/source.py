@@ -1,0 +1,157 @@
+"""The loader's reader and decode stage: one sample at a time, in DALI's parallel worker processes.
+
+`ShardSource` is the callback of a parallel `fn.external_source`: DALI calls it with a `SampleInfo`
+in `py_num_workers` processes (no shared GIL, so decoding scales with cores). For sample `i` of DALI
+epoch `e` it looks the dataset position up in the epoch's order (a file the loader writes before the
+epoch starts: its shuffle, this rank's block, the batches a resumed run already consumed left out),
+reads the members it needs straight from the tar by the offsets of the shard's index (no tar
+scanning, no shuffle buffer), draws every augmentation (`SampleDrawer`) and decodes only the GOPs
+that cover the frames its views need (`fastvid.data.pyav`), or, for DALI's own video decoder, passes
+the member bytes and frame indices on.
+
+With on_error="skip", a sample that does not decode is replaced by the next one of the order that
+does, and its name is appended to the `undecodable` file the loader reads and reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastvid.data.pyav import decode_frames, decoded_frames, plan_runs
+from fastvid.data.sampling import SampleDrawer
+from fastvid.data.spec import ViewSpec
+
+UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one sample's members lie: its shard (an index into the tar list) and ext -> (offset, size)."""
+
+    tar: int
+    key: str
+    members: dict[str, tuple[int, int]]
+
+
+def media_names(views: list[ViewSpec]) -> list[str]:
+    """The member outputs the views need besides the draws: decoded frames or bytes, and the audio."""
+    names = []
+    if any(v.modality not in ("flow", "audio") for v in views):
+        names.append("mp4")
+    if any(v.modality == "flow" for v in views):
+        names.append("flow.mp4")
+    if any(v.modality == "audio" for v in views):
+        names.append("flac")
+    return names
+
+
+def order_file(folder: Path, dali_epoch: int) -> Path:
+    return folder / f"epoch-{dali_epoch}.npz"
+
+
+def write_order(folder: Path, dali_epoch: int, positions: np.ndarray, epoch: int) -> None:
+    """Publish what DALI epoch `dali_epoch` reads: dataset positions in order, and the training epoch
+    (which keys the augmentation draws). Written whole, then renamed: workers never see half a file."""
+    path = order_file(folder, dali_epoch)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, order=np.asarray(positions, np.int64), epoch=np.int64(epoch))
+    os.replace(partial, path)
+
+
+class ShardSource:
+    """`fn.external_source(parallel=True, batch=False)` callback: SampleInfo -> the arrays named `names`.
+
+    `decode`: "pyav" decodes the needed GOPs here into (F, H, W, 3) uint8 frames; "dali" hands the
+    member's bytes to DALI's video decoder (which reads frames `frames` from the start of the file)."""
+
+    def __init__(self, tars: list[str], entries: dict[int, Entry], drawer: SampleDrawer, views: list[ViewSpec],
+                 folder: Path, decode: str, on_error: str, gop: int, draws: set[str]) -> None:
+        self.tars, self.entries, self.drawer = tars, entries, drawer
+        self.folder, self.decode, self.on_error = Path(folder), decode, on_error
+        self.gop = gop  # shards written before KEY.json had keyframes: a keyframe every `gop` frames
+        self.media = media_names(views)
+        self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
+        self.names = self.draws + self.media
+        self._orders: dict[int, tuple[np.ndarray, int]] = {}
+        self._files: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:  # sent to spawned workers: no open files, no cached orders
+        return {**self.__dict__, "_orders": {}, "_files": {}}
+
+    def __call__(self, info) -> tuple[np.ndarray, ...]:
+        order, epoch = self._order(info.epoch_idx)
+        if info.idx_in_epoch >= len(order):
+            raise StopIteration
+        for attempt in range(len(order)):
+            position = int(order[(info.idx_in_epoch + attempt) % len(order)])
+            try:
+                return self.sample(position, epoch)
+            except ValueError as err:
+                if self.on_error != "skip":
+                    raise
+                with open(self.folder / UNDECODABLE, "a") as f:  # O_APPEND: whole lines from every worker
+                    f.write(f"{self.name(position)}\t{str(err).splitlines()[0]}\n")
+        raise ValueError(f"no sample of epoch {epoch} decodes")
+
+    def name(self, position: int) -> str:
+        """"shard.tar:key", the name errors and skip lists use."""
+        entry = self.entries[position]
+        return f"{Path(self.tars[entry.tar]).name}:{entry.key}"
+
+    def sample(self, position: int, epoch: int) -> tuple[np.ndarray, ...]:
+        """Every output of the sample at dataset `position`, with the draws of training epoch `epoch`."""
+        meta = json.loads(self.read(position, "json"))
+        self.drawer.epoch = epoch  # this process's copy: the draws are keyed by (seed, epoch, position)
+        draw = self.drawer.draw(meta)
+        out = [draw[n] for n in self.draws]
+        for ext in self.media:
+            data = np.frombuffer(self.read(position, ext), np.uint8)
+            if ext == "flac" or self.decode == "dali":
+                out.append(data)
+                continue
+            frames = draw["frames" if ext == "mp4" else "flow_frames"]
+            keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
+            out.append(decode_frames(data, frames, keys, float(meta["fps"]), where=f"{self.name(position)}.{ext}"))
+        return tuple(out)
+
+    def keyframes(self, meta: dict, ext: str) -> list[int]:
+        """Keyframes of a member from shards older than KEY.json's `keyframes`: every `gop` frames."""
+        frames = int(meta["num_frames"]) - (ext == "flow.mp4")
+        return list(range(0, frames, self.gop))
+
+    def read(self, position: int, ext: str) -> bytes:
+        """Member `ext` of the sample, read at its offset (one pread; file handles kept per process)."""
+        entry = self.entries[position]
+        offset, size = entry.members[ext]
+        fd = self._files.get(entry.tar)
+        if fd is None:
+            fd = self._files[entry.tar] = os.open(self.tars[entry.tar], os.O_RDONLY)
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise ValueError(f"{self.name(position)}.{ext}: the tar ends inside this member "
+                             f"({len(data)} of {size} bytes)")
+        return data
+
+    def _order(self, dali_epoch: int) -> tuple[np.ndarray, int]:
+        if dali_epoch not in self._orders:
+            with np.load(order_file(self.folder, dali_epoch)) as f:
+                self._orders = {dali_epoch: (f["order"], int(f["epoch"]))}  # only the current epoch's
+        return self._orders[dali_epoch]
+
+    def decoded_per_delivered(self, position: int, epoch: int) -> tuple[int, int]:
+        """(frames the decoder produces, frames the views deliver) for one sample: the decode stage's
+        efficiency, from the same draws and plan the decoding uses (benchmarks/loader.py)."""
+        meta = json.loads(self.read(position, "json"))
+        self.drawer.epoch = epoch
+        draw = self.drawer.draw(meta)
+        decoded = delivered = 0
+        for name, ext in (("frames", "mp4"), ("flow_frames", "flow.mp4")):
+            if ext in self.media:
+                keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
+                decoded += decoded_frames(plan_runs(draw[name].tolist(), keys))
+                delivered += len(draw[f"{name}.order"])
+        return decoded, delivered
