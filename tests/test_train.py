@@ -1,6 +1,7 @@
 """The trainer end to end on the CPU: configs load strictly, each method runs a few steps on the embedded
 sample dataset (real footage), checkpoints resume to the same next-step loss, NaN stops the run, and two
-processes train through `accelerate launch`."""
+processes train through `accelerate launch`. The command line's side (errors, folders, signals, the demo) is
+in tests/test_train_cli.py."""
 import math
 import os
 import subprocess
@@ -11,42 +12,20 @@ import pytest
 import torch
 
 from fastvid.config import ConfigError
-from fastvid.data.sample import SampleOptions, sample_dataset
+from fastvid.methods import get_method
 from fastvid.methods.base import OptimConfig
 from fastvid.models import load_backbone
-from fastvid.methods import get_method
-from fastvid.train import (NonFiniteLossError, accelerate_precision, latest_checkpoint, load_config, lr_factor, main,
+from fastvid.train import (DEMO, DEMO_COMMON, accelerate_precision, latest_checkpoint, load_config, lr_factor,
                            train, with_sync_bn)
+from tests.train_helpers import CPU, TINY, tiny
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
-# Tiny clips and crops so that a step takes about a second on two cores.
-TINY = {
-    "video_simclr": ["model.views.frames=4", "model.views.size=32"],
-    "video_moco": ["model.views.frames=4", "model.views.size=32", "model.queue_size=16"],
-    "cross_and_learn": ["model.views.size=80", "model.views.short_side=96"],
-    # only some sample clips have an audio track: GDT skips the others (3 remain)
-    "gdt": ["model.views.frames=4", "model.views.size=32", "model.views.short_side=40", "data.on_error=skip",
-            "data.batch_size=2"],
-    "vi2clr": ["model.views.frames=8", "model.views.clip_size=32", "model.views.frame_size=32"],
-}
-CPU = ["data.batch_size=4", "data.threads=1", "data.shuffle_buffer=8", "train.mixed_precision=fp32",
-       "train.device=cpu", "train.log_every=1"]
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory) -> str:
-    """The embedded sample dataset at a small size (built once per session)."""
-    return str(sample_dataset(tmp_path_factory.mktemp("cache"), SampleOptions(short_side=96)))
-
-
-def tiny(method: str, shards: str, out: Path, *extra: str):
-    return load_config(method, None, [f"data.shards={shards}", f"output={out}", *CPU, *TINY[method], *extra])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_packaged_config_loads(path):
     cfg = load_config(path.stem, path)
-    assert cfg.method == path.stem
+    assert cfg.method == path.stem and cfg.demo == []
 
 
 def test_paper_defaults():
@@ -58,6 +37,22 @@ def test_paper_defaults():
     assert (simclr.model.head_dims[-1], simclr.data.batch_size, simclr.optim.schedule) == (256, 128, "cosine")
 
 
+@pytest.mark.parametrize("method", sorted(DEMO))
+def test_the_demo_cuts_the_paper_settings_only_on_the_sample(method):
+    paper = load_config(method)
+    demo = load_config(method, None, ["train.max_steps=3"], demo=True)
+    assert demo.data.shards == "sample" and demo.train.max_steps == 3 and demo.train.epochs == 0
+    assert demo.demo and all(o in demo.demo for o in DEMO[method])
+    # The batch fits the sample (53 clips, 13 with sound) and the learning rate follows it.
+    assert demo.data.batch_size <= (13 if method == "gdt" else 53)
+    assert demo.optim.lr == pytest.approx(paper.optim.lr * demo.data.batch_size / paper.data.batch_size, rel=1e-2)
+    # The user's values win over the demo's; with --data the paper's settings stand.
+    assert load_config(method, None, ["data.batch_size=2"], demo=True).data.batch_size == 2
+    assert load_config(method, None, ["data.shards=/data/x"], demo=True) == load_config(method, None,
+                                                                                       ["data.shards=/data/x"])
+    assert all(o.split("=")[0] != "train.max_steps" for o in DEMO_COMMON + DEMO[method])
+
+
 def test_cosine_schedule_values():
     cfg = OptimConfig(schedule="cosine", warmup_steps=2, min_lr_ratio=0.1)
     assert [lr_factor(s, cfg, 12) for s in (0, 1)] == [0.5, 1.0]
@@ -66,14 +61,27 @@ def test_cosine_schedule_values():
     assert lr_factor(12, cfg, 12) == pytest.approx(0.1)
 
 
-def test_bad_config_names_file_and_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"video_simclr.yaml: unknown key\(s\) model.temprature"):
-        load_config("video_simclr", None, ["model.temprature=0.1"])
-    with pytest.raises(ConfigError, match=r"train: set exactly one of steps \(5\) and epochs \(100\)"):
+def test_bad_config_names_file_or_override_and_the_closest_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^override optim.lrr=0.1: unknown key optim.lrr; did you mean optim.lr\?$"):
+        load_config("video_simclr", None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"^override model.temperature=hot: model.temperature: expected float"):
+        load_config("video_simclr", None, ["model.temperature=hot"])
+    with pytest.raises(ConfigError, match=r"^override trian.steps=5: unknown key trian; did you mean train\?$"):
+        load_config("video_simclr", None, ["trian.steps=5"])
+    with pytest.raises(ConfigError, match=r"override train.steps=5: train: set exactly one of steps \(5\) and "
+                                          r"epochs \(100\)"):
         load_config("video_simclr", None, ["train.steps=5"])
+    with pytest.raises(ConfigError, match=r"unknown method 'simclr'; did you mean video_simclr\?"):
+        load_config("simclr")
     bad = tmp_path / "x.yaml"
+    bad.write_text("method: video_moco\nmodel: {temprature: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: unknown key model.temprature; did you mean model.temperature\?"):
+        load_config("video_moco", bad)
     bad.write_text("method: video_moco\nmodel: {}\nfoo: 1\n")
-    with pytest.raises(ConfigError, match="x.yaml: unknown top-level key"):
+    with pytest.raises(ConfigError, match="x.yaml: unknown top-level key foo"):
+        load_config("video_moco", bad)
+    bad.write_text("model: {temperature: [0.1\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: not valid YAML: .* at line 2"):
         load_config("video_moco", bad)
 
 
@@ -103,22 +111,19 @@ def test_resume_gives_the_uninterrupted_next_step_loss(shards, tmp_path):
         torch.testing.assert_close(ends[1]["encoders"]["video"]["state_dict"][name], value, msg=name)
 
 
-def test_nan_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path):
-    train(tiny("video_simclr", shards, tmp_path, "train.max_steps=1"))
-    good = latest_checkpoint(tmp_path)
-    # The CLI's --resume: the run's own config.yaml plus overrides; a tiny tau makes the logits infinite.
-    argv = ["--method", "video_simclr", "--resume", "--output", str(tmp_path), "--max-steps", "2",
-            "model.temperature=1.0e-300"]
-    with pytest.raises(NonFiniteLossError, match=r"step 2: non-finite loss .* last good checkpoint: .*step_00000001"):
-        main(argv)
-    assert latest_checkpoint(tmp_path) == good
+def test_checkpoints_by_wall_clock_time(shards, tmp_path):
+    # A tiny interval makes every step due; the step count alone would checkpoint only at the end.
+    train(tiny("video_simclr", shards, tmp_path, "train.max_steps=3", "train.checkpoint_every=1000",
+               "train.checkpoint_minutes=1e-9", "train.keep_checkpoints=5"))
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == [
+        "step_00000001", "step_00000002", "step_00000003"]
 
 
 def test_accelerate_launch_two_cpu_processes(shards, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "fastvid.train",
            "--method", "video_moco", "--data", shards, "--output", str(tmp_path), "--max-steps", "2",
-           *CPU, *TINY["video_moco"], "data.batch_size=2"]
+           *CPU, *TINY["video_moco"]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
                           cwd=Path(__file__).parents[1])

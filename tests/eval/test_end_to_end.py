@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory) -> str:
 def test_motion_probe_reports_pretrained_and_random_with_wilson_intervals(checkpoint, tmp_path, capsys):
     out = tmp_path / "probe"
     assert _run(["eval", "--checkpoint", checkpoint, "--probe", "motion", "--frames", "4", "--size", "32",
-                 "--clips-per-video", "8", "--out", str(out)]) == 0
+                 "--clips-per-video", "8", "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["sources"] == ["bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4"]
     assert report["data"]["clips"] == 24 and len(report["data"]["classes"]) == 7
