@@ -153,13 +153,14 @@ def load_config(method: str, path: str | Path | None = None, overrides: list[str
               "train": TrainConfig, "output": str, "demo": list[str]}
     for text in overrides:
         check_key(schema, parse_override(text)[0], text)
-    applied: list[str] = []
     if demo and apply_overrides(raw, overrides).get("data", {}).get("shards") == "sample":
         given = {_key(o) for o in overrides}
         merged = {_key(o): o for o in DEMO_COMMON + DEMO[method]}  # the method's value wins over the common one
-        # The learning rate follows the batch (linear scaling, as the configs' own lr x batch / 256).
-        batch = int(merged["data.batch_size"].split("=")[1])
-        merged["optim.lr"] = f"optim.lr={paper.optim.lr * batch / paper.data.batch_size:.3g}"
+        # The learning rate follows the batch: linear scaling, the rule behind the configs' own values.
+        batch = apply_overrides({"data": {"batch_size": paper.data.batch_size}}, [merged["data.batch_size"],
+                                                                                   *overrides])["data"]["batch_size"]
+        if isinstance(batch, int) and not isinstance(batch, bool):  # else _build below names the bad value
+            merged["optim.lr"] = f"optim.lr={paper.optim.lr * batch / paper.data.batch_size:.3g}"
         applied = [o for key, o in merged.items() if key not in given]
         overrides = applied + [f"demo={json.dumps(applied)}"] + overrides
     try:

@@ -47,7 +47,9 @@ def test_the_demo_cuts_the_paper_settings_only_on_the_sample(method):
     assert demo.data.batch_size <= (13 if method == "gdt" else 53)
     assert demo.optim.lr == pytest.approx(paper.optim.lr * demo.data.batch_size / paper.data.batch_size, rel=1e-2)
     # The user's values win over the demo's; with --data the paper's settings stand.
-    assert load_config(method, None, ["data.batch_size=2"], demo=True).data.batch_size == 2
+    small = load_config(method, None, ["data.batch_size=2"], demo=True)
+    assert small.data.batch_size == 2
+    assert small.optim.lr == pytest.approx(paper.optim.lr * 2 / paper.data.batch_size, rel=1e-2)
     assert load_config(method, None, ["data.shards=/data/x"], demo=True) == load_config(method, None,
                                                                                        ["data.shards=/data/x"])
     assert all(o.split("=")[0] != "train.max_steps" for o in DEMO_COMMON + DEMO[method])
