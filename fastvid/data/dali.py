@@ -32,10 +32,17 @@ def used_draws(views: list[ViewSpec], decode: str) -> set[str]:
         if v.modality == "flow":
             used.add(f"{v.name}.aux")
             continue
-        used.add(f"{v.name}.colour")
+        if _has_colour(v):
+            used.add(f"{v.name}.colour")
         if v.spatial.blur > 0:
             used |= {f"{v.name}.blur", f"{v.name}.sigma"}
     return used
+
+
+def _has_colour(view: ViewSpec) -> bool:
+    """Whether any draw of the view's colour map can differ from the identity."""
+    s = view.spatial
+    return s.jitter > 0 or s.grayscale > 0 or s.channel_split
 
 
 def _source(source: ShardSource, device: str) -> dict:
@@ -87,8 +94,9 @@ over half of a real one);
     if s.blur > 0:
         if draws[f"{name}.blur"]:
             out = fn.gaussian_blur(out, sigma=per(draws[f"{name}.sigma"]))
-    colour = draws[f"{name}.colour"]  # (R, 3, 4): [M | t] on 0-255 RGB
-    out = fn.coord_transform(out, M=per(colour[:, :, 0:3]), T=per(colour[:, :, 3]), dtype=types.UINT8)
+    if _has_colour(view):  # the colour map is DALI's costliest CPU op here: skip it where it is the identity
+        colour = draws[f"{name}.colour"]  # (R, 3, 4): [M | t] on 0-255 RGB
+        out = fn.coord_transform(out, M=per(colour[:, :, 0:3]), T=per(colour[:, :, 3]), dtype=types.UINT8)
     mean, std = (RGB_MEAN, RGB_STD) if s.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return fn.crop_mirror_normalize(out, mean=[255 * m for m in mean], std=[255 * d for d in std],
                                     dtype=types.FLOAT16 if view.dtype == "float16" else types.FLOAT,
