@@ -499,7 +499,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     accelerator.end_training()
     accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
                       f"encoders {encoders}")
-    accelerator.print("evaluate: " + shlex.join(["fastvid", "eval", "--checkpoint", str(encoders), "--probe", "motion"]))
+    # The probe at the crop size the encoders trained on: its default (64 px) is too small for CaffeNet.
+    size = next(v.spatial.size[0] for v in views if v.modality in ("rgb", "frame"))
+    accelerator.print("evaluate: " + shlex.join(["fastvid", "eval", "--checkpoint", str(encoders), "--probe", "motion",
+                                                 "--size", str(size)]))
     return last
 
 

@@ -119,22 +119,31 @@ def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_next_step_loss(s
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-6)
 
 
-def test_the_demo_runs_without_data_and_ends_with_a_working_eval_command(sample_cache, tmp_path, monkeypatch):
-    """GDT's demo, shortened: the sample's clips with sound, a checkpoint, encoders.pt and the eval command."""
-    done = fastvid_train("--method", "gdt", "--max-steps", "1", "model.views.frames=4", "model.views.size=32",
-                         cwd=tmp_path, env={"FASTVID_CACHE": str(sample_cache)})
+DEMO_RUNS = {  # method: (shortening overrides, clips in the summary, batch override it shows, --size printed)
+    "gdt": (["model.views.frames=4", "model.views.size=32"], "13 clips", "data.batch_size=4", "32"),
+    "cross_and_learn": ([], "53 clips", "data.batch_size=8", "112"),  # CaffeNet: the probe's 64 px is too small
+}
+
+
+@pytest.mark.parametrize("method", sorted(DEMO_RUNS))
+def test_the_demo_runs_without_data_and_ends_with_a_working_eval_command(method, sample_cache, tmp_path,
+                                                                           monkeypatch):
+    """A demo, shortened to one step: no --data, the sample (GDT: its clips with sound), a checkpoint,
+    encoders.pt, and last the eval command, which then runs (on fewer clips)."""
+    overrides, clips, batch, size = DEMO_RUNS[method]
+    done = fastvid_train("--method", method, "--max-steps", "1", *overrides, cwd=tmp_path,
+                         env={"FASTVID_CACHE": str(sample_cache)})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     summary = "\n".join(lines[:8])
-    assert "fastvid train: gdt" in summary and "runs/gdt" in summary and "13 clips" in summary
-    assert "demo     no --data" in summary and "data.batch_size=4" in summary
+    assert f"fastvid train: {method}" in summary and f"runs/{method}" in summary and clips in summary
+    assert "demo     no --data" in summary and batch in summary
     if not torch.cuda.is_available():
         assert "warning: no GPU is used" in summary
-    assert latest_checkpoint(tmp_path / "runs" / "gdt").name == "step_00000001"
-    assert lines[-1] == "evaluate: fastvid eval --checkpoint runs/gdt/encoders.pt --probe motion"
-    # The printed command, made smaller for the test.
+    assert latest_checkpoint(tmp_path / "runs" / method).name == "step_00000001"
+    assert (tmp_path / "runs" / method / "encoders.pt").is_file()
+    assert lines[-1] == f"evaluate: fastvid eval --checkpoint runs/{method}/encoders.pt --probe motion --size {size}"
     monkeypatch.chdir(tmp_path)
-    eval_args = shlex.split(lines[-1].removeprefix("evaluate: "))[1:]
-    assert main([*eval_args, "--frames", "4", "--size", "32", "--clips-per-video", "4"]) == 0
-    report = json.loads((tmp_path / "runs" / "gdt" / "eval" / "report.json").read_text())
+    assert main([*shlex.split(lines[-1].removeprefix("evaluate: fastvid ")), "--clips-per-video", "4"]) == 0
+    report = json.loads((tmp_path / "runs" / method / "eval" / "report.json").read_text())
     assert set(report["results"]) >= {"pretrained", "random"}
