@@ -114,7 +114,8 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
                    help="also store optical flow (KEY.flow.mp4) computed with OpenCV (default: no flow)")
     p.add_argument("--shard-size", type=byte_size, default=256 * 1024 * 1024,
                    help="close a shard at this size (default 256MiB)")
-    p.add_argument("--max-samples", type=int, default=None, help="close a shard at this many samples (default: no limit)")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="close a shard at this many samples (default: no limit)")
     p.add_argument("--seed", type=int, default=0, help="orders samples within each split (default 0)")
     p.add_argument("--workers", type=int, default=0, help="transcoding processes (default 0: all cores)")
     p.add_argument("--timeout", type=float, default=1800.0,
@@ -147,7 +148,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from fastvid.eval.probe import ClipSpec, ProbeConfig
 
     cfg = EvalConfig(
-        checkpoint=args.checkpoint, out=args.output or str(Path(args.checkpoint).parent / "eval"), encoder=args.encoder, protocol=args.protocol, probe=args.probe,
+        checkpoint=args.checkpoint, out=args.output or str(Path(args.checkpoint).parent / "eval"),
+        encoder=args.encoder, protocol=args.protocol, probe=args.probe,
         train=args.train, test=args.test, train_split=args.train_split, test_split=args.test_split,
         data=args.data, max_videos=args.max_videos,
         clip=ClipSpec(frames=args.frames, stride=args.stride, size=args.size),
@@ -231,7 +233,8 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
                                                  "train.max_steps, none: the whole schedule)")
     p.add_argument("--batch-size", type=int, help="clips per process per micro-batch (default: the config's "
                                                   "data.batch_size)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's train.device, auto)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default: the config's train.device, auto)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any config field, e.g. optim.lr=0.01 train.checkpoint_minutes=5")
     p.set_defaults(run=_run_train)

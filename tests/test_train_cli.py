@@ -20,7 +20,8 @@ from tests.train_helpers import CPU, TINY, tiny
 ROOT = Path(__file__).parents[1]
 
 
-def fastvid_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def fastvid_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
+                  ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fastvid.train", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
@@ -33,11 +34,14 @@ USER_ERRORS = {  # name: (arguments, what the one line says)
     "missing data": (["--method", "video_simclr", "--data", "/nonexistent"], r"/nonexistent: no dataset\.json"),
     "typo in an override": (["--method", "video_simclr", "optim.lrr=0.1"],
                             r"override optim\.lrr=0\.1: unknown key optim\.lrr; did you mean optim\.lr\?"),
-    "wrong type": (["--method", "video_simclr", "optim.lr=fast"], r"override optim\.lr=fast: optim\.lr: expected float"),
+    "wrong type": (["--method", "video_simclr", "optim.lr=fast"],
+                   r"override optim\.lr=fast: optim\.lr: expected float"),
     "not key=value": (["--method", "video_simclr", "lr"], r"override 'lr' is not of the form key=value"),
     "typo in the method": (["--method", "simclr"], r"unknown method 'simclr'; did you mean video_simclr\?"),
-    "typo in an option": (["--method", "gdt", "--outptu", "x"], r"unrecognized arguments: --outptu; did you mean --output\?"),
-    "no config file": (["--method", "gdt", "--config", "/nonexistent.yaml"], r"/nonexistent\.yaml: no such config file"),
+    "typo in an option": (["--method", "gdt", "--outptu", "x"],
+                          r"unrecognized arguments: --outptu; did you mean --output\?"),
+    "no config file": (["--method", "gdt", "--config", "/nonexistent.yaml"],
+                       r"/nonexistent\.yaml: no such config file"),
     "resume of nothing": (["--method", "gdt", "--resume", "--output", "none"], r"--resume: none holds no run"),
     "broken dataset.json": (["--method", "gdt", "--data", "{broken}"], r"dataset\.json is not valid JSON"),
     "a member missing": (["--method", "gdt", "--data", "{shards}"], r"has no \.flac member"),
