@@ -126,20 +126,25 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from fastvid.shard.info import check, describe
+    from fastvid.shard.info import check, describe, verify
     from fastvid.shard.run import read_manifest
 
     print(describe(read_manifest(args.out)))
     problems = check(args.out)
+    if args.verify:  # one line per bad member (check() has already named a missing tar)
+        problems += [p for p in verify(args.out) if p not in problems]
     for problem in problems:
         print(f"problem: {problem}")
-    print("shards agree with dataset.json" if not problems else f"{len(problems)} problem(s)")
+    agree = "every member matches its checksum" if args.verify else "shards agree with dataset.json"
+    print(agree if not problems else f"{len(problems)} problem(s)")
     return 1 if problems else 0
 
 
 def add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="summarise a shard folder and check it against its dataset.json")
     p.add_argument("out", help="folder written by `fastvid shard`")
+    p.add_argument("--verify", action="store_true",
+                   help="also read every member and check its size and checksum against dataset.json")
     p.set_defaults(run=_run_info)
 
 

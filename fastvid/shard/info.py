@@ -1,4 +1,5 @@
-"""`fastvid info OUT`: what a shard folder holds, and whether its shards agree with dataset.json."""
+"""`fastvid info OUT`: what a shard folder holds, and whether its shards agree with dataset.json
+(`--verify`: and whether every member still has the size and checksum recorded when it was written)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+from fastvid.shard.integrity import verify_tar
 from fastvid.shard.run import read_manifest
 from fastvid.shard.writer import dali_index, split_name
 
@@ -63,7 +65,10 @@ def check(out: str | Path) -> list[str]:
             if missing:
                 problems.append(f"{name}: sample {key} lacks {', '.join(missing)}")
             if "json" in files:
-                frames += json.loads(files["json"])["num_frames"]
+                try:
+                    frames += json.loads(files["json"])["num_frames"]
+                except (ValueError, KeyError, TypeError):
+                    problems.append(f"{name}:{key}.json: not the JSON `fastvid shard` writes")
         if frames != shard["frames"]:
             problems.append(f"{name}: {frames} frames, dataset.json says {shard['frames']}")
         if not idx_path.is_file():
@@ -73,4 +78,20 @@ def check(out: str | Path) -> list[str]:
     problems += [f"key {k} is in {n} shards" for k, n in seen.items() if n > 1]
     if sum(seen.values()) != manifest["samples"]:
         problems.append(f"shards hold {sum(seen.values())} samples, dataset.json says {manifest['samples']}")
+    return problems
+
+
+def verify(out: str | Path) -> list[str]:
+    """One line per member of OUT's shards that does not match the size and CRC-32 that `fastvid shard`
+    recorded in dataset.json (`shard.tar:KEY.ext: reason`), or per shard that cannot be checked."""
+    problems: list[str] = []
+    for shard in read_manifest(out)["shards"]:
+        tar_path = Path(shard["tar"])
+        if "members" not in shard:
+            problems.append(f"{tar_path.name}: no checksums in dataset.json (sharded by an older fastvid; "
+                            "reshard to verify)")
+        elif not tar_path.is_file():
+            problems.append(f"{tar_path.name}: missing")
+        else:
+            problems += verify_tar(tar_path, shard["members"])
     return problems

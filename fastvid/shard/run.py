@@ -1,14 +1,21 @@
 """`shard_dataset`: the whole job (plan, parallel transcode, roll shards, journal, manifest), and
 `read_manifest` for readers of OUT/dataset.json.
 
-Resuming: OUT/.progress.jsonl records every committed shard (its keys, and the files rejected while
-it was filled). The plan is deterministic and each shard takes the next run of samples in plan order,
-so a rerun skips journaled samples and writes the remaining shards exactly as an uninterrupted run
-would: no shard is redone, no sample is lost or written twice, and the bytes are the same.
+Resuming: OUT/.progress.jsonl records every committed shard (its keys, size, each member's size and
+CRC-32, and the files rejected while it was filled). The plan is deterministic and each shard takes the
+next run of samples in plan order, so a rerun skips journaled samples and writes the remaining shards
+exactly as an uninterrupted run would: no sample is lost or written twice, and the bytes are the same.
+
+A rerun first checks every journaled shard: a tar that is missing, has another size, or (when its mtime
+changed since it was journaled) fails a member's checksum is redone under its own name with exactly its
+samples, and journaled again (the later record of a tar supersedes the earlier); a missing or stale
+`.idx` of an intact tar is rewritten from the tar. New shards are numbered after the highest journaled
+one, so no name is used twice.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -25,7 +32,8 @@ from fastvid.shard.flow import check_flow_method
 from fastvid.shard.pool import run_isolated
 from fastvid.shard.sources import Source, plan_sources
 from fastvid.shard.transcode import Failure, Sample, process
-from fastvid.shard.writer import ShardWriter
+from fastvid.shard.integrity import verify_tar
+from fastvid.shard.writer import ShardWriter, dali_index
 
 JOURNAL = ".progress.jsonl"
 MANIFEST = "dataset.json"
@@ -46,6 +54,7 @@ class ShardSummary:
     repaired: dict[str, int] = field(default_factory=dict)  # note kind -> files kept with that problem
     unlisted: int = 0  # videos the split lists leave out
     resumed_shards: int = 0
+    redone: list[str] = field(default_factory=list)  # a line per damaged shard redone, or index rewritten
     seconds: float = 0.0
 
     @property
@@ -61,6 +70,7 @@ class ShardSummary:
             if counts:
                 detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                 lines.append(f"{title}: {sum(counts.values())} ({detail})")
+        lines += [f"repaired: {line}" for line in self.redone]
         if self.unlisted:
             lines.append(f"not in the split lists (skipped): {self.unlisted}")
         if self.rejected or self.repaired:
@@ -81,14 +91,46 @@ def _load_journal(out: Path, options: dict) -> list[dict]:
         diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
         raise ConfigError(f"{out} holds shards made with other options (differing: {', '.join(diff)}); "
                           "rerun with the same options or use an empty OUT")
-    records = []
-    for line in lines[1:]:
+    records: dict[str | int, dict] = {}  # tar name (or line number for failures only) -> its latest record
+    for n, line in enumerate(lines[1:]):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             break  # killed while appending: that shard is redone
-    # A record names its tar only after the rename, so a journaled tar must exist.
-    return [r for r in records if r["tar"] is None or (out / r["tar"]).exists()]
+        records.pop(record["tar"] or n, None)  # a redone shard's record supersedes (and follows) the old one
+        records[record["tar"] or n] = record
+    return list(records.values())
+
+
+def _shard_number(tar: str) -> int:
+    """`train-000012.tar` -> 12."""
+    return int(tar.rsplit("-", 1)[1].split(".")[0])
+
+
+def _damage(out: Path, record: dict) -> str | None:
+    """Why a journaled shard cannot be kept (missing, other size, a member failing its checksum), or None.
+    The members are read only when the tar's mtime differs from the journal's (or was not recorded)."""
+    tar = out / record["tar"]
+    if not tar.is_file():
+        return "missing"
+    stat = tar.stat()
+    if stat.st_size != record["bytes"]:
+        return f"{stat.st_size} bytes, the journal says {record['bytes']}"
+    if "members" in record and stat.st_mtime_ns != record.get("mtime_ns"):
+        problems = verify_tar(tar, record["members"])
+        if problems:
+            return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return None
+
+
+def _fix_index(out: Path, record: dict) -> str | None:
+    """Rewrite the `.idx` of an intact tar when it is missing or does not match the tar; says so."""
+    idx, expected = out / record["index"], dali_index(out / record["tar"])  # the tar's headers only: cheap
+    if idx.is_file() and idx.read_text() == expected:
+        return None
+    was = "stale" if idx.exists() else "missing"
+    _write_atomic(idx, expected)
+    return f"{idx.name}: rewritten from {record['tar']} (it was {was})"
 
 
 def _work(source: Source, cfg: ShardConfig, labels: dict[str, int]) -> tuple[Sample | Failure, int]:
@@ -108,25 +150,37 @@ def _results(todo: list[Source], cfg: ShardConfig, labels: dict[str, int]) -> It
 
 class _Roller:
     """Fills shards split by split, closing one at `shard_size` bytes or `max_samples` samples, and
-    appends each committed shard (with the failures seen while filling it) to the journal."""
+    appends each committed shard (with the failures seen while filling it) to the journal.
 
-    def __init__(self, cfg: ShardConfig, out: Path, journal, next_index: Counter) -> None:
-        self.cfg, self.out, self.journal, self.next_index = cfg, out, journal, next_index
+    `redo` maps the key of each sample of a damaged shard to that shard's journal record: those samples
+    (which must come together) go back into one shard of the same name, with the record's failures."""
+
+    def __init__(self, cfg: ShardConfig, out: Path, journal, next_index: Counter, redo: dict[str, dict]) -> None:
+        self.cfg, self.out, self.journal, self.next_index, self.redo = cfg, out, journal, next_index, redo
         self.split: str | None = None
+        self.redoing: dict | None = None  # the damaged shard's record while its samples come in
         self.writer: ShardWriter | None = None
         self.errors: list[dict] = []
         self.records: list[dict] = []
 
     def add(self, result: Sample | Failure) -> None:
-        if result.split != self.split:
+        redoing = self.redo.get(result.key)
+        if result.split != self.split or redoing is not self.redoing:
             self.close()
-            self.split = result.split
+            self.split, self.redoing = result.split, redoing
+            if redoing is not None:
+                self.errors = list(redoing["errors"])
         if isinstance(result, Failure):
             self.errors.append({"key": result.key, "path": result.rel, "kind": result.kind,
                                 "reason": result.reason, "kept": False})
             return
         self.errors += [{"key": result.key, "path": result.rel, "kind": n.kind, "reason": n.reason, "kept": True}
                         for n in result.notes]
+        if self.redoing is not None:  # the samples of one damaged shard: one shard again, whatever its size
+            if self.writer is None:
+                self.writer = ShardWriter(self.out, self.redoing["tar"].removesuffix(".tar"))
+            self.writer.add(result)
+            return
         if self.writer is not None and self.writer.bytes + result.nbytes > self.cfg.shard_size:
             self._commit()
         if self.writer is None:
@@ -138,9 +192,11 @@ class _Roller:
     def _commit(self) -> None:
         writer, self.writer = self.writer, None
         size = writer.commit()
-        self.next_index[self.split] += 1
+        if self.redoing is None:
+            self.next_index[self.split] += 1
         self._record({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": self.split,
-                      "samples": len(writer.keys), "frames": writer.frames, "bytes": size, "keys": writer.keys})
+                      "samples": len(writer.keys), "frames": writer.frames, "bytes": size, "keys": writer.keys,
+                      "members": writer.members, "mtime_ns": writer.tar_path.stat().st_mtime_ns})
 
     def _record(self, record: dict) -> None:
         record["errors"], self.errors = self.errors, []
@@ -169,17 +225,32 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     if cfg.flow:
         check_flow_method(cfg.flow)
     plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)
-    records = _load_journal(out, cfg.output_options())
+    journaled = _load_journal(out, cfg.output_options())
     for stale in out.glob("*.partial"):
         stale.unlink()
-    done = {k for r in records for k in r["keys"]} | {e["key"] for r in records for e in r["errors"]}
-    todo = [s for s in plan.sources if s.key not in done]
+    records, redo, repairs = [], {}, []
+    for record in journaled:
+        reason = _damage(out, record) if record["tar"] else None
+        if reason is not None:
+            redo.update((key, record) for key in record["keys"])
+            repairs.append(f"{record['tar']}: {reason}; its {record['samples']} samples are redone")
+        else:
+            records.append(record)
+            repairs += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
+    # A damaged shard's failures stay failed (they come back with its record); its samples are redone.
+    done = {k for r in records for k in r["keys"]} | {e["key"] for r in journaled for e in r["errors"]}
+    # The damaged shards' samples first, shard by shard, then what no shard holds yet, in plan order.
+    todo = sorted((s for s in plan.sources if s.key not in done),
+                  key=lambda s: (s.key not in redo, redo[s.key]["tar"] if s.key in redo else ""))
     labels = {c: i for i, c in enumerate(plan.classes)}
-    next_index = Counter(r["split"] for r in records if r["tar"])
+    next_index = Counter()  # after the highest journaled shard of each split, damaged or not
+    for record in journaled:
+        if record["tar"]:
+            next_index[record["split"]] = max(next_index[record["split"]], _shard_number(record["tar"]) + 1)
     frames = megabytes = 0.0
     with (out / JOURNAL).open("a") as journal, tqdm(total=len(plan.sources), initial=len(plan.sources) - len(todo),
                                                     unit="video", desc="shard", disable=not cfg.progress) as bar:
-        roller = _Roller(cfg, out, journal, next_index)
+        roller = _Roller(cfg, out, journal, next_index, redo)
         try:
             for result, size in _results(todo, cfg, labels):
                 roller.add(result)
@@ -195,6 +266,7 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     records += roller.records
     summary = _write_outputs(cfg, out, plan.classes, records)
     summary.unlisted = plan.unlisted
+    summary.redone = repairs
     summary.resumed_shards = sum(1 for r in records[: len(records) - len(roller.records)] if r["tar"])
     summary.seconds = time.time() - start
     return summary
@@ -202,7 +274,10 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
 
 def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: list[dict]) -> ShardSummary:
     """OUT/dataset.json and OUT/errors.jsonl from the journal records; the run's summary."""
-    shards = [{k: r[k] for k in ("tar", "index", "split", "samples", "frames", "bytes")} for r in records if r["tar"]]
+    # In shard order, as an uninterrupted run lists them (a redone shard's record comes later in the journal).
+    records = sorted(records, key=lambda r: (r["split"], _shard_number(r["tar"]) if r["tar"] else math.inf))
+    shards = [{k: r[k] for k in ("tar", "index", "split", "samples", "frames", "bytes", "members") if k in r}
+              for r in records if r["tar"]]
     splits = Counter()
     for s in shards:
         splits[s["split"]] += s["samples"]

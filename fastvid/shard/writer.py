@@ -3,6 +3,7 @@
 A shard is written as `NAME.tar.partial` and renamed to `NAME.tar` only once complete (its index
 `NAME.idx` is renamed first), so a `NAME.tar` on disk is always whole. Members are `KEY.ext`, sorted
 inside each sample, with a fixed mtime, owner and mode: the same samples give byte-identical tars.
+Each member's size and CRC-32 are kept in `members` for the journal and dataset.json (see integrity.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from fastvid.shard.integrity import Sums, checksum
 from fastvid.shard.transcode import Sample
 
 MTIME = 946684800  # 2000-01-01: any fixed value makes tars reproducible
@@ -48,6 +50,7 @@ class ShardWriter:
         self.partial = out / f"{name}.tar.partial"
         self.tar = tarfile.open(self.partial, "w", format=tarfile.USTAR_FORMAT)
         self.keys: list[str] = []
+        self.members: Sums = {}
         self.frames = 0
         self.bytes = 0  # payload bytes (tar headers and padding not counted)
 
@@ -59,6 +62,7 @@ class ShardWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self.tar.addfile(info, io.BytesIO(data))
+            self.members[info.name] = [len(data), checksum(data)]
         self.keys.append(sample.key)
         self.frames += sample.frames
         self.bytes += sample.nbytes

@@ -261,5 +261,5 @@ def test_dali_reads_the_shards_with_their_index(src: Path, tmp_path: Path) -> No
     for _ in range(manifest["samples"]):
         frames, meta = p.run()
         frames, meta = np.asarray(frames[0]), json.loads(bytes(np.asarray(meta[0])))
-        assert frames.shape == (meta["num_frames"], 32, 42, 3)
+        assert frames.shape == (meta["num_frames"], 32, 48, 3)  # 64x48 at short side 32, width aligned to 16
         assert [frame_index(f) for f in frames] == list(range(meta["num_frames"]))
