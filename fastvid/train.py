@@ -11,9 +11,11 @@ paper's settings stand.
 
 Everything a user can get wrong (config, overrides, data, device, output folder) is checked before anything is
 written; a new run in a folder that holds another run needs --resume or --overwrite. Outputs under --output:
-config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (Accelerate state: model with its
-queue/cluster buffers, optimiser, scheduler, step, loader position, RNG), tb/ (TensorBoard) and encoders.pt
-({"method", "config", "step", "encoders": Method.encoder_state_dicts()}). Checkpoints are written every
+config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (`fastvid.checkpoint`: safetensors + JSON,
+nothing pickled; model with its queue/cluster buffers, optimiser, scheduler, step, loader position, RNG),
+tb/ (TensorBoard) and encoders.pt (safetensors: {"method", "config", "step", "encoders":
+Method.encoder_state_dicts()}). A checkpoint is written as step_X.partial and renamed when complete; --resume
+takes the newest that loads and names the ones it skips. Checkpoints are written every
 `train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock time, at the end, and on
 SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit 128 + signal number).
 """
@@ -38,6 +40,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from fastvid import checkpoint
+from fastvid.checkpoint import PARTIAL, newest_checkpoint, restore_run_state, run_state, save_encoders
 from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mean, from_dict, load_yaml,
                             parse_override, to_dict)
 from fastvid.data import DataConfig
@@ -256,7 +260,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
-    found = sorted((Path(output) / "checkpoints").glob("step_*"))
+    """The newest complete checkpoint folder by name (one whose save was interrupted ends in .partial)."""
+    found = sorted(p for p in (Path(output) / "checkpoints").glob("step_*") if not p.name.endswith(PARTIAL))
     return found[-1] if found else None
 
 
@@ -355,9 +360,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     if len(loader) == 0:
         raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
                        f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")
+    # Each epoch's reading order: the loader's seeded shuffle, rearranged by the method (Vi2CLR's positive mining).
+    loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
     feature_loader = None
-    if method.needs_feature_pass:  # every sample once, in order, for the method's per-epoch feature pass
-        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), views,
+    if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
+        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.feature_views(),
                                       rank=rank, world_size=world, device=accelerator.device)
     total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
     stop = min(total_steps, cfg.train.max_steps or total_steps)
@@ -378,10 +385,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     model, optimizer = accelerator.prepare(method, optimizer)
     method = accelerator.unwrap_model(model)
     progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, loader, progress)
-    if resume:
-        ckpt = latest_checkpoint(out_dir)
-        accelerator.load_state(str(ckpt))
+    objects = {"scheduler": scheduler, "loader": loader, "progress": progress}  # checkpointed beside the weights
+    if resume:  # the newest checkpoint that loads; nothing in it is unpickled
+        ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
+        for reason in skipped:
+            accelerator.print(f"skipped checkpoint {reason}")
+        restore_run_state(accelerator, method, optimizer, objects, state)
         accelerator.print(f"resumed from {ckpt} at step {progress.step}")
     accelerator.init_trackers("tb", config=_flat(to_dict(cfg)))
     clips_per_batch = cfg.data.batch_size * world
@@ -402,10 +411,14 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
 
     def save_checkpoint() -> Path:
         path = out_dir / "checkpoints" / f"step_{progress.step:08d}"
-        accelerator.save_state(str(path))
-        if accelerator.is_main_process:  # keep the newest `keep_checkpoints`
+        state = run_state(accelerator, method, optimizer, objects)  # on every process: RNG states are gathered
+        if accelerator.is_main_process:  # written as step_X.partial, renamed when complete
+            checkpoint.save_checkpoint(path, state)
+            for stale in (out_dir / "checkpoints").glob(f"step_*{PARTIAL}"):  # a save that was killed
+                shutil.rmtree(stale)
             for old in sorted((out_dir / "checkpoints").glob("step_*"))[:-cfg.train.keep_checkpoints]:
-                shutil.rmtree(old)
+                shutil.rmtree(old)  # keep the newest `keep_checkpoints`
+        accelerator.wait_for_everyone()
         return path
 
     def resume_hint() -> str:
@@ -461,13 +474,17 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                     bar.update(1)
                     if progress.step % cfg.train.log_every == 0 or progress.step == stop:
                         last = terms
-                        logs = {f"loss/{k}": v for k, v in terms.items()}
+                        # pretext accuracy (top-1 of the positive among the candidates) apart from the losses
+                        logs = {(f"pretext/{k}" if k == "acc" or k.endswith("_acc") else f"loss/{k}"): v
+                                for k, v in terms.items()}
                         logs |= {"lr": scheduler.get_last_lr()[0], "clips_per_s": clips / max(wait + busy, 1e-9),
                                  "data_wait_fraction": wait / max(wait + busy, 1e-9)}
                         if accelerator.device.type == "cuda":
                             logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2 ** 30
                         accelerator.log(logs, step=progress.step)
-                        bar.set_postfix(loss=f"{terms['loss']:.4f}", wait=f"{logs['data_wait_fraction']:.1%}")
+                        accuracy = {k: f"{v:.1%}" for k, v in terms.items() if k == "acc" or k.endswith("_acc")}
+                        bar.set_postfix(loss=f"{terms['loss']:.4f}", **accuracy,
+                                        wait=f"{logs['data_wait_fraction']:.1%}")
                         if not tty and accelerator.is_main_process:  # a log file gets lines, not a bar
                             print(f"step {progress.step}/{stop}: " + " ".join(f"{k} {v:.6g}" for k, v in terms.items())
                                   + f", {logs['clips_per_s']:.1f} clips/s, data wait {logs['data_wait_fraction']:.0%}",
@@ -494,8 +511,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     path = save_checkpoint() if saved_at != progress.step else latest_checkpoint(out_dir)
     encoders = out_dir / "encoders.pt"
     if accelerator.is_main_process:
-        torch.save({"method": cfg.method, "config": to_dict(cfg), "step": progress.step,
-                    "encoders": method.encoder_state_dicts()}, encoders)
+        save_encoders(encoders, {"method": cfg.method, "config": to_dict(cfg), "step": progress.step},
+                      method.encoder_state_dicts())
     accelerator.end_training()
     accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
                       f"encoders {encoders}")
