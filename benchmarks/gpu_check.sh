@@ -15,8 +15,10 @@
 # writes .carry/partNN (wheels, at most 56 MiB each) and .carry/bench.tar (benchmark shards: 128 clips of
 # 5-10 s, H.264, short side 128, GOP 16) and prints the device calls to make, one right after another (the
 # machine goes back after 30 s idle):
-#   run(command="mkdir -p /tmp/carry && cp .carry/partNN /tmp/carry/", carry=[".carry/partNN"])   per part
-#   run(command="benchmarks/gpu_check.sh", carry=[".carry/bench.tar"], timeout_s=600)
+#   run(command="mkdir -p /tmp/carry && cp .carry/partNN /tmp/carry/", carry=[".carry/partNN"])  every part but
+#   the last, then the last part, the shards and the check in one call:
+#   run(command="mkdir -p /tmp/carry && cp .carry/partNN /tmp/carry/ && benchmarks/gpu_check.sh",
+#       carry=[".carry/partNN", ".carry/bench.tar"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +51,7 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its exit status, never stop 
 # 1. What the machine lacks, from the carried wheels; fastvid from this tree: kernels/ and configs/ install as
 #    fastvid.kernels and fastvid.configs, and links give the tree the same layout without installing (they are
 #    git-ignored; the device's copy of the tree is thrown away with the machine).
-install() {
+setup() {
   if ls /tmp/carry/part* > /dev/null 2>&1; then
     cat /tmp/carry/part* | tar -x -C /tmp/carry
     python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/carry/*.whl
@@ -61,7 +63,8 @@ install() {
 }
 mkdir -p /tmp/carry
 export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-step install 150 install
+export -f setup
+step setup 150 bash -c setup
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/nvidia-smi.txt" 2>&1
 
 # 2. The GPU tests: NVDEC and GPU-augmentation variants of the loader tests, compiled Triton kernels.

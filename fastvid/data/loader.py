@@ -174,6 +174,8 @@ class VideoLoader:
     def _start_epoch(self) -> int:
         """Point the pipeline at the rest of the current epoch; returns the number of real samples."""
         block, real = self._block()
+        if not real:  # a run resumed at the very end of an epoch: nothing left to read
+            return 0
         if self._open:  # the last epoch was left part-read: DALI cannot drop its prefetched batches
             self.close()
         self._dali_epoch += 1  # a new pipeline counts from 0
@@ -227,9 +229,7 @@ class VideoLoader:
         given = 0
         try:
             real = self._start_epoch()  # DALI runs the first batch here already
-            for outputs in self._iter:
-                if given >= real:  # only padding left (DALI may run one batch past the end)
-                    continue
+            for outputs in self._iter if real else ():  # ceil(real / b) batches: the last one padded
                 batch = self._finish(outputs[0], min(b, real - given))
                 given += len(batch["index"])
                 self._report_undecodable()
