@@ -190,8 +190,8 @@ class _Roller:
             self._commit()
 
     def _commit(self) -> None:
+        size = self.writer.commit()  # on a write error the writer stays, for abort() to remove its files
         writer, self.writer = self.writer, None
-        size = writer.commit()
         if self.redoing is None:
             self.next_index[self.split] += 1
         self._record({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": self.split,
@@ -260,11 +260,16 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
                 bar.set_postfix(frames=int(frames), MBps=f"{megabytes / max(time.time() - start, 1e-6):.1f}",
                                 refresh=False)
             roller.close()
+            records += roller.records
+            summary = _write_outputs(cfg, out, plan.classes, records, plan.rejected)
+        except OSError as err:  # a full disk, a quota, an I/O error: one line naming the file, nothing left over
+            where = err.filename or (roller.writer.partial if roller.writer else out)
+            roller.abort()
+            raise OSError(f"writing {where}: {err.strerror or err}; partial files removed, {len(roller.records)} "
+                          "new shard(s) kept: make room and rerun the same command to resume") from None
         except BaseException:
             roller.abort()
             raise
-    records += roller.records
-    summary = _write_outputs(cfg, out, plan.classes, records)
     summary.unlisted = plan.unlisted
     summary.redone = repairs
     summary.resumed_shards = sum(1 for r in records[: len(records) - len(roller.records)] if r["tar"])
@@ -272,8 +277,10 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     return summary
 
 
-def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: list[dict]) -> ShardSummary:
-    """OUT/dataset.json and OUT/errors.jsonl from the journal records; the run's summary."""
+def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: list[dict],
+                   unusable: list[dict]) -> ShardSummary:
+    """OUT/dataset.json and OUT/errors.jsonl from the journal records and the SRC entries that are not
+    files (`unusable`, found again by every run); the run's summary."""
     # In shard order, as an uninterrupted run lists them (a redone shard's record comes later in the journal).
     records = sorted(records, key=lambda r: (r["split"], _shard_number(r["tar"]) if r["tar"] else math.inf))
     shards = [{k: r[k] for k in ("tar", "index", "split", "samples", "frames", "bytes", "members") if k in r}
@@ -283,7 +290,7 @@ def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: lis
         splits[s["split"]] += s["samples"]
     manifest = {"version": 1, "shards": shards, "classes": classes, "splits": dict(sorted(splits.items())),
                 "samples": sum(splits.values()), "frames": sum(s["frames"] for s in shards), "options": to_dict(cfg)}
-    errors = [e for r in records for e in r["errors"]]
+    errors = [{"key": None, **e, "kept": False} for e in unusable] + [e for r in records for e in r["errors"]]
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _write_atomic(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     return ShardSummary(out=out, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
@@ -294,8 +301,12 @@ def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: lis
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(path: str | Path) -> dict:

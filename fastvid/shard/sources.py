@@ -7,11 +7,14 @@ which is what makes shards reproducible and a run resumable.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
 import random
 import re
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastvid.config import ConfigError
@@ -41,6 +44,7 @@ class Plan:
     sources: list[Source]
     classes: list[str]
     unlisted: int  # videos that the split lists do not assign (or mark unused): not sharded
+    rejected: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}: SRC entries that are no file
 
 
 def _hash8(text: str) -> str:
@@ -65,19 +69,61 @@ def _unique_keys(rels: list[str]) -> list[str]:
     return [f"{k[:MAX_KEY - 9]}-{_hash8(r)}" if counts[k] > 1 else k for k, r in zip(keys, rels)]
 
 
-def _folder_rows(root: Path, out: Path) -> list[dict]:
-    """Every non-hidden file under `root` (OUT excluded); the parent folder names the class."""
+def printable(path: str) -> str:
+    """A path for errors.jsonl and messages: bytes that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _folder_rows(root: Path, out: Path) -> tuple[list[dict], list[dict]]:
+    """Every non-hidden regular file under `root` (OUT excluded, folder symlinks followed); the parent
+    folder names the class. Also one rejection ({"path", "kind", "reason"}) per entry that cannot be
+    read as a video: a folder that cannot be listed, a symlink loop or a broken link, a fifo, socket or
+    device, a name that is not UTF-8."""
     out = out.resolve()
-    rows = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if out == path.resolve().parent or out in path.resolve().parents:
-            continue
-        label = rel.parent.name if len(rel.parts) > 1 else None
-        rows.append({"path": rel.as_posix(), "label": label})
-    return rows
+    rows: list[dict] = []
+    rejected: list[dict] = []
+
+    def reject(rel: str, kind: str, reason: str) -> None:
+        rejected.append({"path": printable(rel), "kind": kind, "reason": reason})
+
+    def walk(folder: Path, rel: str, ancestors: frozenset[Path]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        except OSError as err:
+            reject(rel or ".", "unreadable", f"folder cannot be listed: {err.strerror}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path, entry_rel = Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                reject(entry_rel, "undecodable-name", "the name is not valid UTF-8; rename the file")
+                continue
+            try:
+                mode = path.stat().st_mode  # follows symlinks
+            except OSError as err:
+                kind = ("symlink-loop" if err.errno == errno.ELOOP else
+                        "broken-symlink" if entry.is_symlink() else "unreadable")
+                reject(entry_rel, kind, f"cannot be followed: {err.strerror}")
+                continue
+            if stat.S_ISDIR(mode):
+                real = path.resolve()
+                if real == out:
+                    continue
+                if real in ancestors:
+                    reject(entry_rel, "symlink-loop", f"links back to its own parent folder {printable(str(real))}")
+                    continue
+                walk(path, entry_rel, ancestors | {real})
+            elif not stat.S_ISREG(mode):
+                reject(entry_rel, "not-a-file", "a fifo, socket or device, not a video file")
+            elif path.resolve().parent != out:
+                label = entry_rel.rsplit("/", 2)[-2] if "/" in entry_rel else None
+                rows.append({"path": entry_rel, "label": label})
+
+    walk(root, "", frozenset({root.resolve()}))
+    return rows, rejected
 
 
 def _manifest_rows(manifest: Path) -> list[dict]:
@@ -144,8 +190,9 @@ def read_split_files(files: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 def plan_sources(src: str, out: str, split_files: list[str], default_split: str, seed: int) -> Plan:
     """All sources in shard order: splits sorted by name, samples in a seeded order inside each split."""
     root = Path(src)
+    rejected: list[dict] = []
     if root.is_dir():
-        base, rows = root, _folder_rows(root, Path(out))
+        base, (rows, rejected) = root, _folder_rows(root, Path(out))
     elif root.is_file():
         base, rows = root.parent, _manifest_rows(root)
     else:
@@ -187,4 +234,4 @@ def plan_sources(src: str, out: str, split_files: list[str], default_split: str,
         random.Random(f"{seed}:{split}").shuffle(part)
         ordered += part
     classes = sorted({s.label for s in sources if s.label is not None})
-    return Plan(sources=ordered, classes=classes, unlisted=unlisted)
+    return Plan(sources=ordered, classes=classes, unlisted=unlisted, rejected=rejected)

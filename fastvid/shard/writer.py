@@ -47,7 +47,7 @@ class ShardWriter:
 
     def __init__(self, out: Path, name: str) -> None:
         self.tar_path, self.idx_path = out / f"{name}.tar", out / f"{name}.idx"
-        self.partial = out / f"{name}.tar.partial"
+        self.partial, self.idx_partial = out / f"{name}.tar.partial", out / f"{name}.idx.partial"
         self.tar = tarfile.open(self.partial, "w", format=tarfile.USTAR_FORMAT)
         self.keys: list[str] = []
         self.members: Sums = {}
@@ -72,12 +72,16 @@ class ShardWriter:
         self.tar.close()
         with self.partial.open("rb+") as f:
             os.fsync(f.fileno())
-        idx_partial = self.idx_path.with_name(self.idx_path.name + ".partial")
-        idx_partial.write_text(dali_index(self.partial))
-        os.replace(idx_partial, self.idx_path)
+        self.idx_partial.write_text(dali_index(self.partial))
+        os.replace(self.idx_partial, self.idx_path)
         os.replace(self.partial, self.tar_path)
         return self.tar_path.stat().st_size
 
     def abort(self) -> None:
-        self.tar.close()
+        """Remove what was written; never raises (it runs while another error, such as a full disk, is raised)."""
+        try:
+            self.tar.close()
+        except OSError:
+            pass
         self.partial.unlink(missing_ok=True)
+        self.idx_partial.unlink(missing_ok=True)
