@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastvid.checkpoint import load_encoders
 from fastvid.config import ConfigError
 from fastvid.methods import get_method
 from fastvid.methods.base import OptimConfig
@@ -93,7 +94,7 @@ def test_smoke_run_writes_checkpoint_and_torchvision_encoders(method, shards, tm
     assert last and all(math.isfinite(v) for v in last.values())
     assert latest_checkpoint(tmp_path).name == "step_00000002"
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
-    export = torch.load(tmp_path / "encoders.pt", weights_only=False)
+    export = load_encoders(tmp_path / "encoders.pt")
     assert export["method"] == method and export["step"] == 2
     for entry in export["encoders"].values():
         net = load_backbone(entry, num_classes=5)  # only the classifier left to train
@@ -107,7 +108,7 @@ def test_resume_gives_the_uninterrupted_next_step_loss(shards, tmp_path):
     resumed = train(load_config("video_moco", tmp_path / "split" / "config.yaml", ["train.max_steps=2"]),
                     resume=True)
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-6)
-    ends = [torch.load(tmp_path / run / "encoders.pt", weights_only=False) for run in ("whole", "split")]
+    ends = [load_encoders(tmp_path / run / "encoders.pt") for run in ("whole", "split")]
     assert ends[0]["step"] == ends[1]["step"] == 2
     for name, value in ends[0]["encoders"]["video"]["state_dict"].items():
         torch.testing.assert_close(ends[1]["encoders"]["video"]["state_dict"][name], value, msg=name)

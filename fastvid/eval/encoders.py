@@ -1,6 +1,7 @@
 """Frozen encoders for evaluation: loaded from a checkpoint, or freshly initialised as the baseline.
 
-Checkpoint format read here (what the trainer writes; `torch.save` of a dict):
+Checkpoint format read here: the encoders file the trainer writes (`fastvid.checkpoint.save_encoders`: one
+safetensors file, nothing unpickled when it is read), as the dict
     {"method": str, "config": dict,
      "encoders": {name: {"arch": str, "in_channels": int, "state_dict": dict}}}
 Each encoder entry is `fastvid.models.Encoder.export()`: weights in the torchvision model's own key
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastvid.checkpoint import load_encoders
 from fastvid.data.spec import RGB_MEAN, RGB_STD
 from fastvid.models import Encoder
 
@@ -25,9 +27,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("encoders"), dict) or not ckpt["encoders"]:
-        raise ValueError(f"{path}: not a fastvid checkpoint (expected a dict with a non-empty 'encoders' mapping)")
+    ckpt = load_encoders(path)
     for name, entry in ckpt["encoders"].items():
         missing = {"arch", "in_channels", "state_dict"} - set(entry)
         if missing:

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from fastvid.checkpoint import save_encoders
 from fastvid.cli import main
 from fastvid.models import Encoder
 
@@ -17,8 +18,7 @@ def _run(argv: list[str]) -> int:
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
-    torch.save({"method": "video_simclr", "config": {},
-                "encoders": {"video": Encoder("r3d_18").export()}}, path)
+    save_encoders(path, {"method": "video_simclr", "config": {}}, {"video": Encoder("r3d_18").export()})
     return str(path)
 
 

@@ -1,0 +1,258 @@
+"""Checkpoints and encoder files that hold tensors (safetensors) and plain data (JSON): loading one never
+unpickles anything, so a crafted file cannot run code.
+
+A training checkpoint is a folder with two files:
+    state.json           {"format": "fastvid-checkpoint", "version": 1, "tensors": {"bytes", "crc32"},
+                          "state": the saved structure, each tensor replaced by {"__tensor__": name}}
+    tensors.safetensors  every tensor of the structure, by name
+`save_checkpoint` writes the folder as `NAME.partial` and renames it once both files are on disk, so a
+folder without the suffix is complete; the CRC-32 in state.json catches a file damaged later.
+`newest_checkpoint` tries the folders from the newest and names every one it skips, with the reason.
+
+An encoders file (`encoders.pt`, the name `fastvid eval` has always taken) is one safetensors file: the
+weights as `ENCODER/PARAM` and, in its metadata, {"method", "config", "step", "encoders": {name: {"arch",
+"in_channels"}}}. It too is written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+FORMAT, VERSION = "fastvid-checkpoint", 1
+STATE, TENSORS = "state.json", "tensors.safetensors"
+PARTIAL = ".partial"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or encoders file that cannot be loaded; the message is one line naming the file."""
+
+
+# Encoding: JSON values stand for themselves; everything else is a one-key dict tagged `__kind__`.
+def _encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
+        return {"__tensor__": path}
+    if isinstance(value, np.ndarray):  # stored as bytes: safetensors lacks some numpy dtypes (uint32 RNG keys)
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(value).view(np.uint8).reshape(-1).copy())
+        return {"__ndarray__": path, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, tensors, f"{path}/{i}") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else {"__tuple__": items}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, tensors, f"{path}/{k}") for k, v in value.items()}
+        return {"__items__": [[_encode(k, tensors, f"{path}/key{i}"), _encode(v, tensors, f"{path}/{i}")]
+                              for i, (k, v) in enumerate(value.items())]}
+    raise TypeError(f"checkpoint: {path or 'state'} is a {type(value).__name__}, which is neither a tensor, "
+                    "an array nor plain data")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__ndarray__" in value:
+        raw = tensors[value["__ndarray__"]].numpy()
+        return raw.view(np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+    if "__tuple__" in value:
+        return tuple(_decode(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["__items__"]}
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` (nested dicts/lists/tuples of tensors, numpy arrays and plain data) as the
+    checkpoint folder `path`, atomically: under `path.partial`, renamed when complete."""
+    path = Path(path)
+    partial = path.with_name(path.name + PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        encoded = _encode(state, tensors, "")
+        save_file(tensors, partial / TENSORS)
+        _fsync(partial / TENSORS)
+        header = {"format": FORMAT, "version": VERSION, "state": encoded,
+                  "tensors": {"bytes": (partial / TENSORS).stat().st_size, "crc32": _crc32(partial / TENSORS)}}
+        (partial / STATE).write_text(json.dumps(header))
+        _fsync(partial / STATE)
+        if path.exists():  # the same step saved again (e.g. a resumed run stopped at once)
+            shutil.rmtree(path)
+        os.replace(partial, path)
+        _fsync(path.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The state saved by `save_checkpoint`; CheckpointError (one line naming the file) if the folder is
+    incomplete, damaged or not a fastvid checkpoint. Nothing is unpickled."""
+    path = Path(path)
+    if path.name.endswith(PARTIAL):
+        raise CheckpointError(f"{path}: incomplete (its save was interrupted)")
+    if not (path / STATE).is_file():
+        legacy = any(path.glob("*.bin")) or any(path.glob("*.pkl"))
+        raise CheckpointError(f"{path}: " + ("pickled Accelerate state from an older fastvid; not loaded, since "
+                                             "unpickling can run code" if legacy else f"no {STATE}"))
+    try:
+        header = json.loads((path / STATE).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / STATE}: not JSON ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise CheckpointError(f"{path / STATE}: not a fastvid checkpoint (format {FORMAT} {VERSION})")
+    file, recorded = path / TENSORS, header["tensors"]
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    if file.stat().st_size != recorded["bytes"]:
+        raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {STATE} says {recorded['bytes']}")
+    if _crc32(file) != recorded["crc32"]:
+        raise CheckpointError(f"{file}: checksum {_crc32(file)}, {STATE} says {recorded['crc32']} (damaged)")
+    try:
+        tensors = load_file(file)
+        return _decode(header["state"], tensors)
+    except (SafetensorError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
+def newest_checkpoint(folder: str | Path, pattern: str = "step_*",
+                      load: Callable[[Path], dict[str, Any]] = load_checkpoint
+                      ) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest checkpoint under `folder` that loads (names sort by age, as `step_00001000`), its state,
+    and one line per newer one skipped (incomplete, damaged). CheckpointError when none loads."""
+    found = sorted(Path(folder).glob(pattern), key=lambda p: p.name.removesuffix(PARTIAL), reverse=True)
+    skipped: list[str] = []
+    for path in found:
+        try:
+            return path, load(path), skipped
+        except CheckpointError as err:
+            skipped.append(str(err))
+    detail = f": {'; '.join(skipped)}" if skipped else ""
+    raise CheckpointError(f"no complete checkpoint under {folder}{detail}")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: Python's, NumPy's, torch's (and CUDA's when present)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, objects: dict[str, Any]) -> dict[str, Any]:
+    """What resuming a run needs, as plain data and tensors: the (unwrapped) model, the optimiser, the
+    `objects` (each with `state_dict()`), the fp16 loss scaler, and every process's RNG states. Call it
+    on every process (the RNG states are gathered); save it from the main one."""
+    from accelerate.utils import gather_object
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "objects": {name: obj.state_dict() for name, obj in objects.items()},
+             "rng": gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]}
+    if getattr(accelerator, "scaler", None) is not None:
+        state["scaler"] = accelerator.scaler.state_dict()
+    return state
+
+
+def restore_run_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, objects: dict[str, Any],
+                      state: dict[str, Any]) -> None:
+    """Load what `run_state` saved into the same objects (this process takes its own RNG states)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for name, obj in objects.items():
+        obj.load_state_dict(state["objects"][name])
+    if "scaler" in state and getattr(accelerator, "scaler", None) is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    set_rng_state(rngs[accelerator.process_index] if accelerator.process_index < len(rngs) else rngs[0])
+
+
+def save_encoders(path: str | Path, meta: dict[str, Any], encoders: dict[str, dict[str, Any]]) -> Path:
+    """Write `encoders` ({name: Encoder.export()}) and `meta` (plain data: method, config, step) as one
+    safetensors file, atomically."""
+    path = Path(path)
+    tensors = {f"{name}/{key}": t.detach().cpu().contiguous().clone()
+               for name, entry in encoders.items() for key, t in entry["state_dict"].items()}
+    info = {**meta, "encoders": {n: {"arch": e["arch"], "in_channels": e["in_channels"]} for n, e in encoders.items()}}
+    partial = path.with_name(path.name + PARTIAL)
+    try:
+        save_file(tensors, partial, metadata={"fastvid": json.dumps(info)})
+        _fsync(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def load_encoders(path: str | Path) -> dict[str, Any]:
+    """{"method", "config", "step", "encoders": {name: {"arch", "in_channels", "state_dict"}}} from a file
+    written by `save_encoders`. A pickle (a `torch.save` file) is refused, unread: unpickling can run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such encoders file")
+    if not _is_safetensors(path):
+        raise CheckpointError(f"{path}: not a safetensors encoders file (a pickle or torch.save file from an older "
+                              "fastvid?); it is not loaded, since unpickling can run code")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {})["fastvid"])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable encoders file ({err})") from None
+    if not isinstance(info.get("encoders"), dict) or not info["encoders"]:
+        raise CheckpointError(f"{path}: lists no encoders")
+    for name, entry in info["encoders"].items():
+        prefix = f"{name}/"
+        entry["state_dict"] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return info
