@@ -270,8 +270,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `fastvid train`'s key=value overrides taken wherever they stand (argparse
+    alone takes one run of them, and refuses those after a later flag), in their order."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")] if args.command == "train" else []
+    unknown = [a for a in extra if a not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = args.overrides + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.run(args) or 0)
     except _user_errors() as err:
