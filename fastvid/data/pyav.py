@@ -4,8 +4,8 @@ benchmarks/loader.py.
 
 Cost follows the frames asked for, not the video's length: `plan_runs` groups the wanted frames into runs
 that each start at a keyframe (KEY.json's `keyframes`, written by `fastvid shard`), so a clip near the
-end of a long video costs what one near its start costs. Inside a run, frames before the first wanted
-one that no other frame references (non-reference B-frames) are not decoded at all.
+end of a long video costs what one near its start costs. Inside a run, frames that are not wanted and
+that no other frame references (non-reference B-frames) are not decoded at all.
 """
 from __future__ import annotations
 
@@ -66,12 +66,11 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
         ticks = 1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base)  # pts per frame
         for start, last in plan_runs(frames.tolist(), keyframes):
             container.seek(round(start * ticks), stream=stream, backward=True, any_frame=False)
-            first_wanted = next(f for f in slot if f >= start)
             done = False
             for packet in container.demux(stream):
-                # Frames before the first wanted one are decoded only as references: skip the others.
-                skip = packet.pts is not None and round(packet.pts / ticks) < first_wanted
-                stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+                # A frame nobody wants is decoded only if others reference it: skip it otherwise.
+                unwanted = packet.pts is not None and round(packet.pts / ticks) not in slot
+                stream.codec_context.skip_frame = "NONREF" if unwanted else "DEFAULT"
                 for frame in packet.decode():
                     produced += 1
                     i = round(frame.pts / ticks)
