@@ -104,9 +104,12 @@ class ShardSource:
 
     def sample(self, position: int, epoch: int) -> tuple[np.ndarray, ...]:
         """Every output of the sample at dataset `position`, with the draws of training epoch `epoch`."""
-        meta = json.loads(self.read(position, "json"))
         self.drawer.epoch = epoch  # this process's copy: the draws are keyed by (seed, epoch, position)
-        draw = self.drawer.draw(meta)
+        try:
+            meta = json.loads(self.read(position, "json"))
+            draw = self.drawer.draw(meta)
+        except (KeyError, TypeError, ValueError) as err:  # garbage or a field missing in KEY.json
+            raise ValueError(f"{self.name(position)}.json: unusable metadata ({type(err).__name__}: {err})") from err
         out = [draw[n] for n in self.draws]
         for ext in self.media:
             data = np.frombuffer(self.read(position, ext), np.uint8)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastvid.data import DataConfig, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.data import DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
 from fastvid.data.pyav import decode_frames, decode_runs, decoded_frames, plan_runs
 from fastvid.shard import read_manifest
 from fastvid.shard.config import ShardConfig
@@ -129,3 +129,18 @@ def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
 
 def _pixels(x) -> np.ndarray:
     return x.permute(1, 2, 3, 0).numpy() * 255.0  # (3, T, H, W) in [0, 1] -> (T, H, W, 3)
+
+
+def test_garbage_metadata_names_the_sample(vp9_shards, tmp_path):
+    out = tmp_path / "garbage"
+    shutil.copytree(vp9_shards, out)
+    shard = read_manifest(out)["shards"][0]
+    with tarfile.open(shard["tar"]) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(".json"))
+    data = bytearray(Path(shard["tar"]).read_bytes())
+    data[member.offset_data:member.offset_data + 8] = b"#garbage"
+    Path(shard["tar"]).write_bytes(bytes(data))
+    key = member.name.split(".")[0]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=SpatialSpec(size=(32, 32)))]
+    with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}.*unusable metadata"):
+        list(build_loader(DataConfig(shards=str(out), batch_size=2, threads=1), views))
