@@ -63,7 +63,8 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
     with av.open(io.BytesIO(raw)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # parallelism comes from the workers, not from threads
-        ticks = 1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base)  # pts per frame
+        # pts per frame, as a float: Fraction arithmetic per packet cost a millisecond per clip
+        ticks = float(1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base))
         for start, last in plan_runs(frames.tolist(), keyframes):
             container.seek(round(start * ticks), stream=stream, backward=True, any_frame=False)
             done = False

@@ -96,8 +96,8 @@ def _without_keyframes(shards: Path, out: Path) -> Path:
 def test_shards_without_keyframes_decode_with_the_manifests_gop(h264_shards, tmp_path):
     old = _without_keyframes(h264_shards, tmp_path / "old")
     views = [ViewSpec("v", temporal=TemporalSpec(frames=8), spatial=SpatialSpec(size=(32, 32), normalize=False))]
-    new_batches = list(build_loader(DataConfig(shards=str(h264_shards), batch_size=3, threads=1), views))
-    old_batches = list(build_loader(DataConfig(shards=str(old), batch_size=3, threads=1), views))
+    new_batches = list(build_loader(DataConfig(shards=str(h264_shards), batch_size=3, threads=1, workers=2), views))
+    old_batches = list(build_loader(DataConfig(shards=str(old), batch_size=3, threads=1, workers=2), views))
     assert len(new_batches) == len(old_batches) == 2
     for a, b in zip(new_batches, old_batches):
         assert a["index"].tolist() == b["index"].tolist()
@@ -114,7 +114,7 @@ def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
     views = [ViewSpec("plain", temporal=temporal, spatial=SpatialSpec(size=(32, 32), normalize=False)),
              ViewSpec("jittered", temporal=replace(temporal, anchor="other"),
                       spatial=SpatialSpec(size=(32, 32), normalize=False, jitter=0.8, blur=0.5))]
-    batches = {d: list(build_loader(DataConfig(shards=str(path), batch_size=3, threads=1, decode=d), views))
+    batches = {d: list(build_loader(DataConfig(shards=str(path), batch_size=3, threads=1, workers=2, decode=d), views))
                for d in ("cpu", "dali-cpu")}
     assert len(batches["cpu"]) == 2
     for a, b in zip(*batches.values()):
@@ -143,4 +143,4 @@ def test_garbage_metadata_names_the_sample(vp9_shards, tmp_path):
     key = member.name.split(".")[0]
     views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=SpatialSpec(size=(32, 32)))]
     with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}.*unusable metadata"):
-        list(build_loader(DataConfig(shards=str(out), batch_size=2, threads=1), views))
+        list(build_loader(DataConfig(shards=str(out), batch_size=2, threads=1, workers=2), views))

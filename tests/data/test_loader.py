@@ -62,8 +62,9 @@ def blue_profile(frame: np.ndarray) -> np.ndarray:
 
 
 def cfg(shards, **kw) -> DataConfig:
+    """Two decode workers: several processes, started in a moment even on the 16-core GPU machine."""
     return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle_buffer=kw.pop("shuffle_buffer", 4),
-                      threads=1, **kw)
+                      threads=1, workers=2, **kw)
 
 
 TEMPORAL_VIEWS = [
