@@ -48,10 +48,13 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
     entries, key_index, skipped, position = {}, {}, [], 0
     for t, shard in enumerate(shards):
         lines = Path(shard["index"]).read_text().splitlines()
+        recorded = shard.get("members", {})  # name -> [size, crc32] (shards written by fastvid >= issue 14)
         end = 0
         for line in lines[1:]:
             fields = line.split()
-            members = {n.split(".", 1)[1]: (int(o), int(z)) for o, z, n in zip(fields[1::4], fields[2::4], fields[3::4])}
+            names = fields[3::4]
+            members = {n.split(".", 1)[1]: (int(o), int(z)) for o, z, n in zip(fields[1::4], fields[2::4], names)}
+            sums = {n.split(".", 1)[1]: recorded[n] for n in names if n in recorded}
             key = fields[3].split(".", 1)[0]
             end = max([end] + [o + z for o, z in members.values()])
             missing = [e for e in exts if e not in members]
@@ -62,7 +65,7 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
             if missing or name in undecodable:
                 skipped.append(name)
             else:
-                entries[position] = Entry(t, key, members)
+                entries[position] = Entry(t, key, members, sums)
                 key_index[key] = position
             position += 1
         size = os.path.getsize(shard["tar"]) if os.path.exists(shard["tar"]) else -1
@@ -193,7 +196,7 @@ class VideoLoader:
         decode = "pyav" if self.decode == "cpu" else "dali"
         return ShardSource([s["tar"] for s in self._shards], self.entries, drawer, self.views,
                            Path(self._folder.name), decode, self.cfg.on_error, self._gop,
-                           used_draws(self.views, decode))
+                           used_draws(self.views, decode), self.cfg.verify)
 
     def _build(self) -> None:
         """The run's pipeline: `workers` decode processes feeding DALI's augmentation, on the GPU when the

@@ -24,17 +24,20 @@ import numpy as np
 from fastvid.data.pyav import decode_frames
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
+from fastvid.shard.integrity import verify_member
 
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
 
 
 @dataclass(frozen=True)
 class Entry:
-    """Where one sample's members lie: its shard (an index into the tar list) and ext -> (offset, size)."""
+    """Where one sample's members lie: its shard (an index into the tar list) and ext -> (offset, size);
+    and ext -> [size, crc32] as `fastvid shard` recorded them (empty for shards written before that)."""
 
     tar: int
     key: str
     members: dict[str, tuple[int, int]]
+    sums: dict[str, list]
 
 
 def media_names(views: list[ViewSpec]) -> list[str]:
@@ -69,8 +72,8 @@ class ShardSource:
     member's bytes to DALI's video decoder (which reads frames `frames` from the start of the file)."""
 
     def __init__(self, tars: list[str], entries: dict[int, Entry], drawer: SampleDrawer, views: list[ViewSpec],
-                 folder: Path, decode: str, on_error: str, gop: int, draws: set[str]) -> None:
-        self.tars, self.entries, self.drawer = tars, entries, drawer
+                 folder: Path, decode: str, on_error: str, gop: int, draws: set[str], verify: bool) -> None:
+        self.tars, self.entries, self.drawer, self.verify = tars, entries, drawer, verify
         self.folder, self.decode, self.on_error = Path(folder), decode, on_error
         self.gop = gop  # shards written before KEY.json had keyframes: a keyframe every `gop` frames
         self.media = media_names(views)
@@ -137,6 +140,10 @@ class ShardSource:
         if len(data) != size:
             raise ValueError(f"{self.name(position)}.{ext}: the tar ends inside this member "
                              f"({len(data)} of {size} bytes)")
+        if self.verify and ext in entry.sums:  # CRC-32 at ~1 GB/s: no frame from damaged bytes
+            reason = verify_member(f"{entry.key}.{ext}", data, entry.sums[ext])
+            if reason is not None:
+                raise ValueError(f"{Path(self.tars[entry.tar]).name}:{reason}")
         return data
 
     def _order(self, dali_epoch: int) -> tuple[np.ndarray, int]:

@@ -139,3 +139,4 @@ class DataConfig:
     prefetch: int = 2
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = "raise"
+    verify: bool = False  # check each member read against the CRC-32 `fastvid shard` recorded

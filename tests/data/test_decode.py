@@ -144,3 +144,26 @@ def test_garbage_metadata_names_the_sample(vp9_shards, tmp_path):
     views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=SpatialSpec(size=(32, 32)))]
     with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}.*unusable metadata"):
         list(build_loader(DataConfig(shards=str(out), batch_size=2, threads=1, workers=2), views))
+
+
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_flipped_bytes_fail_verification_by_name_or_are_skipped(codec, request, tmp_path):
+    """PyAV decodes a damaged H.264 member without a word; with data.verify the recorded CRC-32 catches it."""
+    out = tmp_path / "flipped"
+    shutil.copytree(request.getfixturevalue(f"{codec}_shards"), out)
+    shard = read_manifest(out)["shards"][0]
+    with tarfile.open(shard["tar"]) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(".mp4"))
+    data = bytearray(Path(shard["tar"]).read_bytes())
+    middle = member.offset_data + member.size // 2
+    data[middle:middle + 4] = bytes(b ^ 0xFF for b in data[middle:middle + 4])
+    Path(shard["tar"]).write_bytes(bytes(data))
+    key = member.name.split(".")[0]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=SpatialSpec(size=(32, 32)))]
+    config = DataConfig(shards=str(out), batch_size=1, threads=1, workers=2, verify=True)
+    with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}\.mp4: checksum [0-9a-f]+, recorded"):
+        list(build_loader(config, views))
+    loader = build_loader(replace(config, on_error="skip"), views)
+    with pytest.warns(UserWarning, match=rf"train-000000\.tar:{key}: undecodable \(.*checksum"):
+        got = [i for b in loader for i in b["index"].tolist()]
+    assert loader.undecodable == {f"train-000000.tar:{key}"} and len(got) == 6
