@@ -203,7 +203,7 @@ class VideoLoader:
         loader's device is one."""
         source = self.source()
         on_gpu = self.device.type == "cuda" and self.decode != "dali-cpu"
-        workers = self.cfg.workers or os.cpu_count() or 1
+        workers = self.cfg.workers or len(os.sched_getaffinity(0))  # the cores this process may use
         # fork is fast but unsafe once CUDA is initialised in this process: spawn then (the source pickles)
         start = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
         pipe = views_pipeline(source, self.views, self.audio_rate, "mixed" if on_gpu else "cpu",
