@@ -277,7 +277,8 @@ def check_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
         if overwrite:
             raise RunError("--resume continues the run in --output and --overwrite deletes it: pass one of them")
         if latest_checkpoint(out_dir) is None:
-            raise RunError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; start the run without --resume")
+            raise RunError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; start the run anew with "
+                           f"--overwrite instead of --resume")
         return
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
     if found and not overwrite:
