@@ -65,13 +65,15 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
         stream.codec_context.thread_count = 1  # parallelism comes from the workers, not from threads
         # pts per frame, as a float: Fraction arithmetic per packet cost a millisecond per clip
         ticks = float(1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base))
+        codec, skipping = stream.codec_context, False
         for start, last in plan_runs(frames.tolist(), keyframes):
             container.seek(round(start * ticks), stream=stream, backward=True, any_frame=False)
             done = False
             for packet in container.demux(stream):
                 # A frame nobody wants is decoded only if others reference it: skip it otherwise.
                 unwanted = packet.pts is not None and round(packet.pts / ticks) not in slot
-                stream.codec_context.skip_frame = "NONREF" if unwanted else "DEFAULT"
+                if unwanted != skipping:  # setting it costs a PyAV property call: only on a change
+                    codec.skip_frame, skipping = ("NONREF" if unwanted else "DEFAULT"), unwanted
                 for frame in packet.decode():
                     produced += 1
                     i = round(frame.pts / ticks)
