@@ -90,6 +90,58 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
     return out, produced
 
 
+def cut_member(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
+               where: str = "") -> tuple[bytes, np.ndarray]:
+    """`cut_runs` with errors naming `where`, and indices as int32 (DALI's `frames` argument)."""
+    try:
+        cut, new = cut_runs(data, np.asarray(frames, np.int64), keyframes, fps)
+    except (av.FFmpegError, ValueError) as err:
+        raise ValueError(f"{where + ': ' if where else ''}cannot cut: {err}") from err
+    return cut, new.astype(np.int32)
+
+
+def cut_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int],
+             fps: float) -> tuple[bytes, np.ndarray]:
+    """A shorter mp4 holding only the GOPs that cover the sorted, distinct `frames`, and their indices in it.
+
+    For decoders that read a clip from its first frame (DALI's): packets are copied, not decoded, so the
+    decoder's work follows the frames wanted rather than their position in the video. The shards' GOPs
+    are closed (x264 with a fixed keyint and no scene cut; VP9 and MJPEG), so each GOP decodes alone."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    keys = np.asarray(keyframes, np.int64)
+    wanted = np.asarray(frames, np.int64)
+    new = np.empty(len(wanted), np.int64)
+    buffer = io.BytesIO()
+    with av.open(io.BytesIO(raw)) as source, av.open(buffer, "w", format="mp4") as out:
+        stream = source.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        ticks = float(1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base))
+        offset = 0  # frames of the cut clip before this run
+        for start, last in plan_runs(wanted.tolist(), keys):
+            after = keys[keys > last]
+            end = int(after[0]) if len(after) else None  # the run's GOPs end before this keyframe
+            inside = (wanted >= start) & (wanted <= last)
+            new[inside] = offset + wanted[inside] - start
+            source.seek(round(start * ticks), stream=stream, backward=True, any_frame=False)
+            shift = offset * ticks - start * ticks  # run frame `start` becomes cut frame `offset`
+            count = 0
+            for packet in source.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                i = round(packet.pts / ticks)
+                if end is not None and i >= end and packet.is_keyframe:
+                    break
+                if i < start:
+                    continue
+                packet.pts = round(packet.pts + shift)
+                packet.dts = None if packet.dts is None else round(packet.dts + shift)
+                packet.stream = target
+                out.mux(packet)
+                count = max(count, i - start + 1)
+            offset += count
+    return buffer.getvalue(), new
+
+
 def _to_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
     """Write `frame` as (H, W, 3) RGB into `dst`: OpenCV for limited-range 4:2:0 (3x faster than PyAV's
     rgb24 path), PyAV's swscale for anything else (full-range MJPEG)."""

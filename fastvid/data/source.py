@@ -6,8 +6,8 @@ epoch `e` it looks the dataset position up in the epoch's order (a file the load
 epoch starts: its shuffle, this rank's block, the batches a resumed run already consumed left out),
 reads the members it needs straight from the tar by the offsets of the shard's index (no tar
 scanning, no shuffle buffer), draws every augmentation (`SampleDrawer`) and decodes only the GOPs
-that cover the frames its views need (`fastvid.data.pyav`), or, for DALI's own video decoder, passes
-the member bytes and frame indices on.
+that cover the frames its views need (`fastvid.data.pyav`), or, for DALI's own video decoder, cuts those
+GOPs out of the member and passes them on with the frames' indices in the cut.
 
 With on_error="skip", a sample that does not decode is replaced by the next one of the order that
 does, and its name is appended to the `undecodable` file the loader reads and reports.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvid.data.pyav import decode_frames
+from fastvid.data.pyav import cut_member, decode_frames
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.shard.integrity import verify_member
@@ -68,8 +68,8 @@ def write_order(folder: Path, dali_epoch: int, positions: np.ndarray, epoch: int
 class ShardSource:
     """`fn.external_source(parallel=True, batch=False)` callback: SampleInfo -> the arrays named `names`.
 
-    `decode`: "pyav" decodes the needed GOPs here into (F, H, W, 3) uint8 frames; "dali" hands the
-    member's bytes to DALI's video decoder (which reads frames `frames` from the start of the file)."""
+    `decode`: "pyav" decodes the needed GOPs here into (F, H, W, 3) uint8 frames; "dali" cuts those GOPs
+    out of the member (no decoding) for DALI's video decoder, which reads a clip from its first frame."""
 
     def __init__(self, tars: list[str], entries: dict[int, Entry], drawer: SampleDrawer, views: list[ViewSpec],
                  folder: Path, decode: str, on_error: str, gop: int, draws: set[str], verify: bool) -> None:
@@ -113,16 +113,20 @@ class ShardSource:
             draw = self.drawer.draw(meta)
         except (KeyError, TypeError, ValueError) as err:  # garbage or a field missing in KEY.json
             raise ValueError(f"{self.name(position)}.json: unusable metadata ({type(err).__name__}: {err})") from err
-        out = [draw[n] for n in self.draws]
+        media = []
         for ext in self.media:
-            data = np.frombuffer(self.read(position, ext), np.uint8)
-            if ext == "flac" or self.decode == "dali":
-                out.append(data)
+            data = self.read(position, ext)
+            if ext == "flac":
+                media.append(np.frombuffer(data, np.uint8))
                 continue
-            frames = draw["frames" if ext == "mp4" else "flow_frames"]
+            name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
             keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
-            out.append(decode_frames(data, frames, keys, float(meta["fps"]), where=f"{self.name(position)}.{ext}"))
-        return tuple(out)
+            if self.decode == "pyav":
+                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where))
+            else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
+                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where)
+                media.append(np.frombuffer(cut, np.uint8))
+        return tuple([draw[n] for n in self.draws] + media)
 
     def keyframes(self, meta: dict, ext: str) -> list[int]:
         """Keyframes of a member from shards older than KEY.json's `keyframes`: every `gop` frames."""

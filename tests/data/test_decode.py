@@ -9,11 +9,12 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
 from fastvid.data import DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
-from fastvid.data.pyav import decode_frames, decode_runs, decoded_frames, plan_runs
+from fastvid.data.pyav import cut_member, decode_frames, decode_runs, decoded_frames, plan_runs
 from fastvid.shard import read_manifest
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.sources import Source
@@ -66,6 +67,21 @@ def test_a_window_near_the_end_costs_what_one_near_the_start_costs(long_member):
     # with its non-reference frames skipped it produces most of the video
     _, from_start = decode_runs(data, np.arange(LONG - 16, LONG), [0], meta["fps"])
     assert max(costs.values()) <= 31 and from_start >= LONG // 2
+
+
+def test_cut_keeps_exactly_the_gops_the_frames_need(long_member):
+    """What DALI's decoder gets: the needed GOPs copied out (no re-encoding), decoding to the same pixels."""
+    data, meta = long_member
+    keys, rng = meta["keyframes"], np.random.default_rng(1)
+    with av.open(io.BytesIO(data)) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for frames in (np.arange(LONG - 20, LONG - 4), np.arange(100, 116), np.unique(rng.integers(0, LONG, 20))):
+        cut, new = cut_member(data, frames, keys, meta["fps"])
+        with av.open(io.BytesIO(cut)) as c:
+            got = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert all(np.array_equal(got[n], every[f]) for n, f in zip(new, frames))
+        spans = sum(min([k for k in keys if k > last] + [LONG]) - start for start, last in plan_runs(frames, keys))
+        assert len(got) == spans and (len(frames) > 16 or spans <= 2 * GOP)
 
 
 def test_damaged_member_names_the_sample(long_member):
