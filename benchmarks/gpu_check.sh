@@ -26,7 +26,7 @@ if [ "${1:-}" = prepare ]; then
   set -e
   ../shared/tools/carry_to_device.sh nvidia-dali-cuda130==2.4.0 astunparse gast optree makefun libcst nvtx \
     webdataset braceexpand av tensorboard tensorboard-data-server grpcio protobuf markdown werkzeug absl-py
-  python benchmarks/loader.py --shards-only --clips 128 --out .carry/bench-src
+  python benchmarks/loader.py --shards-only --clips 128 --output .carry/bench-src
   tar -cf .carry/bench.tar -C .carry/bench-src shards-128
   rm -rf .carry/bench-src
   ls -l .carry
@@ -75,7 +75,7 @@ step pytest 170 python3 -m pytest -m gpu -q -p no:cacheprovider tests/data tests
 SHARDS=/tmp/carry/shards-128
 nvidia-smi dmon -s u -o T > "$OUT/dmon.txt" 2>&1 &
 dmon=$!
-step loader 200 python3 benchmarks/loader.py --shards "$SHARDS" --out "$OUT/loader" --workers 4 16 --batch 32 \
+step loader 200 python3 benchmarks/loader.py --shards "$SHARDS" --output "$OUT/loader" --workers 4 16 --batch 32 \
   --batches 8 --repeats 2 --loaders fastvid fastvid-plain pyav --decode cpu gpu
 kill "$dmon" 2>/dev/null
 

