@@ -258,5 +258,7 @@ def test_packaged_config_has_the_papers_defaults():
 
 def test_bf16_autocast_forward(clustered):
     method, _ = clustered
-    # ResNet-50 in bf16 moves cosine similarities by ~5e-3; at tau = 0.1 on near-copies that is ~6% of ImgNCE
-    assert_bf16_forward_matches_fp32(method, random_batch([3, 10, 6, 1], seed=4), rtol=0.1)
+    # ResNet-50 in bf16 moves cosine similarities by ~5e-3; at tau = 0.1 on near-copies that is ~6% of ImgNCE on
+    # an AMD EPYC, and 12% of VideoNCE (0.905 vs 1.033) on the Intel Xeon with native bf16 that CI now runs on
+    # (S3D's features themselves agree to a cosine of 0.99997 there): the bound leaves room for both.
+    assert_bf16_forward_matches_fp32(method, random_batch([3, 10, 6, 1], seed=4), rtol=0.2)
