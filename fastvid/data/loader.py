@@ -47,7 +47,11 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
     incomplete sample, and naming the shard when the tar is shorter than its index says."""
     entries, key_index, skipped, position = {}, {}, [], 0
     for t, shard in enumerate(shards):
-        lines = Path(shard["index"]).read_text().splitlines()
+        try:
+            lines = Path(shard["index"]).read_text().splitlines()
+        except OSError as err:
+            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({err.strerror}); rerun the "
+                              "`fastvid shard` command to rewrite it") from None
         recorded = shard.get("members", {})  # name -> [size, crc32] (shards written by fastvid >= issue 14)
         end = 0
         for line in lines[1:]:

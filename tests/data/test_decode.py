@@ -183,3 +183,32 @@ def test_flipped_bytes_fail_verification_by_name_or_are_skipped(codec, request, 
     with pytest.warns(UserWarning, match=rf"train-000000\.tar:{key}: undecodable \(.*checksum"):
         got = [i for b in loader for i in b["index"].tolist()]
     assert loader.undecodable == {f"train-000000.tar:{key}"} and len(got) == 6
+
+
+@pytest.mark.parametrize("damage", ["cut inside a member", "cut past the index", "no tar", "no index"])
+def test_damaged_or_missing_shard_files_are_one_line_errors(damage, vp9_shards, tmp_path):
+    """A tar cut short used to end training with a segmentation fault: the sizes in its index say so first."""
+    out = tmp_path / "damaged"
+    shutil.copytree(vp9_shards, out)
+    shard = read_manifest(out)["shards"][0]
+    tar, index = Path(shard["tar"]), Path(shard["index"])
+    with tarfile.open(tar) as t:
+        last = [m for m in t.getmembers() if m.isfile()][-1]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=SpatialSpec(size=(32, 32)))]
+    config = DataConfig(shards=str(out), batch_size=2, threads=1, workers=2, drop_last=False)
+    if damage == "cut past the index":  # the members are whole; only the tar's end blocks are gone
+        tar.write_bytes(tar.read_bytes()[:last.offset_data + last.size])
+        assert sum(len(b["index"]) for b in build_loader(config, views)) == 6
+        return
+    if damage == "cut inside a member":
+        tar.write_bytes(tar.read_bytes()[:last.offset_data + last.size // 2])
+        message = rf"train-000000\.tar: \d+ bytes, its index needs \d+: truncated or damaged"
+    elif damage == "no tar":
+        tar.unlink()
+        message = r"train-000000\.tar: missing"
+    else:
+        index.unlink()
+        message = r"train-000000\.idx: cannot read the shard's index .*rerun"
+    with pytest.raises(LoaderError, match=message) as err:
+        build_loader(config, views)
+    assert "\n" not in str(err.value)
