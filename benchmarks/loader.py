@@ -210,12 +210,12 @@ def decode_stage(shards: Path, samples: list, count: int, repeats: int) -> dict:
     same GOPs (open, seek to each run's keyframe, decode to its last frame, no conversion)."""
     loader = build_loader(DataConfig(shards=str(shards), batch_size=1), video_simclr_views(VIEWS))
     source = loader.source()
-    positions = sorted(loader.entries)[:count]
+    positions = sorted(loader.key_index.values())[:count]
     draws = []
     for p in positions:
         meta = json.loads(source.read(p, "json"))
         source.drawer.epoch = 0
-        draws.append((p, meta, source.drawer.draw(meta)))
+        draws.append((p, meta, source.drawer.draw(meta, p)))
     produced = delivered = 0
     for p, meta, d in draws:
         _, n = decode_runs(source.read(p, "mp4"), d["frames"], meta["keyframes"], meta["fps"])

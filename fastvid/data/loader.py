@@ -23,7 +23,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from fastvid.data.dali import output_names, used_draws, views_pipeline
 from fastvid.data.sampling import SampleDrawer
-from fastvid.data.source import UNDECODABLE, Entry, ShardSource, media_names, write_order
+from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.shard import read_manifest
 
@@ -38,14 +38,14 @@ class LoaderError(RuntimeError):
 
 
 def scan_indices(shards: list[dict], exts: list[str], on_error: str,
-                 undecodable: frozenset[str] = frozenset()) -> tuple[dict[int, Entry], dict[str, int], list[str]]:
+                 undecodable: frozenset[str] = frozenset()) -> tuple[SampleTable, dict[str, int], list[str]]:
     """Read every shard's index and check each sample for the members `exts`, before any decoding.
 
-    Returns dataset position -> Entry (where its members lie) for the samples to read, key -> position
+    Returns the table of where the members of the samples to read lie, key -> dataset position
     (stable: skipped samples keep their numbers free), and the skipped "shard:key" names (incomplete, or
     in `undecodable`, when on_error="skip"). Raises LoaderError naming shard and key for the first
     incomplete sample, and naming the shard when the tar is shorter than its index says."""
-    entries, key_index, skipped, position = {}, {}, [], 0
+    rows, key_index, skipped, position = [], {}, [], 0
     for t, shard in enumerate(shards):
         try:
             lines = Path(shard["index"]).read_text().splitlines()
@@ -68,15 +68,16 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
             name = f"{Path(shard['tar']).name}:{key}"
             if missing or name in undecodable:
                 skipped.append(name)
+                rows.append(None)
             else:
-                entries[position] = Entry(t, key, members, sums)
+                rows.append((t, key, members, sums))
                 key_index[key] = position
             position += 1
         size = os.path.getsize(shard["tar"]) if os.path.exists(shard["tar"]) else -1
         if size < end:
             raise LoaderError(f"{shard['tar']}: " + ("missing" if size < 0 else
                               f"{size} bytes, its index needs {end}: truncated or damaged; re-run `fastvid shard`"))
-    return entries, key_index, skipped
+    return SampleTable.build(rows, exts), key_index, skipped
 
 
 class VideoLoader:
@@ -126,7 +127,7 @@ class VideoLoader:
 
     def _scan(self) -> None:
         """(Re)read the shard indices, leaving out the samples to skip."""
-        self.entries, self.key_index, self.skipped = scan_indices(
+        self.table, self.key_index, self.skipped = scan_indices(
             self._shards, ["json"] + media_names(self.views), self.cfg.on_error, frozenset(self.undecodable))
         if not self.key_index:
             raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
@@ -196,9 +197,9 @@ class VideoLoader:
 
     def source(self) -> ShardSource:
         """The pipeline's sample source for this loader's shards, views and settings."""
-        drawer = SampleDrawer(self.views, self.key_index, self.cfg.seed, self.epoch)
+        drawer = SampleDrawer(self.views, {}, self.cfg.seed, self.epoch)  # the source passes positions itself
         decode = "pyav" if self.decode == "cpu" else "dali"
-        return ShardSource([s["tar"] for s in self._shards], self.entries, drawer, self.views,
+        return ShardSource([s["tar"] for s in self._shards], self.table, drawer, self.views,
                            Path(self._folder.name), decode, self.cfg.on_error, self._gop,
                            used_draws(self.views, decode), self.cfg.verify)
 

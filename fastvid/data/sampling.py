@@ -168,9 +168,10 @@ class SampleDrawer:
         """The generator of one sample in this epoch: independent of order, rank and batch."""
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def draw(self, meta: dict) -> dict[str, np.ndarray]:
-        """All draws of the sample described by its shard json `meta`."""
-        index = self.key_index[meta["key"]]
+    def draw(self, meta: dict, index: int | None = None) -> dict[str, np.ndarray]:
+        """All draws of the sample described by its shard json `meta`, at dataset position `index` (default:
+        `key_index` of its key)."""
+        index = self.key_index[meta["key"]] if index is None else index
         rng = self.rng(index)
         n = int(meta["num_frames"])
         magnitude = (meta.get("flow") or {}).get("magnitude")

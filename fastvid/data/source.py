@@ -29,15 +29,44 @@ from fastvid.shard.integrity import verify_member
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
 
 
-@dataclass(frozen=True)
-class Entry:
-    """Where one sample's members lie: its shard (an index into the tar list) and ext -> (offset, size);
-    and ext -> [size, crc32] as `fastvid shard` recorded them (empty for shards written before that)."""
+@dataclass
+class SampleTable:
+    """Where every sample's members lie, as arrays indexed by dataset position: each worker holds a copy
+    (about 40 bytes per sample and member, so a Kinetics-sized index costs tens of MB, not hundreds).
 
-    tar: int
-    key: str
-    members: dict[str, tuple[int, int]]
-    sums: dict[str, list]
+    keys: (N,) bytes, the sample keys; tar: (N,) int32 shard number (-1: a position not read); per member
+    extension: offset and size (N,) int64 in the tar, and the size and CRC-32 `fastvid shard` recorded
+    (N,) int64, -1 where none was recorded (shards written before that)."""
+
+    keys: np.ndarray
+    tar: np.ndarray
+    offset: dict[str, np.ndarray]
+    size: dict[str, np.ndarray]
+    recorded_size: dict[str, np.ndarray]
+    crc: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, rows: list[tuple[int, str, dict[str, tuple[int, int]], dict[str, list]]],
+              exts: list[str]) -> SampleTable:
+        """From (tar, key, ext -> (offset, size), ext -> [size, crc32 hex]) per position; None rows are skipped
+        positions. Only the members `exts` are kept."""
+        n = len(rows)
+        keys, tar = [b""] * n, np.full(n, -1, np.int32)
+        columns = {name: {e: np.full(n, -1, np.int64) for e in exts} for name in ("offset", "size", "recorded", "crc")}
+        for position, row in enumerate(rows):
+            if row is None:
+                continue
+            tar[position], key, members, sums = row
+            keys[position] = key.encode()  # UTF-8: keys come from file names
+            for e in exts:
+                if e in members:
+                    columns["offset"][e][position], columns["size"][e][position] = members[e]
+                if e in sums:
+                    columns["recorded"][e][position], columns["crc"][e][position] = sums[e][0], int(sums[e][1], 16)
+        return cls(np.array(keys, bytes), tar, columns["offset"], columns["size"], columns["recorded"], columns["crc"])
+
+    def key(self, position: int) -> str:
+        return self.keys[position].decode()
 
 
 def media_names(views: list[ViewSpec]) -> list[str]:
@@ -71,9 +100,9 @@ class ShardSource:
     `decode`: "pyav" decodes the needed GOPs here into (F, H, W, 3) uint8 frames; "dali" cuts those GOPs
     out of the member (no decoding) for DALI's video decoder, which reads a clip from its first frame."""
 
-    def __init__(self, tars: list[str], entries: dict[int, Entry], drawer: SampleDrawer, views: list[ViewSpec],
+    def __init__(self, tars: list[str], table: SampleTable, drawer: SampleDrawer, views: list[ViewSpec],
                  folder: Path, decode: str, on_error: str, gop: int, draws: set[str], verify: bool) -> None:
-        self.tars, self.entries, self.drawer, self.verify = tars, entries, drawer, verify
+        self.tars, self.table, self.drawer, self.verify = tars, table, drawer, verify
         self.folder, self.decode, self.on_error = Path(folder), decode, on_error
         self.gop = gop  # shards written before KEY.json had keyframes: a keyframe every `gop` frames
         self.media = media_names(views)
@@ -102,15 +131,14 @@ class ShardSource:
 
     def name(self, position: int) -> str:
         """"shard.tar:key", the name errors and skip lists use."""
-        entry = self.entries[position]
-        return f"{Path(self.tars[entry.tar]).name}:{entry.key}"
+        return f"{Path(self.tars[self.table.tar[position]]).name}:{self.table.key(position)}"
 
     def sample(self, position: int, epoch: int) -> tuple[np.ndarray, ...]:
         """Every output of the sample at dataset `position`, with the draws of training epoch `epoch`."""
         self.drawer.epoch = epoch  # this process's copy: the draws are keyed by (seed, epoch, position)
         try:
             meta = json.loads(self.read(position, "json"))
-            draw = self.drawer.draw(meta)
+            draw = self.drawer.draw(meta, position)
         except (KeyError, TypeError, ValueError) as err:  # garbage or a field missing in KEY.json
             raise ValueError(f"{self.name(position)}.json: unusable metadata ({type(err).__name__}: {err})") from err
         media = []
@@ -135,19 +163,21 @@ class ShardSource:
 
     def read(self, position: int, ext: str) -> bytes:
         """Member `ext` of the sample, read at its offset (one pread; file handles kept per process)."""
-        entry = self.entries[position]
-        offset, size = entry.members[ext]
-        fd = self._files.get(entry.tar)
+        t = int(self.table.tar[position])
+        offset, size = int(self.table.offset[ext][position]), int(self.table.size[ext][position])
+        fd = self._files.get(t)
         if fd is None:
-            fd = self._files[entry.tar] = os.open(self.tars[entry.tar], os.O_RDONLY)
+            fd = self._files[t] = os.open(self.tars[t], os.O_RDONLY)
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise ValueError(f"{self.name(position)}.{ext}: the tar ends inside this member "
                              f"({len(data)} of {size} bytes)")
-        if self.verify and ext in entry.sums:  # CRC-32 at ~1 GB/s: no frame from damaged bytes
-            reason = verify_member(f"{entry.key}.{ext}", data, entry.sums[ext])
+        crc = int(self.table.crc[ext][position])
+        if self.verify and crc >= 0:  # CRC-32 at ~1 GB/s: no frame from damaged bytes
+            expected = [int(self.table.recorded_size[ext][position]), f"{crc:08x}"]
+            reason = verify_member(f"{self.table.key(position)}.{ext}", data, expected)
             if reason is not None:
-                raise ValueError(f"{Path(self.tars[entry.tar]).name}:{reason}")
+                raise ValueError(f"{Path(self.tars[t]).name}:{reason}")
         return data
 
     def _order(self, dali_epoch: int) -> tuple[np.ndarray, int]:
