@@ -26,6 +26,7 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.shard.integrity import verify_member
 
+CROP_MARGIN = 8  # pixels kept around the views' regions: the resize filter's support at a 4x downscale
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
 
 
@@ -106,6 +107,7 @@ class ShardSource:
         self.folder, self.decode, self.on_error = Path(folder), decode, on_error
         self.gop = gop  # shards written before KEY.json had keyframes: a keyframe every `gop` frames
         self.media = media_names(views)
+        self.rgb_views = [v for v in views if v.modality not in ("flow", "audio")]  # the views of KEY.mp4
         self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
         self.names = self.draws + self.media
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
@@ -150,11 +152,29 @@ class ShardSource:
             name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
             keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
             if self.decode == "pyav":
-                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where))
+                box = self.crop(draw, meta) if ext == "mp4" else None  # flow frames hold u | v side by side
+                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=box))
             else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
                 cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where)
                 media.append(np.frombuffer(cut, np.uint8))
         return tuple([draw[n] for n in self.draws] + media)
+
+    def crop(self, draw: dict[str, np.ndarray], meta: dict) -> tuple[int, int, int, int]:
+        """The box (x0, y0, x1, y1) of the video frames the RGB views read: the union of their crop regions
+        plus a margin for the resize filter, on even pixels (4:2:0 chroma). Only it is converted to RGB and
+        passed on (~60% of the frame for videoSimCLR's two crops); the views' regions move into it."""
+        regions = np.concatenate([draw[f"{v.name}.roi"] for v in self.rgb_views])  # (R, 4): y0, x0, y1, x1
+        ys, xs = regions[:, 0::2], regions[:, 1::2]  # x1 < x0 where a region is mirrored
+        width, height = int(meta["width"]), int(meta["height"])
+        x0, y0 = (max(int(np.floor(v.min())) - CROP_MARGIN, 0) // 2 * 2 for v in (xs, ys))
+        x1, y1 = (min(-(-(int(np.ceil(v.max())) + CROP_MARGIN) // 2) * 2, limit)
+                  for v, limit in ((xs, width), (ys, height)))
+        shift = np.array([y0, x0, y0, x0], np.float32)
+        for v in self.rgb_views:
+            draw[f"{v.name}.roi"] = draw[f"{v.name}.roi"] - shift
+            if v.spatial.per_frame:  # warp_affine's inverse map: output pixel -> source pixel
+                draw[f"{v.name}.affine"] = draw[f"{v.name}.affine"] - np.array([[0, 0, x0], [0, 0, y0]], np.float32)
+        return x0, y0, x1, y1
 
     def keyframes(self, meta: dict, ext: str) -> list[int]:
         """Keyframes of a member from shards older than KEY.json's `keyframes`: every `gop` frames."""

@@ -54,6 +54,16 @@ def test_decoded_frames_are_the_frames_asked_for(long_member):
     assert [frame_index(f) for f in every] == list(range(LONG))
 
 
+def test_a_box_converts_exactly_that_part_of_each_frame(long_member):
+    """The workers convert only the union of the views' crops; any even box, odd half-heights included."""
+    data, meta = long_member
+    frames = np.arange(30, 40)
+    whole = decode_frames(data, frames, meta["keyframes"], meta["fps"])
+    for x0, y0, x1, y1 in ((0, 0, meta["width"], meta["height"]), (8, 2, 70, 48), (2, 6, 8, 8)):
+        part = decode_frames(data, frames, meta["keyframes"], meta["fps"], box=(x0, y0, x1, y1))
+        assert np.array_equal(part, whole[:, y0:y1, x0:x1])
+
+
 def test_a_window_near_the_end_costs_what_one_near_the_start_costs(long_member):
     data, meta = long_member
     keys = meta["keyframes"]
