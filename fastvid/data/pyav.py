@@ -35,11 +35,6 @@ def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int
     return runs
 
 
-def decoded_frames(runs: list[tuple[int, int]]) -> int:
-    """Frames a decoder produces for `runs` (an upper bound: skipped non-reference frames are not produced)."""
-    return sum(last - start + 1 for start, last in runs)
-
-
 def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
                   where: str = "", box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """(len(frames), h, w, 3) uint8 RGB: the frames at the sorted, distinct indices `frames`, cut to

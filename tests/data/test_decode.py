@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastvid.data import DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
-from fastvid.data.pyav import cut_member, decode_frames, decode_runs, decoded_frames, plan_runs
+from fastvid.data.pyav import cut_member, decode_frames, decode_runs, plan_runs
 from fastvid.shard import read_manifest
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.sources import Source
@@ -23,6 +23,11 @@ from fastvid.shard.writer import dali_index
 from tests.clips import frame_index, write_marked_clip
 
 LONG, GOP = 250, 16
+
+
+def decoded_frames(runs: list[tuple[int, int]]) -> int:
+    """Frames a decoder produces for `runs` when it skips none."""
+    return sum(last - start + 1 for start, last in runs)
 
 
 def test_runs_start_at_the_keyframe_before_and_go_on_while_no_keyframe_intervenes():
