@@ -345,39 +345,50 @@ def main() -> None:
             notes.append(f"torchcodec unavailable ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
             args.loaders.remove("torchcodec")
     results: dict[str, dict[int, dict]] = {}
-    for workers in args.workers:
-        for name in args.loaders:
-            say(f"{name}, {workers} worker(s) ...")
-            if name.startswith("fastvid"):
-                for decode in args.decode:
-                    label = name + ("" if args.decode == ["auto"] else f"[{decode}]")
-                    cfg = DataConfig(shards=str(shards), batch_size=args.batch, workers=workers, threads=workers,
-                                     decode=decode)
-                    views = video_simclr_views(VIEWS)
-                    if name == "fastvid-plain":
-                        views = [replace(v, spatial=PLAIN) for v in views]
-                    try:
-                        loader = build_loader(cfg, views, device=device)
-                    except LoaderError as err:  # e.g. decode=gpu without a GPU: a note, not a crash
-                        notes.append(f"{label}: {err}")
-                        say(f"  {label}: {err}")
-                        continue
-                    r = measure(lambda: loader, args.batches, args.repeats)
-                    r["decoded_per_delivered"] = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
-                    loader.close()
-                    results.setdefault(label, {})[workers] = r
-                    say(f"  {label}: {r['clips_per_s']:.1f} clips/s, {r['cpu_ms_per_clip']:.0f} CPU ms/clip")
-                continue
-            decode, files = baselines[name]
-            data = DataLoader(SimCLRPairs(samples, decode, files), batch_size=args.batch, shuffle=True,
-                              num_workers=workers, persistent_workers=True, drop_last=True)
-            r = measure(lambda: data, args.batches, args.repeats)
-            results.setdefault(f"{name}+DataLoader", {})[workers] = r
-            say(f"  {r['clips_per_s']:.1f} clips/s, {r['cpu_ms_per_clip']:.0f} CPU ms/clip")
-
     report = {"machine": machine, "shards": str(shards), "videos": len(samples), "frames": [min(lengths), max(lengths)],
               "options": options, "args": vars(args), "notes": notes, "decode_stage": stage,
               "position_scaling": scaling, "results": results}
+
+    def record(label: str, workers: int, make: Callable[[], Iterable], ratio: float | None = None) -> None:
+        """Measure one loader, keep the result (or why it failed) and rewrite the JSON: a run stopped by a
+        time limit (benchmarks/gpu_check.sh) keeps what it measured."""
+        try:
+            r = measure(make, args.batches, args.repeats)
+        except Exception as err:  # noqa: BLE001 - one backend failing must not lose the others' figures
+            notes.append(f"{label}, {workers} workers: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            say(f"  {label}: failed ({notes[-1]})")
+        else:
+            if ratio is not None:
+                r["decoded_per_delivered"] = ratio
+            results.setdefault(label, {})[workers] = r
+            say(f"  {label}: {r['clips_per_s']:.1f} clips/s, {r['cpu_ms_per_clip']:.0f} CPU ms/clip")
+        (out / "loader.json").write_text(json.dumps(report, indent=2))
+
+    for workers in args.workers:
+        for name in args.loaders:
+            say(f"{name}, {workers} worker(s) ...")
+            if not name.startswith("fastvid"):
+                decode, files = baselines[name]
+                data = DataLoader(SimCLRPairs(samples, decode, files), batch_size=args.batch, shuffle=True,
+                                  num_workers=workers, persistent_workers=True, drop_last=True)
+                record(f"{name}+DataLoader", workers, lambda: data)
+                continue
+            for decode in args.decode:
+                label = name + ("" if args.decode == ["auto"] else f"[{decode}]")
+                cfg = DataConfig(shards=str(shards), batch_size=args.batch, workers=workers, threads=workers,
+                                 decode=decode)
+                views = video_simclr_views(VIEWS)
+                if name == "fastvid-plain":
+                    views = [replace(v, spatial=PLAIN) for v in views]
+                try:
+                    loader = build_loader(cfg, views, device=device)
+                except LoaderError as err:  # e.g. decode=gpu without a GPU: a note, not a crash
+                    notes.append(f"{label}: {err}")
+                    say(f"  {label}: {err}")
+                    continue
+                ratio = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
+                record(label, workers, lambda: loader, ratio)
+                loader.close()
     (out / "loader.json").write_text(json.dumps(report, indent=2))
     say(f"\n{'loader':24s} {'workers':>7s} {'clips/s':>8s} {'CPU ms/clip':>12s} {'decoded/delivered':>18s}")
     for name, by_workers in results.items():
