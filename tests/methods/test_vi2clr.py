@@ -79,16 +79,21 @@ def test_clustering_state_is_the_clustering_of_r_j(clustered):
     assert method.concentration.mean().item() == pytest.approx(0.08, rel=1e-5)
 
 
-def test_losses_read_the_clustering_state(clustered):
-    method, _ = clustered
+def forward_and_embed(method: Vi2CLR) -> tuple[dict, dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An eval-mode forward on a fixed batch: (batch, outputs, r_V, r_I, r_J, cluster id of each row)."""
     method.eval()
     batch = random_batch([3, 10, 6, 1], seed=4)
     with torch.no_grad():
         out = method(batch)
-        clips = torch.cat([batch["clip1"], batch["clip2"]])
-        frames = torch.cat([batch["frame1"], batch["frame2"]])
-        r_v, r_i, r_j = method.embed(clips, frames)
+        r_v, r_i, r_j = method.embed(torch.cat([batch["clip1"], batch["clip2"]]),
+                                     torch.cat([batch["frame1"], batch["frame2"]]))
     ids = method.cluster_ids[batch["index"]].repeat(2)  # both crops of a video are in its cluster
+    return batch, out, r_v, r_i, r_j, ids
+
+
+def test_losses_read_the_clustering_state(clustered):
+    method, _ = clustered
+    batch, out, r_v, r_i, r_j, ids = forward_and_embed(method)
     want = {
         "center_nce": reference.center_nce(r_j, ids, method.centroids, method.concentration),  # eq. (3)
         "video_nce": reference.mil_nce(r_v, ids, 0.08),  # eq. (2) on r_V
@@ -109,13 +114,7 @@ def test_losses_read_the_clustering_state(clustered):
 
 def test_pretext_accuracies_read_the_clustering_state(clustered):
     method, _ = clustered
-    method.eval()
-    batch = random_batch([3, 10, 6, 1], seed=4)
-    with torch.no_grad():
-        out = method(batch)
-        r_v, _, r_j = method.embed(torch.cat([batch["clip1"], batch["clip2"]]),
-                                   torch.cat([batch["frame1"], batch["frame2"]]))
-    ids = method.cluster_ids[batch["index"]].repeat(2)
+    _, out, r_v, _, r_j, ids = forward_and_embed(method)
     sim = F.normalize(r_v, dim=1) @ F.normalize(r_v, dim=1).T
     sim.fill_diagonal_(-2.0)
     assert out["video_acc"].item() == pytest.approx((ids[sim.argmax(1)] == ids).float().mean().item())
