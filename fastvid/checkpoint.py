@@ -143,8 +143,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: missing")
     if file.stat().st_size != recorded["bytes"]:
         raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {STATE} says {recorded['bytes']}")
-    if _crc32(file) != recorded["crc32"]:
-        raise CheckpointError(f"{file}: checksum {_crc32(file)}, {STATE} says {recorded['crc32']} (damaged)")
+    if (crc := _crc32(file)) != recorded["crc32"]:
+        raise CheckpointError(f"{file}: checksum {crc}, {STATE} says {recorded['crc32']} (damaged)")
     try:
         tensors = load_file(file)
         return _decode(header["state"], tensors)
