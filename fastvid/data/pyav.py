@@ -6,16 +6,60 @@ Cost follows the frames asked for, not the video's length: `plan_runs` groups th
 that each start at a keyframe (KEY.json's `keyframes`, written by `fastvid shard`), so a clip near the
 end of a long video costs what one near its start costs. Inside a run, frames that are not wanted and
 that no other frame references (non-reference B-frames) are not decoded at all.
+
+Frames leave as the decoder made them, 4:2:0 planes (`Planes`), not RGB: half the bytes through shared
+memory, and no conversion here. The pipeline resizes the planes and folds YUV -> RGB (`yuv_to_rgb`) into the
+view's colour map, one affine map per pixel it applies anyway (on the GPU when there is one).
 """
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-import cv2
 import numpy as np
+
+# BT.601 Y'CbCr -> R'G'B' on 0-255 values, as [M | t] applied to (Y, U, V): limited range (16-235 luma,
+# 16-240 chroma: H.264 and VP9 shards, what OpenCV's I420 conversion assumes) and full range (JPEG: MJPEG shards).
+_KR, _KB = 0.299, 0.114
+_KG = 1 - _KR - _KB
+
+
+def yuv_to_rgb(full_range: bool) -> np.ndarray:
+    """(3, 4) float64 affine map [M | t] taking (Y, U, V) to (R, G, B), both on 0-255."""
+    y, c = (1.0, 1.0) if full_range else (255 / 219, 255 / 224)
+    m = np.array([[y, 0.0, 2 * (1 - _KR) * c],
+                  [y, -2 * (1 - _KB) * _KB / _KG * c, -2 * (1 - _KR) * _KR / _KG * c],
+                  [y, 2 * (1 - _KB) * c, 0.0]])
+    offset = np.array([0.0 if full_range else 16.0, 128.0, 128.0])
+    return np.concatenate([m, -(m @ offset)[:, None]], axis=1)
+
+
+@dataclass
+class Planes:
+    """Decoded 4:2:0 frames cut to a box of even corners: `luma` (T, h, w, 1), `chroma` (T, h/2, w/2, 2)
+    holding (U, V) pairs (None when only luma was asked for), and whether the values are full range."""
+
+    luma: np.ndarray
+    chroma: np.ndarray | None
+    full_range: bool
+
+    def rgb(self) -> np.ndarray:
+        """(T, h, w, 3) uint8 RGB, chroma repeated over its 2x2 pixels (for inspection and tests: the
+        loader converts in its pipeline)."""
+        chroma = self.chroma.repeat(2, axis=1).repeat(2, axis=2)
+        yuv = np.concatenate([self.luma, chroma], axis=3).astype(np.float32)
+        m = yuv_to_rgb(self.full_range).astype(np.float32)
+        return np.clip(yuv @ m[:, :3].T + m[:, 3] + 0.5, 0, 255).astype(np.uint8)
+
+    def grey(self) -> np.ndarray:
+        """(T, h, w, 1) uint8: the grey level each luma value shows (what a neutral-chroma frame holds,
+        such as `fastvid shard`'s flow frames)."""
+        m = yuv_to_rgb(self.full_range)
+        levels = np.clip(np.arange(256) * m[0, 0] + m[0, 3] + m[0, 1:3].sum() * 128 + 0.5, 0, 255)
+        return levels.astype(np.uint8)[self.luma]
 
 
 def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int, int]]:
@@ -36,25 +80,25 @@ def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int
 
 
 def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
-                  where: str = "", box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """(len(frames), h, w, 3) uint8 RGB: the frames at the sorted, distinct indices `frames`, cut to
-    `box` = (x0, y0, x1, y1) (even coordinates; None: whole frames).
+                  where: str = "", box: tuple[int, int, int, int] | None = None, chroma: bool = True) -> Planes:
+    """The frames at the sorted, distinct indices `frames`, cut to `box` = (x0, y0, x1, y1) (even
+    coordinates; None: whole frames), as 4:2:0 planes (luma only unless `chroma`).
 
     `keyframes`: frame indices where decoding may start; `fps`: the rate the frames are stamped at
     (frame i has presentation time i / fps). Raises ValueError naming `where` when the member does not
     decode or lacks a frame."""
     try:
-        return decode_runs(data, np.asarray(frames, np.int64), keyframes, fps, box)[0]
+        return decode_runs(data, np.asarray(frames, np.int64), keyframes, fps, box, chroma)[0]
     except (av.FFmpegError, ValueError) as err:
         raise ValueError(f"{where + ': ' if where else ''}cannot decode: {err}") from err
 
 
-def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int],
-                fps: float, box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, int]:
+def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
+                box: tuple[int, int, int, int] | None = None, chroma: bool = True) -> tuple[Planes, int]:
     """`decode_frames` without the error context, and the number of frames the decoder produced."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     slot = {int(f): k for k, f in enumerate(frames.tolist())}
-    out: np.ndarray | None = None
+    out: Planes | None = None
     got = produced = 0
     with av.open(io.BytesIO(raw)) as container:
         stream = container.streams.video[0]
@@ -74,10 +118,12 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
                     produced += 1
                     i = round(frame.pts / ticks)
                     if i in slot and start <= i <= last:
+                        if frame.format.name not in _PLANAR_420:  # not what `fastvid shard` writes
+                            frame = frame.reformat(format="yuv420p")
                         if out is None:
-                            x0, y0, x1, y1 = box or (0, 0, frame.width, frame.height)
-                            out = np.empty((len(frames), y1 - y0, x1 - x0, 3), np.uint8)  # (T, h, w, 3)
-                        _to_rgb(frame, out[slot[i]], box)
+                            out = _planes_for(len(frames), box or (0, 0, frame.width, frame.height), chroma,
+                                              frame.format.name == "yuvj420p")
+                        _copy_planes(frame, out, slot[i], box)
                         got += 1
                     done = i >= last
                 if done:
@@ -85,6 +131,16 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
     if got != len(frames):
         raise ValueError(f"video lacks frames among {frames.tolist()[:8]}... (got {got} of {len(frames)})")
     return out, produced
+
+
+_PLANAR_420 = ("yuv420p", "yuvj420p")  # limited- and full-range 4:2:0 with three planes
+
+
+def _planes_for(count: int, box: tuple[int, int, int, int], chroma: bool, full_range: bool) -> Planes:
+    x0, y0, x1, y1 = box
+    h, w = y1 - y0, x1 - x0
+    return Planes(np.empty((count, h, w, 1), np.uint8),
+                  np.empty((count, h // 2, w // 2, 2), np.uint8) if chroma else None, full_range)
 
 
 def cut_member(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
@@ -139,20 +195,12 @@ def cut_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[i
     return buffer.getvalue(), new
 
 
-def _to_rgb(frame: av.VideoFrame, dst: np.ndarray, box: tuple[int, int, int, int] | None) -> None:
-    """Write `frame`'s `box` as (h, w, 3) RGB into `dst`: OpenCV for limited-range 4:2:0 (3x faster than
-    PyAV's rgb24 path), from the box of each plane copied once into one I420 buffer; PyAV's swscale for
-    anything else (full-range MJPEG)."""
+def _copy_planes(frame: av.VideoFrame, out: Planes, k: int, box: tuple[int, int, int, int] | None) -> None:
+    """Copy `box` of each plane of a 4:2:0 `frame` into frame `k` of `out`, straight from the decoder's
+    memory (rows padded to `line_size`)."""
     x0, y0, x1, y1 = box or (0, 0, frame.width, frame.height)
-    if frame.format.name != "yuv420p":
-        dst[...] = frame.to_ndarray(format="rgb24")[y0:y1, x0:x1]
-        return
-    h, w = y1 - y0, x1 - x0
-    i420 = np.empty((h * 3 // 2, w), np.uint8)  # planar, flat: Y (h, w), then U and V (h/2, w/2) each
-    flat, luma, chroma = i420.reshape(-1), h * w, (h // 2) * (w // 2)
-    targets = (flat[:luma].reshape(h, w), flat[luma:luma + chroma].reshape(h // 2, w // 2),
-               flat[luma + chroma:].reshape(h // 2, w // 2))
-    for plane, target, k in zip(frame.planes, targets, (1, 2, 2)):  # k: subsampling of the plane
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)  # the decoder's memory, padded rows
-        target[...] = rows[y0 // k:y1 // k, x0 // k:x1 // k]
-    cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420, dst=dst)  # (3h/2, w) I420 -> (h, w, 3)
+    planes = frame.planes if out.chroma is not None else frame.planes[:1]
+    targets = (out.luma[k, :, :, 0], *((out.chroma[k, :, :, 0], out.chroma[k, :, :, 1]) if out.chroma is not None else ()))
+    for plane, target, sub in zip(planes, targets, (1, 2, 2)):  # sub: the plane's subsampling
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        target[...] = rows[y0 // sub:y1 // sub, x0 // sub:x1 // sub]

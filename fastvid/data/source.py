@@ -6,8 +6,9 @@ epoch `e` it looks the dataset position up in the epoch's order (a file the load
 epoch starts: its shuffle, this rank's block, the batches a resumed run already consumed left out),
 reads the members it needs straight from the tar by the offsets of the shard's index (no tar
 scanning, no shuffle buffer), draws every augmentation (`SampleDrawer`) and decodes only the GOPs
-that cover the frames its views need (`fastvid.data.pyav`), or, for DALI's own video decoder, cuts those
-GOPs out of the member and passes them on with the frames' indices in the cut.
+that cover the frames its views need (`fastvid.data.pyav`) into 4:2:0 planes, with YUV -> RGB folded into
+each view's colour map; or, for DALI's own video decoder, cuts those GOPs out of the member and passes
+them on with the frames' indices in the cut.
 
 With on_error="skip", a sample that does not decode is replaced by the next one of the order that
 does, and its name is appended to the `undecodable` file the loader reads and reports.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvid.data.pyav import cut_member, decode_frames
+from fastvid.data.pyav import cut_member, decode_frames, yuv_to_rgb
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.shard.integrity import verify_member
@@ -82,6 +83,14 @@ def media_names(views: list[ViewSpec]) -> list[str]:
     return names
 
 
+def output_names(media: list[str], decode: str) -> list[str]:
+    """The source's outputs for members `media`: decoded planes ("pyav") or the members' bytes."""
+    if decode != "pyav":
+        return list(media)
+    planes = {"mp4": ["luma", "chroma"], "flow.mp4": ["flow"], "flac": ["flac"]}
+    return [name for ext in media for name in planes[ext]]
+
+
 def order_file(folder: Path, dali_epoch: int) -> Path:
     return folder / f"epoch-{dali_epoch}.npz"
 
@@ -98,8 +107,10 @@ def write_order(folder: Path, dali_epoch: int, positions: np.ndarray, epoch: int
 class ShardSource:
     """`fn.external_source(parallel=True, batch=False)` callback: SampleInfo -> the arrays named `names`.
 
-    `decode`: "pyav" decodes the needed GOPs here into (F, H, W, 3) uint8 frames; "dali" cuts those GOPs
-    out of the member (no decoding) for DALI's video decoder, which reads a clip from its first frame."""
+    `decode`: "pyav" decodes the needed GOPs here: KEY.mp4 into "luma" (F, h, w, 1) and "chroma"
+    (F, h/2, w/2, 2) uint8 planes of the views' crop box, KEY.flow.mp4 into "flow" (F, H, 2W, 1) grey levels
+    (the quantised u | v); "dali" cuts those GOPs out of the members (no decoding) for DALI's video decoder,
+    which reads a clip from its first frame, under the members' own names."""
 
     def __init__(self, tars: list[str], table: SampleTable, drawer: SampleDrawer, views: list[ViewSpec],
                  folder: Path, decode: str, on_error: str, gop: int, draws: set[str], verify: bool) -> None:
@@ -109,7 +120,7 @@ class ShardSource:
         self.media = media_names(views)
         self.rgb_views = [v for v in views if v.modality not in ("flow", "audio")]  # the views of KEY.mp4
         self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
-        self.names = self.draws + self.media
+        self.names = self.draws + output_names(self.media, decode)
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
         self._files: dict[int, int] = {}
 
@@ -151,9 +162,12 @@ class ShardSource:
                 continue
             name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
             keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
-            if self.decode == "pyav":
-                box = self.crop(draw, meta) if ext == "mp4" else None  # flow frames hold u | v side by side
-                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=box))
+            if self.decode == "pyav" and ext == "mp4":
+                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta))
+                self.to_rgb(draw, planes.full_range)
+                media += [planes.luma, planes.chroma]
+            elif self.decode == "pyav":  # flow frames: u | v side by side in the luma, chroma neutral
+                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False).grey())
             else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
                 cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where)
                 media.append(np.frombuffer(cut, np.uint8))
@@ -161,8 +175,8 @@ class ShardSource:
 
     def crop(self, draw: dict[str, np.ndarray], meta: dict) -> tuple[int, int, int, int]:
         """The box (x0, y0, x1, y1) of the video frames the RGB views read: the union of their crop regions
-        plus a margin for the resize filter, on even pixels (4:2:0 chroma). Only it is converted to RGB and
-        passed on (~60% of the frame for videoSimCLR's two crops); the views' regions move into it."""
+        plus a margin for the resize filter, on even pixels (4:2:0 chroma). Only it is passed on (~60% of
+        the frame for videoSimCLR's two crops); the views' regions move into it."""
         regions = np.concatenate([draw[f"{v.name}.roi"] for v in self.rgb_views])  # (R, 4): y0, x0, y1, x1
         ys, xs = regions[:, 0::2], regions[:, 1::2]  # x1 < x0 where a region is mirrored
         width, height = int(meta["width"]), int(meta["height"])
@@ -175,6 +189,15 @@ class ShardSource:
             if v.spatial.per_frame:  # warp_affine's inverse map: output pixel -> source pixel
                 draw[f"{v.name}.affine"] = draw[f"{v.name}.affine"] - np.array([[0, 0, x0], [0, 0, y0]], np.float32)
         return x0, y0, x1, y1
+
+    def to_rgb(self, draw: dict[str, np.ndarray], full_range: bool) -> None:
+        """Fold YUV -> RGB into each RGB view's colour map [M | t]: M' = M K, t' = M k + t, for (Y, U, V) -> RGB
+        = K (Y, U, V) + k. One map per pixel either way; the intermediate RGB is not clamped to 0-255."""
+        k = yuv_to_rgb(full_range)
+        for v in self.rgb_views:
+            c = draw[f"{v.name}.colour"].astype(np.float64)  # (R, 3, 4)
+            m = c[:, :, :3]
+            draw[f"{v.name}.colour"] = np.concatenate([m @ k[:, :3], m @ k[:, 3:] + c[:, :, 3:]], axis=2).astype(np.float32)
 
     def keyframes(self, meta: dict, ext: str) -> list[int]:
         """Keyframes of a member from shards older than KEY.json's `keyframes`: every `gop` frames."""

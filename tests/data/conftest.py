@@ -1,7 +1,7 @@
 """Session fixtures: shard sets of frame-marked clips (tests/clips.py) written by `fastvid.shard`.
 
 Six clips in two classes, 12 to 48 frames (12 < 16 exercises looping), with the stepped-tone audio;
-VP9 (DALI's CPU decoder) and H.264 (the PyAV path), and a VP9 set with optical flow."""
+VP9 and MJPEG (DALI's CPU decoder reads both) and H.264 (the PyAV path), and a VP9 set with optical flow."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,6 +41,12 @@ def vp9_shards(marked_src, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def h264_shards(marked_src, tmp_path_factory) -> Path:
     return _shards(marked_src, tmp_path_factory.mktemp("h264"), "h264")
+
+
+@pytest.fixture(scope="session")
+def mjpeg_shards(marked_src, tmp_path_factory) -> Path:
+    """Full-range 4:2:0 (yuvj420p): the other YUV -> RGB map."""
+    return _shards(marked_src, tmp_path_factory.mktemp("mjpeg"), "mjpeg")
 
 
 @pytest.fixture(scope="session")

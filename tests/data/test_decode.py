@@ -53,20 +53,36 @@ def test_decoded_frames_are_the_frames_asked_for(long_member):
     rng = np.random.default_rng(0)
     for _ in range(12):
         frames = np.unique(rng.integers(0, LONG, rng.integers(1, 40)))
-        got = decode_frames(data, frames, meta["keyframes"], meta["fps"])
+        got = decode_frames(data, frames, meta["keyframes"], meta["fps"]).rgb()
         assert [frame_index(f) for f in got] == frames.tolist()
-    every = decode_frames(data, np.arange(LONG), meta["keyframes"], meta["fps"])
+    every = decode_frames(data, np.arange(LONG), meta["keyframes"], meta["fps"]).rgb()
     assert [frame_index(f) for f in every] == list(range(LONG))
 
 
-def test_a_box_converts_exactly_that_part_of_each_frame(long_member):
-    """The workers convert only the union of the views' crops; any even box, odd half-heights included."""
+def test_planes_convert_to_the_rgb_the_decoder_gives(long_member):
+    """The planes' YUV -> RGB (BT.601, limited range for H.264/VP9, full range for MJPEG) is FFmpeg's own,
+    apart from chroma upsampling at the digits' sharp edges."""
+    data, meta = long_member
+    frames = np.arange(40, 56)
+    planes = decode_frames(data, frames, meta["keyframes"], meta["fps"])
+    with av.open(io.BytesIO(data)) as c:
+        assert planes.full_range == (c.streams.video[0].codec_context.name == "mjpeg")
+        ffmpeg = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])[frames]
+    diff = np.abs(planes.rgb().astype(int) - ffmpeg)
+    assert np.median(diff) <= 1 and (diff > 4).mean() < 0.02
+    grey = decode_frames(data, frames, meta["keyframes"], meta["fps"], chroma=False)
+    assert grey.chroma is None and np.array_equal(grey.luma, planes.luma)
+
+
+def test_a_box_cuts_exactly_that_part_of_each_plane(long_member):
+    """The workers pass on only the union of the views' crops; any even box, odd half-heights included."""
     data, meta = long_member
     frames = np.arange(30, 40)
     whole = decode_frames(data, frames, meta["keyframes"], meta["fps"])
     for x0, y0, x1, y1 in ((0, 0, meta["width"], meta["height"]), (8, 2, 70, 48), (2, 6, 8, 8)):
         part = decode_frames(data, frames, meta["keyframes"], meta["fps"], box=(x0, y0, x1, y1))
-        assert np.array_equal(part, whole[:, y0:y1, x0:x1])
+        assert np.array_equal(part.luma, whole.luma[:, y0:y1, x0:x1])
+        assert np.array_equal(part.chroma, whole.chroma[:, y0 // 2:y1 // 2, x0 // 2:x1 // 2])
 
 
 def test_a_window_near_the_end_costs_what_one_near_the_start_costs(long_member):
@@ -135,16 +151,20 @@ def test_shards_without_keyframes_decode_with_the_manifests_gop(h264_shards, tmp
         assert np.abs(a["v"].numpy() - b["v"].numpy()).max() == 0  # same draws, same frames
 
 
-@pytest.mark.parametrize("shards", ["vp9_shards"])
+@pytest.mark.parametrize("shards", ["vp9_shards", "mjpeg_shards", "flow_shards"])
 def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
-    """decode="cpu" (PyAV workers, seeking) and decode="dali-cpu" (DALI's decoder from the file's start):
-    the same draws give the same frames, to within the two YUV -> RGB conversions' rounding. (On a GPU,
+    """decode="cpu" (PyAV workers, seeking, 4:2:0 planes converted in the colour map) and decode="dali-cpu"
+    (DALI's decoder from the file's start, RGB): the same draws give the same frames and flow, to within the
+    two YUV -> RGB conversions' rounding. Limited range (VP9) and full range (MJPEG). (On a GPU,
     tests/data/test_loader.py compares the NVDEC path with these.)"""
     path = request.getfixturevalue(shards)
     temporal = TemporalSpec(frames=6, stride=2, shift=2, reverse=0.5)
     views = [ViewSpec("plain", temporal=temporal, spatial=SpatialSpec(size=(32, 32), normalize=False)),
              ViewSpec("jittered", temporal=replace(temporal, anchor="other"),
                       spatial=SpatialSpec(size=(32, 32), normalize=False, jitter=0.8, blur=0.5))]
+    if shards == "flow_shards":
+        views.append(ViewSpec("flow", modality="flow", temporal=replace(temporal, frames=4),
+                              spatial=SpatialSpec(size=(32, 32), normalize=False)))
     batches = {d: list(build_loader(DataConfig(shards=str(path), batch_size=3, threads=1, workers=2, decode=d), views))
                for d in ("cpu", "dali-cpu")}
     assert len(batches["cpu"]) == 2
@@ -156,6 +176,8 @@ def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
             diff = (a[name] - b[name]).abs()
             # the conversions upsample chroma differently: they part only at sharp colour edges (the digits)
             assert diff.mean() < 1 / 255 and (diff > 3.5 / 255).float().mean() < 0.01, name
+        if "flow" in a:  # grey levels from the luma vs DALI's RGB: one quantisation step of 2 x 20 / 255 px at most
+            assert (a["flow"] - b["flow"]).abs().max() <= 2 * 20 / 127 * 1.01
 
 
 def _pixels(x) -> np.ndarray:

@@ -152,7 +152,8 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(request, device):
         gain = float(drawer.draw(by_key[key_of[index]])["v.colour"][0, 0, 0])  # M = b * I
         want = np.clip(pixels(batches[0]["v"][n]) * gain, 0, 255)  # (T, H, W, 3)
         got = pixels(batches[1]["v"][n])
-        assert np.abs(got - want).max(axis=(1, 2, 3)).max() <= 1.0 + 1e-3, (n, gain)  # uint8 rounding only
+        # uint8 rounding only: the plain view was rounded once (then scaled by b), the jittered one once
+        assert np.abs(got - want).max() <= 0.5 * gain + 0.5 + 1e-3, (n, gain)
         gains.append(gain)
     assert len(set(gains)) == len(gains) and all(0.7 <= g <= 1.3 for g in gains)
 
