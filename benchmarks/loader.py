@@ -442,12 +442,14 @@ def plot(report: dict, path: Path) -> None:
     width = 0.8 / len(workers)
     for k, w in enumerate(workers):
         a.bar(np.arange(len(names)) + k * width, [report["results"][n].get(w, {}).get("clips_per_s", 0) for n in names],
-              width, label=f"{w} worker(s)")
+              width, label=f"{w} worker(s)" + (f" on {w} core(s)" if report["args"].get("pin") else ""))
     a.set_xticks(np.arange(len(names)) + width * (len(workers) - 1) / 2, names, rotation=15, fontsize=8)
     a.set_ylabel("clips/s (2 x 16 x 112 x 112)")
     a.legend(fontsize=8)
     m = report["machine"]
-    a.set_title(f"{m['gpu'] or 'CPU only'}, {m['cpus']} cores", fontsize=9)
+    stage = report["decode_stage"]
+    a.set_title(f"{m['gpu'] or 'CPU only'}, {m['cpus']} cores; decode stage {stage['ratio']:.2f}x the decoder's limit",
+                fontsize=9)
     rows = report["position_scaling"]
     b.plot([r["start"] for r in rows], [r["seek_ms"] for r in rows], "o-", label="seek to keyframe (fastvid)")
     b.plot([r["start"] for r in rows], [r["from_start_ms"] for r in rows], "s--", label="decode from frame 0")
