@@ -129,8 +129,8 @@ class DataConfig:
     batch_size: int = 8
     shuffle_buffer: int = 256  # 0 reads in shard order; otherwise each epoch is a full seeded permutation
     seed: int = 0
-    # cpu: PyAV in `workers` processes decodes only the GOPs the views need (any codec); augmentation
-    # runs on the loader's device. gpu: DALI's NVDEC decoder, given only those GOPs (the workers cut them
+    # cpu: PyAV in `workers` processes decodes only the GOPs the views need (any codec) into 4:2:0 planes;
+    # augmentation (with YUV -> RGB) runs on the loader's device. gpu: DALI's NVDEC decoder, given only those GOPs (the workers cut them
     # out). dali-cpu: DALI's CPU decoder likewise (VP9/MJPEG only). auto: cpu (gpu is not measured yet).
     decode: Literal["auto", "cpu", "gpu", "dali-cpu"] = "auto"
     workers: int = 0  # decode processes; 0: one per CPU core
