@@ -161,7 +161,9 @@ def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
     temporal = TemporalSpec(frames=6, stride=2, shift=2, reverse=0.5)
     views = [ViewSpec("plain", temporal=temporal, spatial=SpatialSpec(size=(32, 32), normalize=False)),
              ViewSpec("jittered", temporal=replace(temporal, anchor="other"),
-                      spatial=SpatialSpec(size=(32, 32), normalize=False, jitter=0.8, blur=0.5))]
+                      spatial=SpatialSpec(size=(32, 32), normalize=False, jitter=0.8, blur=0.5)),
+             ViewSpec("framewise", temporal=replace(temporal, anchor="third"),  # chroma: half the matrices
+                      spatial=SpatialSpec(size=(32, 32), normalize=False, per_frame=True, jitter=0.8))]
     if shards == "flow_shards":
         views.append(ViewSpec("flow", modality="flow", temporal=replace(temporal, frames=4),
                               spatial=SpatialSpec(size=(32, 32), normalize=False)))
@@ -172,7 +174,7 @@ def test_pyav_and_dali_decoders_give_the_same_frames(shards, request):
         assert a["index"].tolist() == b["index"].tolist()
         for n in range(3):
             assert [frame_index(f) for f in _pixels(a["plain"][n])] == [frame_index(f) for f in _pixels(b["plain"][n])]
-        for name in ("plain", "jittered"):
+        for name in ("plain", "jittered", "framewise"):
             diff = (a[name] - b[name]).abs()
             # the conversions upsample chroma differently: they part only at sharp colour edges (the digits)
             assert diff.mean() < 1 / 255 and (diff > 3.5 / 255).float().mean() < 0.01, name
