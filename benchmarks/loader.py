@@ -296,8 +296,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=96, help="videos made for the default shard set")
     ap.add_argument("--shards-only", action="store_true", help="make the default shard set and stop")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to sweep")
-    ap.add_argument("--no-pin", dest="pin", action="store_false",
-                    help="let N workers use every core (default: a row with N workers runs on N cores)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="run a row with N workers on N cores (--no-pin: on every core)")
     ap.add_argument("--batch", type=int, default=8, help="clips per batch")
     ap.add_argument("--batches", type=int, default=12, help="timed batches per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is reported)")
