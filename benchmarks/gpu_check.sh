@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of fastvid in one call on the lent GPU machine (one H200, 16 cores, Python 3.12 with torch,
 # torchvision, triton, numba, OpenCV, accelerate; no DALI, PyAV, webdataset, no package registry), writing
-# its results under $OUT in under 8 minutes:
+# its results under $OUT in under 9 minutes (its steps' limits add up to 520 s):
 #   summary.json      what every step measured or why it failed, with the machine and versions
 #   pytest.xml        `pytest -m gpu` over tests/data, tests/kernels, tests/losses
 #   loader/loader.json, loader/loader.png   benchmarks/loader.py: fastvid with PyAV workers + GPU augmentation
@@ -39,6 +39,44 @@ started=$(date +%s)
 export PYTHONUNBUFFERED=1
 declare -A status
 
+# The summary is rewritten after every step: a machine that goes back mid-check still leaves what it measured.
+summarize() {
+  local codes=""
+  for k in "${!status[@]}"; do codes="$codes $k=${status[$k]}"; done
+  python3 - "$OUT" "$started" $codes <<'EOF'
+import json, platform, re, sys, time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+out, started = Path(sys.argv[1]), float(sys.argv[2])
+gpu = out / "nvidia-smi.txt"
+summary = {"seconds": round(time.time() - started), "python": platform.python_version(),
+           "gpu": gpu.read_text().strip() if gpu.exists() else None, "versions": {}}
+for package in ("torch", "triton", "nvidia-dali-cuda130", "av"):  # metadata only: importing torch costs seconds
+    try:
+        summary["versions"][package] = version(package)
+    except PackageNotFoundError:
+        summary["versions"][package] = None
+xml = out / "pytest.xml"
+if xml.exists():
+    head = re.search(r"<testsuite [^>]*", xml.read_text())
+    summary["pytest"] = dict(re.findall(r'(\w+)="([^"]*)"', head.group(0))) if head else "no testsuite"
+loader = out / "loader" / "loader.json"
+if loader.exists():  # rewritten after each of its measurements: read what is there
+    report = json.loads(loader.read_text())
+    summary["loader"] = {name: {w: round(r["clips_per_s"], 1) for w, r in by.items()}
+                         for name, by in report["results"].items()}
+    summary["decode_stage"] = report["decode_stage"]["ms_per_clip"]
+train = (out / "train.txt").read_text() if (out / "train.txt").exists() else ""
+steps = re.findall(r"step (\d+)/\d+: .*?([\d.]+) clips/s, data wait (\d+)%", train)
+summary["train"] = [{"step": int(s), "clips_per_s": float(c), "data_wait_percent": int(w)} for s, c, w in steps] \
+    or train[-600:]
+summary["exit_codes"] = dict(arg.split("=") for arg in sys.argv[3:])  # 124: the step ran out of time
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+EOF
+}
+
 step() {  # step NAME TIMEOUT COMMAND...: run, keep its exit status, never stop the script
   local name=$1 limit=$2
   shift 2
@@ -46,6 +84,7 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its exit status, never stop 
   timeout "$limit" "$@"
   status[$name]=$?
   echo "== $name: exit ${status[$name]}"
+  summarize > /dev/null
 }
 
 # 1. What the machine lacks, from the carried wheels; fastvid from this tree: kernels/ and configs/ install as
@@ -64,55 +103,23 @@ setup() {
 mkdir -p /tmp/carry
 export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 export -f setup
-step setup 150 bash -c setup
+step setup 90 bash -c setup
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/nvidia-smi.txt" 2>&1
 
 # 2. The GPU tests: NVDEC and GPU-augmentation variants of the loader tests, compiled Triton kernels.
-step pytest 170 python3 -m pytest -m gpu -q -p no:cacheprovider tests/data tests/kernels tests/losses \
+step pytest 130 python3 -m pytest -m gpu -q -p no:cacheprovider tests/data tests/kernels tests/losses \
   --junitxml="$OUT/pytest.xml"
 
 # 3. The loader on the GPU machine's 16 cores, NVDEC utilisation beside it.
 SHARDS=/tmp/carry/shards-128
 nvidia-smi dmon -s u -o T > "$OUT/dmon.txt" 2>&1 &
 dmon=$!
-step loader 200 python3 benchmarks/loader.py --shards "$SHARDS" --output "$OUT/loader" --workers 4 16 --batch 32 \
+step loader 180 python3 benchmarks/loader.py --shards "$SHARDS" --output "$OUT/loader" --workers 4 16 --batch 32 \
   --batches 8 --repeats 2 --loaders fastvid fastvid-plain pyav --decode cpu gpu
 kill "$dmon" 2>/dev/null
 
 # 4. Training throughput: does the loader keep R3D-18 busy? (the trainer prints a line per 10 steps)
-step train 170 python3 -m fastvid.train --method video_simclr --data "$SHARDS" --output /tmp/gpu_check_run \
+step train 120 python3 -m fastvid.train --method video_simclr --data "$SHARDS" --output /tmp/gpu_check_run \
   --max-steps 100 --batch-size 64 --device cuda train.log_every=10 train.mixed_precision=bf16 > "$OUT/train.txt" 2>&1
 
-# 5. One summary.
-codes=""
-for k in "${!status[@]}"; do codes="$codes $k=${status[$k]}"; done
-python3 - "$OUT" "$started" $codes <<'EOF'
-import json, platform, re, sys, time
-from pathlib import Path
-
-out, started = Path(sys.argv[1]), float(sys.argv[2])
-summary = {"seconds": round(time.time() - started), "python": platform.python_version(),
-           "gpu": (out / "nvidia-smi.txt").read_text().strip()}
-try:
-    import torch, triton, nvidia.dali
-    summary["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "dali": nvidia.dali.__version__}
-except ImportError as err:
-    summary["versions"] = f"import failed: {err}"
-xml = out / "pytest.xml"
-if xml.exists():
-    head = re.search(r"<testsuite [^>]*", xml.read_text())
-    summary["pytest"] = dict(re.findall(r'(\w+)="([^"]*)"', head.group(0))) if head else "no testsuite"
-loader = out / "loader" / "loader.json"
-if loader.exists():
-    report = json.loads(loader.read_text())
-    summary["loader"] = {name: {w: round(r["clips_per_s"], 1) for w, r in by.items()}
-                         for name, by in report["results"].items()}
-    summary["decode_stage"] = report["decode_stage"]["ms_per_clip"]
-train = (out / "train.txt").read_text() if (out / "train.txt").exists() else ""
-steps = re.findall(r"step (\d+)/\d+: .*?([\d.]+) clips/s, data wait (\d+)%", train)
-summary["train"] = [{"step": int(s), "clips_per_s": float(c), "data_wait_percent": int(w)} for s, c, w in steps] \
-    or train[-600:]
-summary["exit_codes"] = dict(arg.split("=") for arg in sys.argv[3:])  # 124: the step ran out of time
-(out / "summary.json").write_text(json.dumps(summary, indent=2))
-print(json.dumps(summary, indent=2))
-EOF
+summarize
