@@ -21,7 +21,6 @@ import random
 import shutil
 import struct
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,16 +151,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable ({err})") from None
 
 
-def newest_checkpoint(folder: str | Path, pattern: str = "step_*",
-                      load: Callable[[Path], dict[str, Any]] = load_checkpoint
-                      ) -> tuple[Path, dict[str, Any], list[str]]:
+def newest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
     """The newest checkpoint under `folder` that loads (names sort by age, as `step_00001000`), its state,
     and one line per newer one skipped (incomplete, damaged). CheckpointError when none loads."""
-    found = sorted(Path(folder).glob(pattern), key=lambda p: p.name.removesuffix(PARTIAL), reverse=True)
+    found = sorted(Path(folder).glob("step_*"), key=lambda p: p.name.removesuffix(PARTIAL), reverse=True)
     skipped: list[str] = []
     for path in found:
         try:
-            return path, load(path), skipped
+            return path, load_checkpoint(path), skipped
         except CheckpointError as err:
             skipped.append(str(err))
     detail = f": {'; '.join(skipped)}" if skipped else ""
