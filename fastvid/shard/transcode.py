@@ -132,15 +132,17 @@ def pix_fmt_of(codec: str) -> str:
 
 
 def output_size(width: int, height: int, short_side: int, align: int = 2) -> tuple[int, int]:
-    """(W, H) with the short side scaled to `short_side` (0: kept), both rounded to a multiple of `align`.
+    """(W, H), both multiples of `align` (never below `align`).
+
+    short_side > 0: the short side scaled to `short_side` and the long side rounded to the nearest
+    multiple of `align`. short_side == 0: the source size, each side rounded down to a multiple of
+    `align`, so a frame is never larger than the source (636 wide at align 16 gives 624).
 
     NVDEC decodes whole 16x16 macroblocks: with align=16 the coded size equals the display size, so a
     hardware decoder made for one clip can be reused for the next of the same size. Rounding the long
     side changes the aspect ratio by at most align/2 pixels over it (under 5% at short side 128)."""
     if short_side == 0:
-        if align == 2:
-            return max(2, width // 2 * 2), max(2, height // 2 * 2)
-        return max(align, align * round(width / align)), max(align, align * round(height / align))
+        return max(align, width // align * align), max(align, height // align * align)
     scale = short_side / min(width, height)
     return max(align, align * round(width * scale / align)), max(align, align * round(height * scale / align))
 

@@ -61,17 +61,31 @@ def test_every_frame_kept_in_order_with_a_keyframe_every_gop(tmp_path: Path, cod
 @pytest.mark.parametrize("size,short,align,expected", [
     ((64, 48), 32, 2, (42, 32)), ((48, 64), 32, 2, (32, 42)), ((65, 49), 0, 2, (64, 48)),
     ((640, 272), 128, 2, (302, 128)), ((640, 272), 128, 16, (304, 128)), ((320, 240), 128, 16, (176, 128)),
-    ((1920, 1080), 128, 16, (224, 128)), ((1080, 1920), 128, 16, (128, 224)), ((65, 49), 0, 16, (64, 48))])
+    ((1920, 1080), 128, 16, (224, 128)), ((1080, 1920), 128, 16, (128, 224)), ((65, 49), 0, 16, (64, 48)),
+    ((636, 360), 0, 16, (624, 352)), ((636, 360), 0, 8, (632, 360))])
 def test_output_size_short_side_and_alignment(size: tuple, short: int, align: int, expected: tuple) -> None:
     width, height = output_size(*size, short, align)
     assert (width, height) == expected and width % align == 0 and height % align == 0
     assert abs(width / height / (size[0] / size[1]) - 1) < (0.05 if short == 128 else 0.1)
 
 
+def test_output_size_never_below_align() -> None:
+    assert output_size(12, 10, 0, 16) == (16, 16) and output_size(12, 40, 0, 16) == (16, 32)
+
+
 def test_short_side_must_be_a_multiple_of_align() -> None:
     with pytest.raises(ConfigError, match="short_side: 120 is not a multiple of align=16.*128"):
         ShardConfig(src="x", out="y", short_side=120)
     assert ShardConfig(src="x", out="y", short_side=120, align=8).align == 8
+
+
+def test_short_side_zero_rounds_the_source_size_down_to_align(tmp_path: Path) -> None:
+    # 636 / 16 = 39.75: rounding to nearest would give 640, larger than the source; kept sizes only shrink
+    clip = write_marked_clip(tmp_path / "c.mp4", 4, height=48, width=636)
+    sample, meta = kept(clip, short_side=0)  # align 16, the default
+    frames = decode_rgb(sample.files["mp4"])
+    assert frames[0].shape == (48, 624, 3) and (meta["width"], meta["height"]) == (624, 48)
+    assert [frame_index(f) for f in frames] == list(range(4))
 
 
 def test_short_side_zero_keeps_size_and_fps_resamples(tmp_path: Path) -> None:
