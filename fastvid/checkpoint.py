@@ -137,7 +137,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / STATE}: not JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise CheckpointError(f"{path / STATE}: not a fastvid checkpoint (format {FORMAT} {VERSION})")
-    file, recorded = path / TENSORS, header["tensors"]
+    file, recorded = path / TENSORS, header.get("tensors")
+    if not (isinstance(recorded, dict) and _is_int(recorded.get("bytes")) and isinstance(recorded.get("crc32"), str)):
+        raise CheckpointError(f"{path / STATE}: its \"tensors\" entry is not {{\"bytes\": int, \"crc32\": str}} "
+                              f"(got {recorded!r:.80})")
     if not file.is_file():
         raise CheckpointError(f"{file}: missing")
     if file.stat().st_size != recorded["bytes"]:
@@ -149,6 +152,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return _decode(header["state"], tensors)
     except (SafetensorError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
@@ -247,9 +254,14 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable encoders file ({err})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: its metadata is a {type(info).__name__}, not a mapping")
     if not isinstance(info.get("encoders"), dict) or not info["encoders"]:
         raise CheckpointError(f"{path}: lists no encoders")
     for name, entry in info["encoders"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("arch"), str) and _is_int(entry.get("in_channels"))):
+            raise CheckpointError(f"{path}: encoder {name!r} is not {{\"arch\": str, \"in_channels\": int}} "
+                                  f"(got {entry!r:.80})")
         prefix = f"{name}/"
         entry["state_dict"] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return info

@@ -159,3 +159,33 @@ def test_resume_after_a_save_killed_midway_falls_back_with_the_same_next_step_lo
     assert f"step_00000002{PARTIAL}: incomplete" in out and "resumed from " in out and "step_00000001 at step 1" in out
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-6)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000002", "step_00000003"]
+
+
+@pytest.mark.parametrize("tensors", [None, [], {"bytes": 1}, {"bytes": "1", "crc32": "00000000"},
+                                     {"bytes": True, "crc32": "00000000"}, {"bytes": 1, "crc32": 0}])
+def test_a_state_json_with_a_bad_tensors_entry_is_a_checkpoint_error(tmp_path: Path, tensors) -> None:
+    import json
+
+    path = save_checkpoint(tmp_path / "step_00000001", {"w": torch.ones(2)})
+    header = json.loads((path / STATE).read_text())
+    if tensors is None:
+        del header["tensors"]
+    else:
+        header["tensors"] = tensors
+    (path / STATE).write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match=r"state\.json: its \"tensors\" entry is not") as err:
+        load_checkpoint(path)
+    assert str(path / STATE) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("meta", ['[1, 2]', 'null', '{"encoders": {"video": 3}}', '{"encoders": {"video": []}}',
+                                  '{"encoders": {"video": {"arch": "r3d_18"}}}',
+                                  '{"encoders": {"video": {"arch": 1, "in_channels": 3}}}'])
+def test_encoders_metadata_of_the_wrong_shape_is_a_checkpoint_error(tmp_path: Path, meta: str) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "encoders.pt"
+    save_file({"video/w": torch.ones(2)}, path, metadata={"fastvid": meta})
+    with pytest.raises(CheckpointError) as err:
+        load_encoders(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
