@@ -204,15 +204,24 @@ def run_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, objects:
 
 def restore_run_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, objects: dict[str, Any],
                       state: dict[str, Any]) -> None:
-    """Load what `run_state` saved into the same objects (this process takes its own RNG states)."""
+    """Load what `run_state` saved into the same objects. Each process takes its own saved RNG states; a
+    process that has none (a run resumed with more processes than saved it) is seeded instead with
+    `crc32(process 0's saved torch RNG state) + process_index`: deterministic, and distinct from every other
+    extra process (not process 0's stream repeated)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for name, obj in objects.items():
         obj.load_state_dict(state["objects"][name])
     if "scaler" in state and getattr(accelerator, "scaler", None) is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
-    rngs = state["rng"]
-    set_rng_state(rngs[accelerator.process_index] if accelerator.process_index < len(rngs) else rngs[0])
+    rngs, rank = state["rng"], accelerator.process_index
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    else:
+        from accelerate.utils import set_seed
+
+        base = zlib.crc32(rngs[0]["torch"].numpy().tobytes())
+        set_seed((base + rank) % 2 ** 32)
 
 
 def save_encoders(path: str | Path, meta: dict[str, Any], encoders: dict[str, dict[str, Any]]) -> Path:

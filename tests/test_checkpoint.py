@@ -189,3 +189,28 @@ def test_encoders_metadata_of_the_wrong_shape_is_a_checkpoint_error(tmp_path: Pa
     with pytest.raises(CheckpointError) as err:
         load_encoders(path)
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_processes_beyond_the_saved_ones_get_distinct_deterministic_rngs() -> None:
+    """Resumed with more processes than saved the run: each extra one gets its own seeded streams, the same
+    on every resume, never a copy of process 0's."""
+    from types import SimpleNamespace
+
+    from fastvid.checkpoint import restore_run_state, rng_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(5)
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "objects": {},
+             "rng": [rng_state(), rng_state()]}
+    torch.manual_seed(6)
+    saved["rng"][1] = rng_state()
+
+    def draws(rank: int) -> tuple:
+        restore_run_state(SimpleNamespace(process_index=rank), model, optimizer, {}, saved)
+        return tuple(torch.rand(3).tolist()), random.random(), float(np.random.rand())
+
+    first, second, third, fourth = (draws(rank) for rank in range(4))
+    assert draws(0) == first and draws(2) == third and draws(3) == fourth  # deterministic
+    assert len({first, second, third, fourth}) == 4
+    assert all(a != b for a, b in zip(third, first)) and all(a != b for a, b in zip(fourth, third))
