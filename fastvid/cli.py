@@ -99,11 +99,15 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
                         "every video goes to --split)")
     p.add_argument("--split", default="train", help="split of videos without one (default: train)")
     p.add_argument("--codec", choices=["h264", "vp9", "mjpeg"], default="h264",
-                   help="h264 for GPU decoding (default); vp9 and mjpeg also decode with DALI on a CPU")
+                   help="h264 (default), vp9 or mjpeg; the loader's default decoder (PyAV, data.decode=cpu) reads "
+                        "all three; data.decode=gpu (NVDEC) reads h264 (vp9 only from 128x128), "
+                        "data.decode=dali-cpu only vp9 and mjpeg")
     p.add_argument("--crf", type=int, default=None,
                    help="quality: CRF for h264 (default 23) and vp9 (32), quantiser scale for mjpeg (3)")
     p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
-    p.add_argument("--short-side", type=int, default=128, help="output short side, even; 0 keeps the size (default 128)")
+    p.add_argument("--short-side", type=int, default=128,
+                   help="output short side, a multiple of --align; 0 keeps the size, rounded down to a "
+                        "multiple of --align (default 128)")
     p.add_argument("--align", type=int, default=16, choices=[2, 4, 8, 16],
                    help="width and height become multiples of this; 16 lets NVDEC reuse decoders (default 16)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")

@@ -2,7 +2,8 @@
 (what one view of a video is: which frames, which spatial and aural augmentation, which output).
 
 A method states its views as a list of `ViewSpec`s; `fastvid.data.sampling` turns them into per-sample
-random draws and `fastvid.data.dali` into one DALI pipeline that decodes each video once.
+random draws; worker processes (`fastvid.data.source`) decode only the GOPs the views need with PyAV
+(seeking to keyframes) into 4:2:0 planes, and `fastvid.data.dali` builds the DALI pipeline that augments them.
 """
 from __future__ import annotations
 

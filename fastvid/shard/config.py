@@ -23,7 +23,8 @@ class ShardConfig:
 
     src: a folder of videos (recursive, parent folder = class) or a CSV/JSONL manifest with columns
     `path`, optional `label`, `split`, `key` (relative paths are relative to the manifest's folder).
-    short_side: output short side in pixels (even), 0 keeps the source size (rounded down to even).
+    short_side: output short side in pixels, a multiple of `align`; 0 keeps the source size, each side
+    rounded down to a multiple of `align`.
     align: width and height become multiples of this (16, the default, suits hardware decoders: coded
     size = display size); the long side is rounded, changing the aspect ratio by a few percent at most.
     2 keeps the old rule (even sizes, aspect kept to within a pixel).
@@ -58,8 +59,8 @@ class ShardConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.short_side < 0 or self.short_side % 2:
-            raise ConfigError(f"short_side: must be an even number of pixels (0 keeps the size), got {self.short_side}")
+        if self.short_side < 0:
+            raise ConfigError(f"short_side: must be >= 0 pixels (0 keeps the size), got {self.short_side}")
         if self.align not in (2, 4, 8, 16):
             raise ConfigError(f"align: must be 2, 4, 8 or 16 pixels, got {self.align}")
         if self.short_side % self.align:
