@@ -34,6 +34,7 @@ def verify_tar(tar_path: str | Path, members: Sums) -> list[str]:
     tar_path = Path(tar_path)
     problems: list[str] = []
     seen: set[str] = set()
+    member_cut = False  # a member ended early: the tar's own read error that follows is the same problem
     try:
         with tarfile.open(tar_path) as tar:
             for member in tar:
@@ -48,11 +49,12 @@ def verify_tar(tar_path: str | Path, members: Sums) -> list[str]:
                     data = tar.extractfile(member).read()
                 except (tarfile.TarError, OSError) as err:  # the tar ends inside this member
                     problems.append(f"{tar_path.name}:{name}: unreadable ({err})")
+                    member_cut = True
                     continue
                 if (reason := verify_member(name, data, members[name])) is not None:
                     problems.append(f"{tar_path.name}:{reason}")
     except (tarfile.TarError, OSError) as err:
-        if not problems or "unreadable" not in problems[-1]:
+        if not member_cut:
             problems.append(f"{tar_path.name}: unreadable tar ({err})")
     problems += [f"{tar_path.name}:{name}: missing from the tar" for name in members if name not in seen]
     return problems

@@ -2,8 +2,10 @@
 redoes exactly the samples of a missing, truncated or altered shard (issue 14)."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from fastvid.cli import main
 from fastvid.shard import read_manifest
 from fastvid.shard.info import check, verify
-from fastvid.shard.integrity import checksum, verify_member
+from fastvid.shard.integrity import checksum, verify_member, verify_tar
 from tests.clips import write_marked_clip
 from tests.shard.media import read_tar
 from tests.shard.test_shard_dataset import assert_identical_shards, shard
@@ -67,6 +69,32 @@ def test_checksums_recorded_and_verify_member() -> None:
     assert verify_member("k.mp4", b"fastvid", recorded) is None
     assert "6 bytes, recorded 7" in verify_member("k.mp4", b"fastvi", recorded)
     assert "checksum" in verify_member("k.mp4", b"fastvie", recorded)
+
+
+def _cut_tar(path: Path, members: dict[str, bytes], keep: int) -> None:
+    """The first `keep` bytes of a tar of `members`, in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue()[:keep])
+
+
+def test_verify_tar_reports_a_cut_once_whatever_the_member_names(tmp_path: Path) -> None:
+    data = b"x" * 2000
+    keep = 512 + 2048 + 512 + 1000  # the first member (header, padded data), the second's header, half its data
+    sums = {"a.json": [len(data), checksum(data)], "b.mp4": [len(data), checksum(data)]}
+    # The tar ends inside b.mp4: one line for it, not a second one for the tar.
+    _cut_tar(tmp_path / "t.tar", {"a.json": data, "b.mp4": data}, keep)
+    problems = verify_tar(tmp_path / "t.tar", sums)
+    assert len(problems) == 1 and problems[0].startswith("t.tar:b.mp4: unreadable"), problems
+    # An unrecorded member named "unreadable..." cut short: the cut is still reported.
+    _cut_tar(tmp_path / "u.tar", {"a.json": data, "unreadable.mp4": data}, keep)
+    problems = verify_tar(tmp_path / "u.tar", {"a.json": sums["a.json"]})
+    assert problems[0] == "u.tar:unreadable.mp4: not recorded in dataset.json"
+    assert len(problems) == 2 and problems[1].startswith("u.tar: unreadable tar"), problems
 
 
 def test_dataset_json_holds_every_members_size_and_checksum(reference: Path) -> None:
