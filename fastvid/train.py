@@ -369,6 +369,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                                       rank=rank, world_size=world, device=accelerator.device)
     total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
     stop = min(total_steps, cfg.train.max_steps or total_steps)
+    if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written
+        ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
     accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
 
     # Only now write: the config (and, with overwrite, delete the earlier run first).
@@ -387,8 +389,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     method = accelerator.unwrap_model(model)
     progress = Progress()
     objects = {"scheduler": scheduler, "loader": loader, "progress": progress}  # checkpointed beside the weights
-    if resume:  # the newest checkpoint that loads; nothing in it is unpickled
-        ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
+    if resume:
         for reason in skipped:
             accelerator.print(f"skipped checkpoint {reason}")
         restore_run_state(accelerator, method, optimizer, objects, state)

@@ -98,6 +98,25 @@ def test_a_failed_run_leaves_an_earlier_run_byte_identical(shards, tmp_path, cap
     assert snapshot(out)["encoders.pt"] != before["encoders.pt"]
 
 
+def test_resume_with_every_checkpoint_damaged_fails_in_one_line_and_leaves_config_yaml(shards, tmp_path, capsys):
+    import yaml
+
+    from fastvid.checkpoint import STATE, save_checkpoint
+    from fastvid.config import to_dict
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(tiny("video_simclr", shards, out)), sort_keys=False))
+    ckpt = save_checkpoint(out / "checkpoints" / "step_00000001", {"step": 1})
+    (ckpt / STATE).write_text("{")  # damaged on disk
+    before = snapshot(out)
+    assert main(["train", "--method", "video_simclr", "--output", str(out), "--resume", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(r"no complete checkpoint under .*step_00000001/state\.json: not JSON", err), err
+    assert snapshot(out) == before  # config.yaml (and everything else) untouched
+
+
 def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_next_step_loss(shards, tmp_path):
     split = tmp_path / "split"
     proc = subprocess.Popen([sys.executable, "-m", "fastvid.train", "--method", "video_moco", "--data", shards,
