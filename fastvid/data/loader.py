@@ -9,6 +9,7 @@ rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dt
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -132,6 +133,7 @@ class VideoLoader:
         if not self.key_index:
             raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
                               f"({len(self.skipped)} skipped)")
+        self.positions = np.array(sorted(self.key_index.values()), np.int64)  # every position an epoch reads
 
     def samples(self) -> int:
         """Samples this rank reads per epoch: rank r takes the block [rN/S, (r+1)N/S) of the epoch's order."""
@@ -154,10 +156,9 @@ class VideoLoader:
     def shuffled(self, epoch: int) -> np.ndarray:
         """The default order: a permutation seeded by (seed, epoch); positions in shard order with
         shuffle_buffer=0."""
-        positions = np.array(sorted(self.key_index.values()), np.int64)
         if self.cfg.shuffle_buffer == 0:
-            return positions
-        return np.random.default_rng([self.cfg.seed, epoch]).permutation(positions)
+            return self.positions.copy()
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.positions)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -168,9 +169,12 @@ class VideoLoader:
 
     def _block(self) -> tuple[np.ndarray, int]:
         """This rank's positions for the rest of the epoch, padded to whole batches, and how many are real."""
-        order = np.asarray((self._order_fn or self.shuffled)(self.epoch), np.int64)
-        if sorted(order.tolist()) != sorted(self.key_index.values()):
-            raise ValueError(f"order({self.epoch}) must list every dataset position once ({len(self.key_index)})")
+        if self._order_fn is None:
+            order = self.shuffled(self.epoch)
+        else:  # a method's order: check it, it must cover the epoch exactly
+            order = np.asarray(self._order_fn(self.epoch), np.int64)
+            if not np.array_equal(np.sort(order), self.positions):
+                raise ValueError(f"order({self.epoch}) must list every dataset position once ({len(self.positions)})")
         n, b = len(order), self.cfg.batch_size
         block = order[self.rank * n // self.world_size:(self.rank + 1) * n // self.world_size]
         block = block[:len(block) // b * b] if self.cfg.drop_last else block
@@ -235,34 +239,50 @@ class VideoLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         b = self.cfg.batch_size
         given = 0
-        try:
+        with self._reading():
             real = self._start_epoch()  # DALI runs the first batch here already
-            for outputs in self._iter if real else ():  # ceil(real / b) batches: the last one padded
-                batch = self._finish(outputs[0], min(b, real - given))
-                given += len(batch["index"])
-                self._report_undecodable()
-                self.consumed += 1
-                yield batch
-        except Exception as err:  # DALI re-raises a worker's error as a plain Exception with its traceback
+        batches = iter(self._iter if real else ())  # ceil(real / b) batches: the last one padded
+        while True:
+            with self._reading():
+                outputs = next(batches, None)
+            if outputs is None:
+                break
+            batch = self._finish(outputs[0], min(b, real - given))
+            given += len(batch["index"])
+            self._report_undecodable()
+            self.consumed += 1
+            yield batch
+        self._open = False
+        self.set_epoch(self.epoch + 1)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around DALI's calls only: it re-raises a worker's error as a plain Exception with its traceback;
+        make it one line naming the sample, and stop the pipeline."""
+        try:
+            yield
+        except Exception as err:
             self.close()
             culprit = _failed_sample(str(err))
             raise LoaderError(f"reading {culprit or ', '.join(s['tar'] for s in self._shards)} failed: "
                               f"{_reason(str(err))}") from err
-        self._open = False
-        self.set_epoch(self.epoch + 1)
 
     def _report_undecodable(self) -> None:
-        """Warn once per sample the workers found undecodable, and leave it out of later epochs."""
+        """Warn once per sample the workers found undecodable (on_error="skip"), and leave those samples
+        out of later epochs (one index scan for all that the batch brought)."""
         path = Path(self._folder.name) / UNDECODABLE
-        if not path.exists():
+        if self.cfg.on_error != "skip" or not path.exists():
             return
+        new = 0
         for line in path.read_text().splitlines():
             name, _, reason = line.partition("\t")
             if name and name not in self.undecodable:
                 self.undecodable.add(name)
+                new += 1
                 warnings.warn(f"{name}: undecodable ({reason}); replaced by the next sample of epoch "
                               f"{self.epoch} and left out from now on", stacklevel=3)
-                self._scan()
+        if new:
+            self._scan()
 
     def _finish(self, out: dict[str, torch.Tensor], real: int) -> dict[str, torch.Tensor]:
         """DALI outputs -> the batch contract: one tensor per view on the device, label, index (the first

@@ -27,6 +27,7 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.shard.integrity import verify_member
 
+YUV_TO_RGB = {full: yuv_to_rgb(full) for full in (False, True)}  # by range: computed once, used per sample
 CROP_MARGIN = 8  # pixels kept around the views' regions: the resize filter's support at a 4x downscale
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
 
@@ -193,7 +194,7 @@ class ShardSource:
     def to_rgb(self, draw: dict[str, np.ndarray], full_range: bool) -> None:
         """Fold YUV -> RGB into each RGB view's colour map [M | t]: M' = M K, t' = M k + t, for (Y, U, V) -> RGB
         = K (Y, U, V) + k. One map per pixel either way; the intermediate RGB is not clamped to 0-255."""
-        k = yuv_to_rgb(full_range)
+        k = YUV_TO_RGB[full_range]
         for v in self.rgb_views:
             c = draw[f"{v.name}.colour"].astype(np.float64)  # (R, 3, 4)
             m = c[:, :, :3]
