@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fastvid.config import ConfigError
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
 from fastvid.losses import center_nce, mil_nce, top1_accuracy
@@ -59,6 +60,10 @@ class Vi2CLRConfig:
     kmeans_iters: int = 20
     mined_positives: int = 1  # same-cluster samples read into each sample's batch (0: a plain shuffle)
     views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
+
+    def __post_init__(self) -> None:
+        if self.mined_positives < 0:
+            raise ConfigError(f"model.mined_positives: must be >= 0 (0: a plain shuffle), got {self.mined_positives}")
 
 
 def distributed() -> bool:

@@ -261,3 +261,11 @@ def test_bf16_autocast_forward(clustered):
     # an AMD EPYC, and 12% of VideoNCE (0.905 vs 1.033) on the Intel Xeon with native bf16 that CI now runs on
     # (S3D's features themselves agree to a cosine of 0.99997 there): the bound leaves room for both.
     assert_bf16_forward_matches_fp32(method, random_batch([3, 10, 6, 1], seed=4), rtol=0.2)
+
+
+def test_negative_mined_positives_is_a_config_error():
+    from fastvid.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.mined_positives: must be >= 0.*got -1"):
+        Vi2CLRConfig(mined_positives=-1)
+    assert Vi2CLRConfig(mined_positives=0).mined_positives == 0  # a plain shuffle
