@@ -54,7 +54,9 @@ class ShardSummary:
     repaired: dict[str, int] = field(default_factory=dict)  # note kind -> files kept with that problem
     unlisted: int = 0  # videos the split lists leave out
     resumed_shards: int = 0
-    redone: list[str] = field(default_factory=list)  # a line per damaged shard redone, or index rewritten
+    # A line per shard of an earlier run found damaged and redone, or index rewritten (printed as "redone:";
+    # not `repaired`, which counts source files kept with repairs).
+    redone: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -70,7 +72,7 @@ class ShardSummary:
             if counts:
                 detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                 lines.append(f"{title}: {sum(counts.values())} ({detail})")
-        lines += [f"repaired: {line}" for line in self.redone]
+        lines += [f"redone: {line}" for line in self.redone]
         if self.unlisted:
             lines.append(f"not in the split lists (skipped): {self.unlisted}")
         if self.rejected or self.repaired:
@@ -228,15 +230,15 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     journaled = _load_journal(out, cfg.output_options())
     for stale in out.glob("*.partial"):
         stale.unlink()
-    records, redo, repairs = [], {}, []
+    records, redo, redone = [], {}, []
     for record in journaled:
         reason = _damage(out, record) if record["tar"] else None
         if reason is not None:
             redo.update((key, record) for key in record["keys"])
-            repairs.append(f"{record['tar']}: {reason}; its {record['samples']} samples are redone")
+            redone.append(f"{record['tar']}: {reason}; its {record['samples']} samples are redone")
         else:
             records.append(record)
-            repairs += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
+            redone += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
     # A damaged shard's failures stay failed (they come back with its record); its samples are redone.
     done = {k for r in records for k in r["keys"]} | {e["key"] for r in journaled for e in r["errors"]}
     # The damaged shards' samples first, shard by shard, then what no shard holds yet, in plan order.
@@ -271,7 +273,7 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
             roller.abort()
             raise
     summary.unlisted = plan.unlisted
-    summary.redone = repairs
+    summary.redone = redone
     summary.resumed_shards = sum(1 for r in records[: len(records) - len(roller.records)] if r["tar"])
     summary.seconds = time.time() - start
     return summary

@@ -152,7 +152,7 @@ def test_rerun_redoes_exactly_the_damaged_shard(reference: Path, src: Path, tmp_
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p != tar}
     summary = rerun(src, out, codec)
     assert summary.redone == [line for line in summary.redone if line.startswith("train-000001.tar: ")] != []
-    assert "repaired: train-000001.tar" in summary.format()
+    assert "redone: train-000001.tar" in summary.format()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p != tar} == kept  # the others kept
     for name in ("train-000000.tar", "train-000001.tar", "train-000002.tar", "train-000001.idx"):
         assert_identical_shards(out / name, reference / name)  # the same bytes as the undamaged run
