@@ -84,7 +84,7 @@ def media_names(views: list[ViewSpec]) -> list[str]:
     return names
 
 
-def output_names(media: list[str], decode: str) -> list[str]:
+def media_outputs(media: list[str], decode: str) -> list[str]:
     """The source's outputs for members `media`: decoded planes ("pyav") or the members' bytes."""
     if decode != "pyav":
         return list(media)
@@ -121,7 +121,7 @@ class ShardSource:
         self.media = media_names(views)
         self.rgb_views = [v for v in views if v.modality not in ("flow", "audio")]  # the views of KEY.mp4
         self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
-        self.names = self.draws + output_names(self.media, decode)
+        self.names = self.draws + media_outputs(self.media, decode)
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
         self._files: dict[int, int] = {}
 
