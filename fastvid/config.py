@@ -108,6 +108,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{where or cls.__name__}: {err}", where or None) from None
+    except ConfigError as err:  # a check in __post_init__: give it the key it came from, if it names none
+        if err.key is not None:
+            raise
+        raise ConfigError(str(err), _post_init_key(str(err), fields, where)) from None
+
+
+def _post_init_key(message: str, fields: typing.Iterable[str], where: str) -> str | None:
+    """The dotted key of a __post_init__ error in section `where`: the field its message starts with (as
+    "bn_splits: ..." or "model.bn_splits: ..."), else the section itself."""
+    head = message.split(":", 1)[0].strip()
+    prefix = f"{where}." if where else ""
+    for name in fields:
+        if head in (name, prefix + name):
+            return prefix + name
+    return where or None
 
 
 def to_dict(obj: Any) -> Any:

@@ -73,3 +73,42 @@ def test_yaml_errors_are_one_line(tmp_path):
         load_yaml(bad)
     with pytest.raises(ConfigError, match=r"^override 'a=\[1,': the value is not valid YAML"):
         apply_overrides({}, ["a=[1,"])
+
+
+@dataclass
+class Checked:
+    size: int = 1
+    other: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ConfigError(f"model.size: must be >= 1, got {self.size}")  # no key, as method configs raise
+        if self.other < 0:
+            raise ConfigError("other must not be negative")
+
+
+@dataclass
+class Holder:
+    inner: Checked = field(default_factory=Checked)
+
+
+def test_a_post_init_error_without_a_key_gets_the_key_it_came_from():
+    with pytest.raises(ConfigError, match=r"^model\.size: must be >= 1, got 0$") as err:
+        from_dict(Checked, {"size": 0}, "model")
+    assert err.value.key == "model.size"
+    with pytest.raises(ConfigError) as err:  # a message that names no field: the section
+        from_dict(Checked, {"other": -1}, "model")
+    assert err.value.key == "model"
+    with pytest.raises(ConfigError) as err:  # nested: the dotted path from the top
+        from_dict(Holder, {"inner": {"size": 0}}, "model")
+    assert err.value.key == "model.inner"
+    assert from_dict(Checked, {}, "model") == Checked()
+
+
+def test_a_method_config_check_blames_the_override():
+    from fastvid.train import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config("video_moco", None, ["model.temperature=0.1", "model.bn_splits=0", "train.max_steps=3"])
+    assert str(err.value) == "override model.bn_splits=0: model.bn_splits: must be >= 1, got 0"
+    assert err.value.key == "model.bn_splits"

@@ -66,6 +66,15 @@ def test_a_user_error_is_one_line_and_a_nonzero_exit(case, shards, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # nothing written
 
 
+def test_a_method_config_check_names_the_override(tmp_path, capsys):
+    argv = ["train", "--method", "video_moco", "--output", str(tmp_path / "run"), "model.bn_splits=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "override model.bn_splits=0: model.bn_splits: must be >= 1, got 0" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     done = fastvid_train("--method", "video_simclr", "--data", "/nonexistent", "--debug", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" in done.stderr
