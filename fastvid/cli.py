@@ -8,7 +8,6 @@ A subcommand is one `add_<name>(subparsers)` function that declares its flags an
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 import traceback
@@ -40,8 +39,9 @@ class Parser(argparse.ArgumentParser):
         unknown = re.match(r"unrecognized arguments: (\S+)", message)
         if unknown:
             options = [o for parser in _all_parsers(self) for a in parser._actions for o in a.option_strings]
-            close = difflib.get_close_matches(unknown.group(1).split("=")[0], options, n=1)
-            message += f"; did you mean {close[0]}?" if close else ""
+            from fastvid.config import did_you_mean
+
+            message += did_you_mean(unknown.group(1).split("=")[0], options)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
