@@ -434,6 +434,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     wait = busy = 0.0
     clips = 0
     saved_at, saved_time = progress.step, time.monotonic()
+
+    def logged(step: int) -> bool:  # whether optimiser step `step` (counted from 1) is logged
+        return step % cfg.train.log_every == 0 or step == stop
+
     with StopSignals() as signals:
         try:
             while progress.step < stop:
@@ -443,6 +447,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                 for batch in loader:
                     t1 = time.perf_counter()
                     wait += t1 - t0
+                    method.want_metrics = logged(progress.step + 1)  # pretext accuracies only when logged
                     with accelerator.accumulate(model):
                         with accelerator.autocast():
                             out = model(batch)
@@ -474,7 +479,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                     method.after_step()
                     progress.step += 1
                     bar.update(1)
-                    if progress.step % cfg.train.log_every == 0 or progress.step == stop:
+                    if logged(progress.step):
                         last = terms
                         # pretext accuracy (top-1 of the positive among the candidates) apart from the losses
                         logs = {(f"pretext/{k}" if k == "acc" or k.endswith("_acc") else f"loss/{k}"): v

@@ -114,6 +114,23 @@ def test_resume_gives_the_uninterrupted_next_step_loss(shards, tmp_path):
         torch.testing.assert_close(ends[1]["encoders"]["video"]["state_dict"][name], value, msg=name)
 
 
+def test_pretext_accuracy_is_computed_only_on_logged_steps(shards, tmp_path, monkeypatch):
+    from fastvid.methods.video_simclr import VideoSimCLR
+
+    calls = []
+    forward = VideoSimCLR.forward
+
+    def spy(self, batch):
+        out = forward(self, batch)
+        calls.append((self.want_metrics, "acc" in out))
+        return out
+
+    monkeypatch.setattr(VideoSimCLR, "forward", spy)
+    last = train(tiny("video_simclr", shards, tmp_path, "train.max_steps=3", "train.log_every=2"))
+    assert calls == [(False, False), (True, True), (True, True)]  # steps 2 (log_every) and 3 (the last) are logged
+    assert "acc" in last and 0.0 <= last["acc"] <= 1.0
+
+
 def test_checkpoints_by_wall_clock_time(shards, tmp_path):
     # A tiny interval makes every step due; the step count alone would checkpoint only at the end.
     train(tiny("video_simclr", shards, tmp_path, "train.max_steps=3", "train.checkpoint_every=1000",

@@ -4,7 +4,8 @@ A method owns its encoders, heads and any non-gradient state (MoCo's queue, Vi2C
 trainer (`fastvid.train.train`) owns the loop, the optimiser and the checkpoints. Per step the trainer
 calls `out = method(batch)`, back-propagates `out["loss"]`, steps the optimiser, then `method.after_step()`.
 `out` holds scalars: "loss", its terms, and the pretext top-1 accuracy "acc" (or "<term>_acc" for several),
-logged beside the loss terms.
+logged beside the loss terms. The accuracies are computed only when `want_metrics` is set: the trainer sets
+it before each step to whether that step is logged (`train.log_every`), so the other steps skip them.
 
 Each method module defines a config dataclass (`Method.Config`) and `configs/<name>.yaml` mirrors a run:
 
@@ -167,6 +168,7 @@ class Method(nn.Module, abc.ABC):
     needs_feature_pass: ClassVar[bool] = False  # True: the trainer calls before_epoch with data
     momentum: float = 0.0  # m in theta_k <- m theta_k + (1 - m) theta_q; set by momentum methods
     sync_bn: bool = False  # BN statistics over every process's batch (the trainer converts the layers)
+    want_metrics: bool = True  # forward adds the pretext accuracies; the trainer sets it per step (logged ones)
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()

@@ -130,6 +130,8 @@ class GDT(Method):
         v, a, factors = gather_with_grad(v), gather_with_grad(a), gather_no_grad(factors)
         cross_modal = self.cfg.modality == "av"  # w = delta(m != m'); video only: SimCLR's delta(T != T')
         loss = gdt_loss(v, a, factors, self.invariant, self.cfg.temperature, cross_modal=cross_modal)
+        if not self.want_metrics:
+            return {"loss": loss}
         return {"loss": loss, "acc": gdt_top1_accuracy(v, a, factors, self.invariant, cross_modal=cross_modal)}
 
     def encoders(self) -> dict[str, Encoder]:

@@ -192,12 +192,14 @@ class Vi2CLR(Method):
         video = mil_nce(r_v_all, ids_all, self.cfg.temperature)
         image = mil_nce(r_i_all, ids_all, self.cfg.temperature)
         w_c, w_v, w_i = self.cfg.loss_weights
-        clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
-        return {"loss": w_c * center + w_v * video + w_i * image,
-                "center_nce": center, "video_nce": video, "img_nce": image,
-                "center_acc": top1_accuracy(r_j, self.centroids, ids, clusters, beta=1.0 / self.concentration),
-                "video_acc": top1_accuracy(r_v_all, r_v_all, ids_all, ids_all, exclude_diag=True),
-                "img_acc": top1_accuracy(r_i_all, r_i_all, ids_all, ids_all, exclude_diag=True)}
+        out = {"loss": w_c * center + w_v * video + w_i * image,
+               "center_nce": center, "video_nce": video, "img_nce": image}
+        if self.want_metrics:
+            clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
+            out["center_acc"] = top1_accuracy(r_j, self.centroids, ids, clusters, beta=1.0 / self.concentration)
+            out["video_acc"] = top1_accuracy(r_v_all, r_v_all, ids_all, ids_all, exclude_diag=True)
+            out["img_acc"] = top1_accuracy(r_i_all, r_i_all, ids_all, ids_all, exclude_diag=True)
+        return out
 
     def _resize_cluster_state(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
                               *args: Any) -> None:

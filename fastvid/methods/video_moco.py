@@ -134,10 +134,11 @@ class VideoMoCo(Method):
         # The loss reads the queue as it was before this batch's keys join it.
         queue = self.queue.clone()  # (K, D)
         loss = info_nce_queue(q, k, queue, self.cfg.temperature)
-        # top-1 among k_+ and the queue: candidates [k (N); queue (K)], query n's positive is row n
-        ids = torch.arange(q.shape[0], device=q.device)  # (N,)
-        queue_ids = ids.new_full((queue.shape[0],), -1)  # (K,) never a positive
-        acc = top1_accuracy(q, torch.cat([k.float(), queue]), ids, torch.cat([ids, queue_ids]))
+        out = {"loss": loss, "info_nce": loss.detach()}
+        if self.want_metrics:  # top-1 among k_+ and the queue: candidates [k (N); queue (K)], query n's is row n
+            ids = torch.arange(q.shape[0], device=q.device)  # (N,)
+            queue_ids = ids.new_full((queue.shape[0],), -1)  # (K,) never a positive
+            out["acc"] = top1_accuracy(q, torch.cat([k.float(), queue]), ids, torch.cat([ids, queue_ids]))
         if self.training:
             self.enqueue(k)
-        return {"loss": loss, "info_nce": loss.detach(), "acc": acc}
+        return out

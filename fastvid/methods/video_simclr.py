@@ -71,6 +71,9 @@ class VideoSimCLR(Method):
         if self.cfg.gather_negatives:
             p_i, p_j = gather_with_grad(p_i), gather_with_grad(p_j)  # (world * N, D)
         loss = nt_xent(p_i, p_j, self.cfg.temperature)
-        p = torch.cat([p_i, p_j])  # (2M, D), M clips over every process
-        ids = torch.arange(p.shape[0], device=p.device) % p_i.shape[0]  # (2M,) clip of each version
-        return {"loss": loss, "nt_xent": loss.detach(), "acc": top1_accuracy(p, p, ids, ids, exclude_diag=True)}
+        out = {"loss": loss, "nt_xent": loss.detach()}
+        if self.want_metrics:
+            p = torch.cat([p_i, p_j])  # (2M, D), M clips over every process
+            ids = torch.arange(p.shape[0], device=p.device) % p_i.shape[0]  # (2M,) clip of each version
+            out["acc"] = top1_accuracy(p, p, ids, ids, exclude_diag=True)
+        return out

@@ -156,3 +156,14 @@ def test_pretext_accuracy_counts_queries_whose_key_beats_the_queue():
     with torch.no_grad():
         method.queue[:2] = F.normalize(method.head(method.encoder(b["query"][:2])), dim=1)  # ...and the queue
     assert method(b)["acc"].item() == 0.5  # holds them exactly: for 0 and 1 a queue entry wins
+
+
+def test_no_accuracy_when_the_step_is_not_logged():
+    """want_metrics off (a step the trainer does not log): the same loss terms, no accuracy computed."""
+    method = small().eval()
+    b = batch(4)
+    with_acc = method(b)
+    method.want_metrics = False
+    without = method(b)
+    assert set(without) == {"loss", "info_nce"} and "acc" in with_acc
+    assert without["loss"].item() == with_acc["loss"].item()
