@@ -1,125 +1,282 @@
 #!/usr/bin/env bash
-# Every GPU check of fastvid in one call on the lent GPU machine (one H200, 16 cores, Python 3.12 with torch,
-# torchvision, triton, numba, OpenCV, accelerate; no DALI, PyAV, webdataset, no package registry), writing
-# its results under $OUT in under 9 minutes (its steps' limits add up to 520 s):
-#   summary.json      what every step measured or why it failed, with the machine and versions
-#   pytest.xml        `pytest -m gpu` over tests/data, tests/kernels, tests/losses
-#   loader/loader.json, loader/loader.png   benchmarks/loader.py: fastvid with PyAV workers + GPU augmentation
-#                     (decode=cpu) and with DALI's NVDEC decoder (decode=gpu), each also with a centre crop
-#                     only (fastvid-plain: the decode stage's rate), against a PyAV DataLoader, 4 and 16 workers
-#   dmon.txt          `nvidia-smi dmon -s u` during the loader benchmark (NVDEC utilisation: column "dec")
-#   train.txt         a 100-step video_simclr R3D-18 bf16 run at batch 64: clips/s and data wait per 10 steps
+# Every GPU check of fastvid in one call on a lent GPU machine (one H100 or H200, 16 cores, Python 3.12 with
+# torch, torchvision, triton, numba, OpenCV, accelerate; no DALI, PyAV, webdataset, no package registry).
+# It returns three files under $OUT (the device tool brings back at most 8, 16 MiB each):
+#   summary.json   everything: each step's limit, exit status, seconds and output tail; the machine and versions;
+#                  benchmarks/loader.py's whole report (fastvid with PyAV workers + GPU augmentation, decode=cpu,
+#                  and with DALI's NVDEC decoder, decode=gpu; each also with a centre crop only, fastvid-plain,
+#                  the decode stage's rate; a PyAV DataLoader; 16 then 4 workers); NVDEC utilisation
+#                  (`nvidia-smi dmon`, column "dec") during it; a 100-step video_simclr R3D-18 bf16 run at batch
+#                  64 (clips/s and data wait per 10 steps); `pytest -m gpu` over tests/data, kernels, losses
+#   loader.png     the loader benchmark's plot (drawn from its JSON if the step was cut)
+#   log_tail.txt   the last 256 KiB of every step's output
+# Bulky output (the loader's files, the training run) stays in a fresh temp folder on the machine, removed at
+# the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 15 s later);
+# summary.json is rewritten after every step, so a cut step or a lost machine keeps what was measured.
 #
-# Here, before a GPU session (needs pip's network and a few minutes):
+# Here, before a GPU session (pip's network and a few minutes of CPU; it finds the project's .venv itself):
 #   benchmarks/gpu_check.sh prepare
-# writes .carry/partNN (wheels, at most 56 MiB each) and .carry/bench.tar (benchmark shards: 128 clips of
-# 5-10 s, H.264, short side 128, GOP 16) and prints the device calls to make, one right after another (the
-# machine goes back after 30 s idle):
-#   run(command="mkdir -p /tmp/carry && cp .carry/partNN /tmp/carry/", carry=[".carry/partNN"])  every part but
-#   the last, then the last part, the shards and the check in one call:
-#   run(command="mkdir -p /tmp/carry && cp .carry/partNN /tmp/carry/ && benchmarks/gpu_check.sh",
-#       carry=[".carry/partNN", ".carry/bench.tar"], timeout_s=600)
+# writes .carry/partNN (at most 60 MiB each: a call carries 64 MiB with the tree) and .carry/SHA256SUMS: one
+# gzipped tar of (1) what the machine lacks, installed here for its Python 3.12: nvidia-dali-cuda130 at the
+# DALI version the tests here use (the CUDA 13 build: the machine's driver; half the cuda120 wheel), av,
+# webdataset, braceexpand and DALI's pure-Python needs astunparse, gast, optree, makefun, libcst, nvtx, each
+# pinned to the version installed here (torch, scipy, matplotlib, psutil, pyyaml, safetensors, accelerate,
+# tensorboard, six, packaging are on the machine already; DALI's image-codec wheels are left out: its video
+# path does not load them); (2) the benchmark shards: 64 clips of 5-10 s, H.264, short side 128, GOP 16, which
+# the loader and training steps read cycled 128 times (8,192 clips: an epoch is 128 steps of 64, longer than
+# the 100-step run). About 230 MiB: 4 parts. It prints the calls to make.
+#
+# There: one call per part, each made right after the previous reply (the machine goes back after 30 s idle),
+#   run(command="benchmarks/gpu_check.sh receive", carry=[".carry/part00", ".carry/SHA256SUMS"], timeout_s=60)
+#   ... part01, part02 likewise; the last part with the check itself:
+#   run(command="benchmarks/gpu_check.sh", carry=[".carry/part03", ".carry/SHA256SUMS"], timeout_s=600)
+#   give_back()
+# Check that each reply says the machine is still warm (lease.warm true) and that `receive` printed "k of N
+# parts here" with k the parts sent so far. A reply with warm false, or a `receive` that exits 1 ("start again
+# at part 00"), means the machine was given back and the parts with it: start again at part 00. The check
+# itself verifies every part's presence and checksum before anything runs (exit 3 within seconds, with a
+# summary.json naming what is missing or damaged). A second run on the same warm machine (e.g. after a fix;
+# GPU_CHECK_STEPS="train" runs one step) reuses the unpacked payload and starts a fresh temp folder.
+#
+# Device time (15 min per session, start and transfers included), estimated; kept under 12 min so that a
+# second run after a fix fits:
+#   machine start (first call)                            ~120 s
+#   3 part calls (60 MiB up, copy + checksum, reply,      3 x ~30 s = 90 s
+#     the next call sent at once)
+#   the check's call: its part up, parts checked          ~30 s
+#     setup (unpack ~230 MiB, cycle the shards, imports)  <= 50 s (limit; ~30 s expected)
+#     loader (decode stage, 10 rows of <= 6 s + start)    <= 150 s
+#     train (100 steps, video_simclr R3D-18 bf16)         <= 120 s
+#     pytest -m gpu                                       <= 90 s
+#     summaries (after each step), $OUT check             ~10 s
+#   give_back at once                                     0 s (else 30 s idle)
+#   total: ~560 s expected; 660 s (11 min) if every step runs to its limit; 720 s (12 min) if every step
+#   also ignores SIGTERM until its kill 15 s later. The steps' limits with that kill grace add up to 470 s,
+#   inside the 600 s one call may run (the script refuses to start otherwise).
+#
+# Here, the rehearsal: `benchmarks/gpu_check.sh dry-run` runs the whole procedure on this CPU machine (a tiny
+# payload packed, split and received like the real one; CPU stand-ins for the GPU steps: tiny sizes, device
+# cpu) into $OUT (default: a temp folder), then checks $OUT against the device tool's limits and the steps'
+# limits against the per-call limit; tests/test_gpu_check.py runs it.
+#
+# Environment: OUT (where the summary goes), GPU_CHECK_STEPS (steps to run after setup; default all),
+# GPU_CHECK_LIMITS ("step=seconds ..." to change limits), GPU_CHECK_CARRY and GPU_CHECK_LANDING (where the
+# parts come from and are kept; default .carry and /tmp/carry), PYTHON (prepare: the project's python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "${1:-}" = prepare ]; then
-  set -e
-  ../shared/tools/carry_to_device.sh nvidia-dali-cuda130==2.4.0 astunparse gast optree makefun libcst nvtx \
-    webdataset braceexpand av tensorboard tensorboard-data-server grpcio protobuf markdown werkzeug absl-py
-  python benchmarks/loader.py --shards-only --clips 128 --output .carry/bench-src
-  tar -cf .carry/bench.tar -C .carry/bench-src shards-128
-  rm -rf .carry/bench-src
-  ls -l .carry
-  exit 0
-fi
+CARRY=${GPU_CHECK_CARRY:-.carry}
+LANDING=${GPU_CHECK_LANDING:-/tmp/carry}
+PART_SIZE=60m
+PER_CALL=600  # seconds one device call may run
+KILL_AFTER=15  # seconds between a step's SIGTERM and its SIGKILL
+LIMITS="setup=50 loader=150 train=120 pytest=90"  # seconds per step; GPU_CHECK_LIMITS's entries win
+declare -A LIMIT
+for kv in $LIMITS ${GPU_CHECK_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
+STEPS=${GPU_CHECK_STEPS:-loader train pytest}
+CLIPS=64  # benchmark clips carried (~12 MB): with the packages, 4 parts
+CYCLE=128  # copies of them the loader and training steps read: 8,192 clips, an epoch of 128 steps at batch 64
+# What the machine lacks besides DALI, at the versions the tests here use (read from the project's environment).
+CARRIED="av webdataset braceexpand astunparse gast optree makefun libcst nvtx"
 
-OUT=${OUT:-/tmp/gpu_check_out}
-mkdir -p "$OUT/loader"
-started=$(date +%s)
-export PYTHONUNBUFFERED=1
-declare -A status
+# The training step's overrides (key=value, fastvid train's syntax); later ones win.
+TRAIN_OVERRIDES=(train.log_every=10 train.mixed_precision=bf16)
+TRAIN_ARGS=(--max-steps 100 --batch-size 64 --device cuda)
+# 16 workers first, decode=cpu first: the rows that matter most come before any cut.
+LOADER_ARGS=(--workers 16 4 --batch 32 --batches 6 --repeats 2 --row-seconds 6 --loaders fastvid fastvid-plain pyav
+             --decode cpu gpu)
+PYTEST_ARGS=(-v -m gpu tests/data tests/kernels tests/losses)  # -v: a cut run still names what passed
+MODE=gpu
 
-# The summary is rewritten after every step: a machine that goes back mid-check still leaves what it measured.
-summarize() {
-  local codes=""
-  for k in "${!status[@]}"; do codes="$codes $k=${status[$k]}"; done
-  python3 - "$OUT" "$started" $codes <<'EOF'
-import json, platform, re, sys, time
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+die() { echo "gpu_check: $*" >&2; exit 2; }
 
-out, started = Path(sys.argv[1]), float(sys.argv[2])
-gpu = out / "nvidia-smi.txt"
-summary = {"seconds": round(time.time() - started), "python": platform.python_version(),
-           "gpu": gpu.read_text().strip() if gpu.exists() else None, "versions": {}}
-for package in ("torch", "triton", "nvidia-dali-cuda130", "av"):  # metadata only: importing torch costs seconds
-    try:
-        summary["versions"][package] = version(package)
-    except PackageNotFoundError:
-        summary["versions"][package] = None
-xml = out / "pytest.xml"
-if xml.exists():
-    head = re.search(r"<testsuite [^>]*", xml.read_text())
-    summary["pytest"] = dict(re.findall(r'(\w+)="([^"]*)"', head.group(0))) if head else "no testsuite"
-loader = out / "loader" / "loader.json"
-if loader.exists():  # rewritten after each of its measurements: read what is there
-    report = json.loads(loader.read_text())
-    summary["loader"] = {name: {w: round(r["clips_per_s"], 1) for w, r in by.items()}
-                         for name, by in report["results"].items()}
-    summary["decode_stage"] = report["decode_stage"]["ms_per_clip"]
-train = (out / "train.txt").read_text() if (out / "train.txt").exists() else ""
-steps = re.findall(r"step (\d+)/\d+: .*?([\d.]+) clips/s, data wait (\d+)%", train)
-summary["train"] = [{"step": int(s), "clips_per_s": float(c), "data_wait_percent": int(w)} for s, c, w in steps] \
-    or train[-600:]
-summary["exit_codes"] = dict(arg.split("=") for arg in sys.argv[3:])  # 124: the step ran out of time
-(out / "summary.json").write_text(json.dumps(summary, indent=2))
-print(json.dumps(summary, indent=2))
-EOF
+# pack SITE SHARDS: both folders as one gzipped tar in $CARRY/partNN, with SHA256SUMS.
+pack() {
+  local stage
+  stage=$(mktemp -d)
+  ln -s "$(realpath "$1")" "$stage/site"
+  ln -s "$(realpath "$2")" "$stage/shards"
+  rm -rf "$CARRY" && mkdir -p "$CARRY"
+  tar -chf - -C "$stage" site shards | gzip -6 | split -b "$PART_SIZE" -d -a 2 - "$CARRY/part" || die "pack failed"
+  rm -rf "$stage"
+  (cd "$CARRY" && sha256sum part[0-9][0-9] > SHA256SUMS)
 }
 
-step() {  # step NAME TIMEOUT COMMAND...: run, keep its exit status, never stop the script
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (at $(( $(date +%s) - started )) s, limit $limit s)"
-  timeout "$limit" "$@"
-  status[$name]=$?
-  echo "== $name: exit ${status[$name]}"
-  summarize > /dev/null
+# receive: copy the parts this call brought into $LANDING (kept while the machine is warm) and say how many of
+# SHA256SUMS's parts are there with the right checksum. Returns 1 when a part is damaged or one before the
+# newest is missing (the machine was given back between calls: start again at part 00), 2 when only later
+# parts are still to come, 0 when all are here.
+receive() {
+  mkdir -p "$LANDING"
+  [ -f "$CARRY/SHA256SUMS" ] || { echo "no $CARRY/SHA256SUMS: carry it in every call"; return 1; }
+  cp "$CARRY/SHA256SUMS" "$LANDING/"
+  for p in "$CARRY"/part[0-9][0-9]; do [ -e "$p" ] && cp "$p" "$LANDING/"; done
+  local total ok missing=() bad=()
+  total=$(wc -l < "$LANDING/SHA256SUMS")
+  while read -r sum name; do
+    if [ ! -f "$LANDING/$name" ]; then missing+=("$name")
+    elif [ "$(sha256sum < "$LANDING/$name" | cut -d' ' -f1)" != "$sum" ]; then bad+=("$name"); fi
+  done < "$LANDING/SHA256SUMS"
+  ok=$((total - ${#missing[@]} - ${#bad[@]}))
+  echo "$ok of $total parts here, checksums ok; missing: ${missing[*]:-none}; damaged: ${bad[*]:-none}"
+  printf '{"parts": %d, "ok": %d, "missing": "%s", "damaged": "%s"}\n' "$total" "$ok" "${missing[*]:-}" "${bad[*]:-}" \
+    > "$LANDING/received.json"
+  [ "${#bad[@]}" -eq 0 ] || return 1
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  local newest
+  newest=$(cd "$LANDING" && ls part[0-9][0-9] 2>/dev/null | tail -1)
+  [[ -n "$newest" && "${missing[0]}" < "$newest" ]] && { echo "a part before $newest is missing: start again at part 00"; return 1; }
+  return 2
 }
 
-# 1. What the machine lacks, from the carried wheels; fastvid from this tree: kernels/ and configs/ install as
-#    fastvid.kernels and fastvid.configs, and links give the tree the same layout without installing (they are
-#    git-ignored; the device's copy of the tree is thrown away with the machine).
+# setup (a step): unpack the payload once per set of parts, cycle the shards, link kernels/ and configs/ where
+# an install would put them (git-ignored; the machine's copy of the tree goes with it), check the imports.
 setup() {
-  if ls /tmp/carry/part* > /dev/null 2>&1; then
-    cat /tmp/carry/part* | tar -x -C /tmp/carry
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/carry/*.whl
+  set -e
+  if ! cmp -s "$LANDING/SHA256SUMS" "$LANDING/payload/SHA256SUMS" 2>/dev/null; then
+    rm -rf "$LANDING/payload" && mkdir -p "$LANDING/payload"
+    (cd "$LANDING" && cat $(awk '{print $2}' SHA256SUMS)) | tar -xz -C "$LANDING/payload"
+    python3 benchmarks/gpu_check.py cycle "$LANDING/payload/shards" "$LANDING/payload/cycled" "$CYCLE"
+    cp "$LANDING/SHA256SUMS" "$LANDING/payload/"
   fi
-  if [ -f .carry/bench.tar ]; then tar -xf .carry/bench.tar -C /tmp/carry; fi
   [ -e fastvid/kernels ] || ln -s ../kernels fastvid/kernels
   [ -e fastvid/configs ] || ln -s ../configs fastvid/configs
   python3 -c "import nvidia.dali, av, webdataset, fastvid.kernels, fastvid.configs; print('imports ok')"
 }
-mkdir -p /tmp/carry
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-export -f setup
-step setup 90 bash -c setup
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/nvidia-smi.txt" 2>&1
 
-# 2. The GPU tests: NVDEC and GPU-augmentation variants of the loader tests, compiled Triton kernels.
-step pytest 130 python3 -m pytest -m gpu -q -p no:cacheprovider tests/data tests/kernels tests/losses \
-  --junitxml="$OUT/pytest.xml"
+# step NAME COMMAND...: run under its limit, output in $WORK/NAME.log, record how it ended, rewrite the summary.
+step() {
+  local name=$1 t0 rc
+  shift
+  [ "$name" = setup ] || [[ " $STEPS " == *" $name "* ]] || return 0
+  echo "== $name (at $(( $(date +%s) - started )) s, limit ${LIMIT[$name]} s)" | tee -a "$WORK/log"
+  t0=$(date +%s)
+  timeout -k "$KILL_AFTER" "${LIMIT[$name]}" "$@" > "$WORK/$name.log" 2>&1
+  rc=$?
+  [ "$rc" -eq 0 ] || failed=1
+  printf '{"step": "%s", "limit": %d, "exit": %d, "seconds": %d, "timed_out": %s}\n' "$name" "${LIMIT[$name]}" "$rc" \
+    "$(( $(date +%s) - t0 ))" "$([ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo true || echo false)" >> "$WORK/steps.jsonl"
+  cat "$WORK/$name.log" >> "$WORK/log"
+  tail -n 25 "$WORK/$name.log"
+  echo "== $name: exit $rc" | tee -a "$WORK/log"
+  python3 benchmarks/gpu_check.py summary "$WORK" "$OUT" || echo "summary failed"
+}
 
-# 3. The loader on the GPU machine's 16 cores, NVDEC utilisation beside it.
-SHARDS=/tmp/carry/shards-128
-nvidia-smi dmon -s u -o T > "$OUT/dmon.txt" 2>&1 &
-dmon=$!
-step loader 180 python3 benchmarks/loader.py --shards "$SHARDS" --output "$OUT/loader" --workers 4 16 --batch 32 \
-  --batches 8 --repeats 2 --loaders fastvid fastvid-plain pyav --decode cpu gpu
-kill "$dmon" 2>/dev/null
+# check: everything after the parts are here, on the GPU machine or (dry-run) with CPU stand-ins.
+check() {
+  OUT=${OUT:-$(mktemp -d /tmp/gpu_check_out.XXXX)}
+  mkdir -p "$OUT"
+  WORK=$(mktemp -d /tmp/gpu_check_work.XXXX)
+  trap 'rm -rf "$WORK"' EXIT
+  echo "$MODE" > "$WORK/mode"
+  started=$(date +%s) failed=0
+  export PYTHONUNBUFFERED=1 PYTHONPATH=$LANDING/payload/site:$PWD:${PYTHONPATH:-} LANDING CYCLE
+  echo "OUT=$OUT, bulky output in $WORK (removed at the end)"
+  if ! python3 benchmarks/gpu_check.py limits "$LIMITS" "$LIMITS ${GPU_CHECK_LIMITS:-}" "$KILL_AFTER" "$PER_CALL" \
+    > "$WORK/limits.json"; then
+    finish 4
+  fi
+  receive | tee -a "$WORK/log"
+  local parts_rc=${PIPESTATUS[0]}
+  cp "$LANDING/received.json" "$WORK/" 2>/dev/null
+  [ "$parts_rc" -eq 0 ] || finish 3  # nothing runs on a partial payload
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$WORK/nvidia-smi.txt" 2>&1
+  fi
+  export -f setup
+  step setup bash -c setup
+  if [ "$failed" -ne 0 ]; then echo "setup failed: no step can run"; finish 1; fi
 
-# 4. Training throughput: does the loader keep R3D-18 busy? (the trainer prints a line per 10 steps)
-step train 120 python3 -m fastvid.train --method video_simclr --data "$SHARDS" --output /tmp/gpu_check_run \
-  --max-steps 100 --batch-size 64 --device cuda train.log_every=10 train.mixed_precision=bf16 > "$OUT/train.txt" 2>&1
+  local shards=$LANDING/payload/cycled dmon=""
+  if [[ " $STEPS " == *" loader "* ]] && command -v nvidia-smi > /dev/null; then
+    nvidia-smi dmon -s u -o T > "$WORK/dmon.txt" 2>&1 &
+    dmon=$!
+  fi
+  step loader python3 benchmarks/loader.py --shards "$shards" --output "$WORK/loader" "${LOADER_ARGS[@]}"
+  [ -n "$dmon" ] && kill "$dmon" 2>/dev/null
+  step train python3 -m fastvid.train --method video_simclr --data "$shards" --output "$WORK/run" "${TRAIN_ARGS[@]}" \
+    "${TRAIN_OVERRIDES[@]}"
+  step pytest python3 -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}" --junitxml="$WORK/pytest.xml"
 
-summarize
+  finish "$failed"
+}
+
+# finish CODE: the last summary, $OUT checked against what the device tool returns, exit CODE (4 if $OUT is off).
+finish() {
+  python3 benchmarks/gpu_check.py summary "$WORK" "$OUT" || echo "summary failed"
+  echo "== done in $(( $(date +%s) - started )) s; \$OUT:" && ls -l "$OUT"
+  python3 benchmarks/gpu_check.py check-out "$OUT" || exit 4
+  exit "$1"
+}
+
+case "${1:-check}" in
+  prepare)
+    set -e
+    py=${PYTHON:-.venv/bin/python}
+    [ -x "$py" ] || die "prepare: no $py: make the project's environment (python3 -m venv .venv && .venv/bin/pip install -e '.[dev]') or name its python: PYTHON=/path/to/python benchmarks/gpu_check.sh prepare"
+    pins=$("$py" - $CARRIED <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+pins = [f"{name}=={version(name)}" for name in sys.argv[1:]]
+for build in ("nvidia-dali-cuda130", "nvidia-dali-cuda120"):  # the tests' DALI release, built for CUDA 13
+    try:
+        pins.append(f"nvidia-dali-cuda130=={version(build)}")
+        break
+    except PackageNotFoundError:
+        pass
+print(" ".join(pins))
+EOF
+)
+    echo "carrying: $pins"
+    dl=$(mktemp -d)
+    trap 'rm -rf "$dl"' EXIT
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$dl/wheels" $pins
+    "$py" -m pip install -q --no-deps --no-index --no-compile --target "$dl/site" --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --only-binary=:all: "$dl"/wheels/*.whl
+    # Python 3.12 loads only its own extension modules: DALI's builds for 3.10-3.15 would be 14 MiB more to carry.
+    find "$dl/site" -name '*.cpython-3*-x86_64-linux-gnu.so' ! -name '*.cpython-312-*' -delete
+    "$py" benchmarks/loader.py --shards-only --clips "$CLIPS" --output "$dl/bench"
+    pack "$dl/site" "$dl/bench/shards-$CLIPS"
+    n=$(ls "$CARRY"/part[0-9][0-9] | wc -l)
+    ls -l "$CARRY"
+    echo "$n parts. Send them one right after another, checking that each reply says lease.warm true:"
+    for p in "$CARRY"/part[0-9][0-9]; do
+      [ "$p" = "$(ls "$CARRY"/part[0-9][0-9] | tail -1)" ] && break
+      echo "  run(command=\"benchmarks/gpu_check.sh receive\", carry=[\"$p\", \"$CARRY/SHA256SUMS\"], timeout_s=60)"
+    done
+    echo "  run(command=\"benchmarks/gpu_check.sh\", carry=[\"$p\", \"$CARRY/SHA256SUMS\"], timeout_s=600)"
+    echo "  give_back()"
+    ;;
+  receive)
+    receive
+    [ $? -ne 1 ]  # parts still to come are fine here; the check itself needs them all
+    ;;
+  check)
+    check
+    ;;
+  dry-run)
+    # The same procedure on this CPU machine: a tiny payload (no wheels: this environment has them; 2 clips
+    # cycled 4 times) packed and split in 3-4 parts, received, then the check with CPU stand-ins.
+    MODE="dry-run: CPU stand-ins"
+    tmp=$(mktemp -d /tmp/gpu_check_dry.XXXX)
+    trap 'rm -rf "$tmp"' EXIT
+    CARRY=$tmp/carry LANDING=$tmp/landing CYCLE=4
+    python3 benchmarks/loader.py --shards-only --clips 2 --output "$tmp/bench" > "$tmp/prepare.log" 2>&1 \
+      || { cat "$tmp/prepare.log"; die "dry-run: making the shards failed"; }
+    mkdir -p "$tmp/site"
+    PART_SIZE=$(( $(du -sb "$tmp/bench/shards-2" | cut -f1) / 4 + 1 ))  # 3 or 4 parts once gzipped
+    pack "$tmp/site" "$tmp/bench/shards-2"
+    LOADER_ARGS=(--workers 1 --batch 2 --batches 1 --repeats 1 --row-seconds 3 --loaders fastvid pyav --decode cpu)
+    TRAIN_ARGS=(--max-steps 2 --batch-size 2 --device cpu)
+    TRAIN_OVERRIDES+=(train.log_every=1 train.mixed_precision=fp32 model.views.frames=8 model.views.size=32
+                      model.views.shift=4 data.workers=1 data.threads=1)
+    PYTEST_ARGS=(-m gpu tests/kernels/test_frame_diff.py)
+    ( check )
+    ;;
+  *)
+    die "usage: benchmarks/gpu_check.sh [prepare|receive|dry-run]  (no argument: the check, on the GPU machine)"
+    ;;
+esac

@@ -30,6 +30,7 @@ import json
 import os
 import statistics
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -182,9 +183,13 @@ def cpu_seconds() -> float:
     return own.user + own.system + own.children_user + own.children_system + live
 
 
-def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int) -> dict:
-    """Median clips/s and CPU ms per clip over `repeats` timed runs of `batches` batches (warm-up excluded)."""
-    rates, cost, ratio = [], [], []
+def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int, seconds: float | None = None) -> dict:
+    """Median clips/s and CPU ms per clip over `repeats` timed runs of `batches` batches (warm-up excluded).
+    `seconds`: stop taking batches once this long has passed since the warm-up began (at least one batch is
+    timed), so that a slow loader cannot run a time-limited benchmark out of its time; "batches" says how many
+    each run took."""
+    rates, cost, ratio, taken = [], [], [], []
+    deadline = time.perf_counter() + seconds if seconds else float("inf")
 
     def forever():  # epochs back to back: the timed batches may span several
         while True:
@@ -193,17 +198,22 @@ def measure(make_iter: Callable[[], Iterable], batches: int, repeats: int) -> di
     it = forever()
     next(it)  # warm-up: pipeline build, worker start, first decode
     for _ in range(repeats):
-        t0, c0, n, dec, dlv = time.perf_counter(), cpu_seconds(), 0, 0, 0
-        for _, b in zip(range(batches), it):
+        t0, c0, n, dec, dlv, k = time.perf_counter(), cpu_seconds(), 0, 0, 0, 0
+        for k, b in zip(range(1, batches + 1), it):
             n += len(b["clip_i"])
             dec += int(b["decoded"].sum()) if "decoded" in b else 0
             dlv += int(b["delivered"].sum()) if "delivered" in b else 0
+            if time.perf_counter() > deadline:
+                break
         dt = time.perf_counter() - t0
+        taken.append(k)
         cost.append(1000 * (cpu_seconds() - c0) / n)
         rates.append(n / dt)
         ratio.append(dec / dlv if dlv else None)
+        if time.perf_counter() > deadline:
+            break
     return {"clips_per_s": statistics.median(rates), "cpu_ms_per_clip": statistics.median(cost),
-            "decoded_per_delivered": ratio[0], "repeats": rates}
+            "decoded_per_delivered": ratio[0], "repeats": rates, "batches": taken}
 
 
 def decode_stage(shards: Path, samples: list, count: int, repeats: int) -> dict:
@@ -311,6 +321,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="clips per batch")
     ap.add_argument("--batches", type=int, default=12, help="timed batches per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is reported)")
+    ap.add_argument("--row-seconds", type=float, default=None,
+                    help="stop a loader's timed batches after this long (default: no limit)")
     ap.add_argument("--loaders", nargs="+", default=["fastvid", "pyav", "opencv", "torchcodec"],
                     choices=["fastvid", "fastvid-plain", "pyav", "opencv", "torchcodec"], help="loaders to measure")
     ap.add_argument("--decode", nargs="+", default=["auto"], choices=["auto", "cpu", "gpu", "dali-cpu"],
@@ -348,11 +360,10 @@ def main() -> None:
     say("decode cost by position in a 1000-frame (40 s) video ...")
     scaling = position_scaling(samples, args.repeats)
 
-    tmp = out / "members"  # OpenCV reads files only
-    tmp.mkdir(exist_ok=True)
+    members = tempfile.TemporaryDirectory(prefix="loader-members-")  # OpenCV reads files only; --output gets none
     paths = []
-    for data, meta in samples:
-        paths.append(str(tmp / f"{meta['key']}.mp4"))
+    for data, meta in samples if "opencv" in args.loaders else []:
+        paths.append(str(Path(members.name) / f"{meta['key']}.mp4"))
         Path(paths[-1]).write_bytes(data)
     baselines = {"pyav": (pyav_frames, None), "opencv": (opencv_frames, paths), "torchcodec": (torchcodec_frames, None)}
     notes: list[str] = []
@@ -371,7 +382,7 @@ def main() -> None:
         """Measure one loader, keep the result (or why it failed) and rewrite the JSON: a run stopped by a
         time limit (benchmarks/gpu_check.sh) keeps what it measured."""
         try:
-            r = measure(make, args.batches, args.repeats)
+            r = measure(make, args.batches, args.repeats, args.row_seconds)
         except Exception as err:  # noqa: BLE001 - one backend failing must not lose the others' figures
             notes.append(f"{label}, {workers} workers: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
             say(f"  {label}: failed ({notes[-1]})")
