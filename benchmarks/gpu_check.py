@@ -1,8 +1,8 @@
 """The Python half of benchmarks/gpu_check.sh: cycled training shards, the one summary, the check of $OUT.
 
     python benchmarks/gpu_check.py cycle SRC DST COPIES   # COPIES renamed copies of the shard set SRC as DST
-    python benchmarks/gpu_check.py summary WORK OUT       # WORK's step outputs -> OUT/summary.json, loader.png,
-                                                          # log_tail.txt
+    python benchmarks/gpu_check.py summary WORK OUT [print]  # WORK's step outputs -> OUT/summary.json, loader.png,
+                                                             # log_tail.txt; print: its figures on one screen
     python benchmarks/gpu_check.py check-out OUT          # OUT within what the device tool returns (exit 1 if not)
     python benchmarks/gpu_check.py limits DEFAULT ACTIVE KILL_AFTER PER_CALL  # the steps' limits fit a call?
 """
@@ -158,6 +158,26 @@ def summary(work: Path, out: Path) -> dict:
     return result
 
 
+def digest(result: dict) -> str:
+    """The figures of summary.json on one screen, for the device reply's output tail."""
+    lines = [f"{s['step']}: exit {s['exit']} after {s['seconds']} s (limit {s['limit']} s"
+             f"{', timed out' if s['timed_out'] else ''})" for s in result["steps"]]
+    if isinstance(result.get("loader"), dict) and "clips_per_s" in result["loader"]:
+        lines += [f"loader {name}: " + ", ".join(f"{w} workers {r} clips/s" for w, r in by.items())
+                  for name, by in result["loader"]["clips_per_s"].items()]
+        lines.append(f"decode stage ms/clip: {result['loader']['report']['decode_stage']['ms_per_clip']}")
+    if isinstance(result.get("nvdec"), dict) and "dec" in result["nvdec"]:
+        lines.append(f"NVDEC utilisation during the loader step: {result['nvdec']['dec']} %")
+    if isinstance(result.get("train"), dict) and "steps" in result["train"]:
+        lines += [f"train step {t['step']}: {t['clips_per_s']} clips/s, data wait {t['data_wait_percent']}%"
+                  for t in result["train"]["steps"]]
+    if isinstance(result.get("pytest"), dict) and "tests" in result["pytest"]:
+        p = result["pytest"]
+        lines.append(f"pytest: {p['tests']} tests, {p['failures']} failed, {p['errors']} errors, {p['skipped']} "
+                     f"skipped" + "".join(f"\n  {f['test']}: {f['why']}" for f in p["failed"]))
+    return "\n".join(lines)
+
+
 def check_out(out: Path) -> list[str]:
     """Why OUT would not come back whole from the device tool: one line per problem, none when it would."""
     problems, files, total = [], [], 0
@@ -185,8 +205,12 @@ def limits(default: str, active: str, kill_after: int, per_call: int) -> dict:
     """The steps' limits ("step=seconds ...", later entries win) as the GPU run has them and as this run has
     them, each with its sum including a kill grace per step, and whether each fits in one device call."""
     result: dict = {"kill_after": kill_after, "per_call": per_call}
+    steps = [kv.split("=")[0] for kv in default.split()]
     for name, text in (("default", default), ("active", active)):
         table = {k: int(v) for k, v in (kv.split("=") for kv in text.split())}
+        if set(table) != set(steps):
+            raise SystemExit(f"GPU_CHECK_LIMITS: unknown step {sorted(set(table) - set(steps))} "
+                             f"(steps: {' '.join(steps)})")
         total = sum(table.values()) + kill_after * len(table)
         result[name] = {"steps": table, "total_with_kill_grace": total, "fits": total < per_call}
     return result
@@ -198,7 +222,9 @@ def main(argv: list[str]) -> int:
         manifest = cycle(Path(args[0]), Path(args[1]), int(args[2]))
         print(f"{args[1]}: {manifest['samples']} samples in {len(manifest['shards'])} shards")
     elif command == "summary":
-        summary(Path(args[0]), Path(args[1]))
+        result = summary(Path(args[0]), Path(args[1]))
+        if args[2:] == ["print"]:
+            print(digest(result))
     elif command == "limits":
         result = limits(args[0], args[1], int(args[2]), int(args[3]))
         print(json.dumps(result))

@@ -172,6 +172,9 @@ check() {
   started=$(date +%s) failed=0
   export PYTHONUNBUFFERED=1 PYTHONPATH=$LANDING/payload/site:$PWD:${PYTHONPATH:-} LANDING CYCLE
   echo "OUT=$OUT, bulky output in $WORK (removed at the end)"
+  for s in $STEPS; do
+    [[ " loader train pytest " == *" $s "* ]] || die "GPU_CHECK_STEPS: unknown step '$s' (steps: loader train pytest)"
+  done
   if ! python3 benchmarks/gpu_check.py limits "$LIMITS" "$LIMITS ${GPU_CHECK_LIMITS:-}" "$KILL_AFTER" "$PER_CALL" \
     > "$WORK/limits.json"; then
     finish 4
@@ -203,7 +206,8 @@ check() {
 
 # finish CODE: the last summary, $OUT checked against what the device tool returns, exit CODE (4 if $OUT is off).
 finish() {
-  python3 benchmarks/gpu_check.py summary "$WORK" "$OUT" || echo "summary failed"
+  echo "== summary"
+  python3 benchmarks/gpu_check.py summary "$WORK" "$OUT" print || echo "summary failed"
   echo "== done in $(( $(date +%s) - started )) s; \$OUT:" && ls -l "$OUT"
   python3 benchmarks/gpu_check.py check-out "$OUT" || exit 4
   exit "$1"

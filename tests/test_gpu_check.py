@@ -126,6 +126,8 @@ def test_limits_over_one_call_are_refused(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["limits"]["active"]["fits"] is False and summary["limits"]["default"]["fits"] is True
     assert summary["steps"] == []
+    misspelt = run([], out, timeout=60, GPU_CHECK_LIMITS="trian=3", GPU_CHECK_LANDING=str(tmp_path / "landing"))
+    assert misspelt.returncode == 4 and "GPU_CHECK_LIMITS: unknown step ['trian']" in misspelt.stderr
 
 
 def test_check_out_names_each_problem(tmp_path):
