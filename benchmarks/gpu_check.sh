@@ -14,7 +14,8 @@
 # the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 15 s later);
 # summary.json is rewritten after every step, so a cut step or a lost machine keeps what was measured.
 #
-# Here, before a GPU session (pip's network and a few minutes of CPU; it finds the project's .venv itself):
+# Here, before a GPU session (pip's network and a few minutes of CPU; it finds the project's python itself:
+# $PYTHON, .venv, the active virtualenv, python3, the first that imports fastvid, DALI and PyAV):
 #   benchmarks/gpu_check.sh prepare
 # writes .carry/partNN (at most 60 MiB each: a call carries 64 MiB with the tree) and .carry/SHA256SUMS: one
 # gzipped tar of (1) what the machine lacks, installed here for its Python 3.12: nvidia-dali-cuda130 at the
@@ -216,8 +217,13 @@ finish() {
 case "${1:-check}" in
   prepare)
     set -e
-    py=${PYTHON:-.venv/bin/python}
-    [ -x "$py" ] || die "prepare: no $py: make the project's environment (python3 -m venv .venv && .venv/bin/pip install -e '.[dev]') or name its python: PYTHON=/path/to/python benchmarks/gpu_check.sh prepare"
+    # The project's environment (its versions are the pins; its fastvid makes the shards), wherever it is.
+    py=""
+    for candidate in ${PYTHON:-} .venv/bin/python ${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python} python3; do
+      if "$candidate" -c "import fastvid, nvidia.dali, av" 2> /dev/null; then py=$candidate; break; fi
+    done
+    [ -n "$py" ] || die "prepare: no python here imports fastvid, nvidia.dali and av: make the project's environment (python3 -m venv .venv && .venv/bin/pip install -e '.[dev]') or name its python: PYTHON=/path/to/python benchmarks/gpu_check.sh prepare"
+    echo "the project's python: $py"
     pins=$("$py" - $CARRIED <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
