@@ -11,7 +11,7 @@
 #   loader.png     the loader benchmark's plot (drawn from its JSON if the step was cut)
 #   log_tail.txt   the last 256 KiB of every step's output
 # Bulky output (the loader's files, the training run) stays in a fresh temp folder on the machine, removed at
-# the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 15 s later);
+# the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 10 s later);
 # summary.json is rewritten after every step, so a cut step or a lost machine keeps what was measured.
 #
 # Here, before a GPU session (pip's network and a few minutes of CPU; it finds the project's python itself:
@@ -51,8 +51,8 @@
 #     pytest -m gpu                                       <= 90 s
 #     summaries (after each step), $OUT check             ~10 s
 #   give_back at once                                     0 s (else 30 s idle)
-#   total: ~560 s expected; 660 s (11 min) if every step runs to its limit; 720 s (12 min) if every step
-#   also ignores SIGTERM until its kill 15 s later. The steps' limits with that kill grace add up to 470 s,
+#   total: ~560 s expected; 660 s (11 min) if every step runs to its limit; 700 s (11.7 min) if every step
+#   also ignores SIGTERM until its kill 10 s later. The steps' limits with that kill grace add up to 450 s,
 #   inside the 600 s one call may run (the script refuses to start otherwise).
 #
 # Here, the rehearsal: `benchmarks/gpu_check.sh dry-run` runs the whole procedure on this CPU machine (a tiny
@@ -70,7 +70,7 @@ CARRY=${GPU_CHECK_CARRY:-.carry}
 LANDING=${GPU_CHECK_LANDING:-/tmp/carry}
 PART_SIZE=60m
 PER_CALL=600  # seconds one device call may run
-KILL_AFTER=15  # seconds between a step's SIGTERM and its SIGKILL
+KILL_AFTER=10  # seconds between a step's SIGTERM and its SIGKILL (the trainer's checkpoint takes ~2 s)
 LIMITS="setup=50 loader=150 train=120 pytest=90"  # seconds per step; GPU_CHECK_LIMITS's entries win
 declare -A LIMIT
 for kv in $LIMITS ${GPU_CHECK_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done

@@ -58,7 +58,8 @@ def test_dry_run_returns_every_result_and_survives_a_step_out_of_time(tmp_path):
     assert list(steps) == ["setup", "loader", "train", "pytest"]
     assert steps["setup"]["exit"] == steps["loader"]["exit"] == steps["pytest"]["exit"] == 0, summary["steps"]
     assert steps["train"]["timed_out"] and steps["train"]["exit"] in (124, 137)
-    assert steps["train"]["limit"] == 3 and steps["train"]["seconds"] <= 3 + 15 + 5  # limit + kill grace + slack
+    assert steps["train"]["limit"] == 3  # and it ended within its limit, the kill grace and some slack:
+    assert steps["train"]["seconds"] <= 3 + summary["limits"]["kill_after"] + 5
     received = summary["parts"]
     assert received["parts"] >= 2 and received["ok"] == received["parts"] and received["missing"] == ""
     # The loader rows (1 worker each) and the plot drawn from them.
