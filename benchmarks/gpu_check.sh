@@ -22,8 +22,8 @@
 # DALI version the tests here use (the CUDA 13 build: the machine's driver; half the cuda120 wheel), av,
 # webdataset, braceexpand and DALI's pure-Python needs astunparse, gast, optree, makefun, libcst, nvtx, each
 # pinned to the version installed here (torch, scipy, matplotlib, psutil, pyyaml, safetensors, accelerate,
-# tensorboard, six, packaging are on the machine already; DALI's image-codec wheels are left out: its video
-# path does not load them); (2) the benchmark shards: 64 clips of 5-10 s, H.264, short side 128, GOP 16, which
+# tensorboard, six, packaging are on the machine already; DALI's image-codec wheels nvimgcodec and nvcomp are
+# left out: `import nvidia.dali` and a pipeline run without them); (2) the benchmark shards: 64 clips of 5-10 s, H.264, short side 128, GOP 16, which
 # the loader and training steps read cycled 128 times (8,192 clips: an epoch is 128 steps of 64, longer than
 # the 100-step run). About 230 MiB: 4 parts. It prints the calls to make.
 #
