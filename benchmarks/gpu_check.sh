@@ -14,7 +14,7 @@
 # the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 10 s later);
 # summary.json is rewritten after every step, so a cut step or a lost machine keeps what was measured.
 #
-# Here, before a GPU session (pip's network and a few minutes of CPU; it finds the project's python itself:
+# Here, before a GPU session (pip's network, ~3 CPU minutes: 13 min on 2 shared cores; it finds the project's python:
 # $PYTHON, .venv, the active virtualenv, python3, the first that imports fastvid, DALI and PyAV):
 #   benchmarks/gpu_check.sh prepare
 # writes .carry/partNN (at most 60 MiB each: a call carries 64 MiB with the tree) and .carry/SHA256SUMS: one
@@ -25,7 +25,7 @@
 # tensorboard, six, packaging are on the machine already; DALI's image-codec wheels nvimgcodec and nvcomp are
 # left out: `import nvidia.dali` and a pipeline run without them); (2) the benchmark shards: 64 clips of 5-10 s, H.264, short side 128, GOP 16, which
 # the loader and training steps read cycled 128 times (8,192 clips: an epoch is 128 steps of 64, longer than
-# the 100-step run). About 230 MiB: 4 parts. It prints the calls to make.
+# the 100-step run). 224 MiB, 4 parts (2026-12-06; shards 9 MB). It prints the calls to make.
 #
 # There: one call per part, each made right after the previous reply (the machine goes back after 30 s idle),
 #   run(command="benchmarks/gpu_check.sh receive", carry=[".carry/part00", ".carry/SHA256SUMS"], timeout_s=60)
@@ -45,7 +45,7 @@
 #   3 part calls (60 MiB up, copy + checksum, reply,      3 x ~30 s = 90 s
 #     the next call sent at once)
 #   the check's call: its part up, parts checked          ~30 s
-#     setup (unpack ~230 MiB, cycle the shards, imports)  <= 50 s (limit; ~30 s expected)
+#     setup (unpack 224 MiB, cycle the shards, imports)   <= 50 s (limit; 23 s here on 2 busy cores)
 #     loader (decode stage, 10 rows of <= 6 s + start)    <= 150 s
 #     train (100 steps, video_simclr R3D-18 bf16)         <= 120 s
 #     pytest -m gpu                                       <= 90 s
