@@ -14,8 +14,8 @@
 # the end. Each step runs under `timeout -k` (the trainer checkpoints on SIGTERM; a hang is killed 10 s later);
 # summary.json is rewritten after every step, so a cut step or a lost machine keeps what was measured.
 #
-# Here, before a GPU session (pip's network, ~3 CPU minutes: 13 min on 2 shared cores; it finds the project's python:
-# $PYTHON, .venv, the active virtualenv, python3, the first that imports fastvid, DALI and PyAV):
+# Here, before a GPU session (pip's network, ~3 CPU minutes: 13 min on 2 shared cores), with the project's
+# python found itself ($PYTHON, .venv, the active virtualenv, python3: the first that imports fastvid, DALI, PyAV):
 #   benchmarks/gpu_check.sh prepare
 # writes .carry/partNN (at most 60 MiB each: a call carries 64 MiB with the tree) and .carry/SHA256SUMS: one
 # gzipped tar of (1) what the machine lacks, installed here for its Python 3.12: nvidia-dali-cuda130 at the
@@ -23,9 +23,10 @@
 # webdataset, braceexpand and DALI's pure-Python needs astunparse, gast, optree, makefun, libcst, nvtx, each
 # pinned to the version installed here (torch, scipy, matplotlib, psutil, pyyaml, safetensors, accelerate,
 # tensorboard, six, packaging are on the machine already; DALI's image-codec wheels nvimgcodec and nvcomp are
-# left out: `import nvidia.dali` and a pipeline run without them); (2) the benchmark shards: 64 clips of 5-10 s, H.264, short side 128, GOP 16, which
-# the loader and training steps read cycled 128 times (8,192 clips: an epoch is 128 steps of 64, longer than
-# the 100-step run). 224 MiB, 4 parts (2026-12-06; shards 9 MB). It prints the calls to make.
+# left out: `import nvidia.dali` and a pipeline run without them); (2) the benchmark shards: 64 clips of
+# 5-10 s, H.264, short side 128, GOP 16, which the loader and training steps read cycled 128 times (8,192
+# clips: an epoch is 128 steps of 64, longer than the 100-step run). 224 MiB, 4 parts (2026-12-06; shards
+# 9 MB). It prints the calls to make.
 #
 # There: one call per part, each made right after the previous reply (the machine goes back after 30 s idle),
 #   run(command="benchmarks/gpu_check.sh receive", carry=[".carry/part00", ".carry/SHA256SUMS"], timeout_s=60)
