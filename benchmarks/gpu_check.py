@@ -98,7 +98,8 @@ def train_result(log: str) -> dict:
     """The trainer's epoch length and its line per `train.log_every` steps."""
     epoch = re.search(r"(\d+) clips, (\d+) batches per epoch", log)
     steps = re.findall(r"step (\d+)/\d+: .*?([\d.]+) clips/s, data wait (\d+)%", log)
-    return {"clips": int(epoch.group(1)) if epoch else None, "batches_per_epoch": int(epoch.group(2)) if epoch else None,
+    return {"clips": int(epoch.group(1)) if epoch else None,
+            "batches_per_epoch": int(epoch.group(2)) if epoch else None,
             "steps": [{"step": int(s), "clips_per_s": float(c), "data_wait_percent": int(w)} for s, c, w in steps]}
 
 
@@ -126,7 +127,8 @@ def summary(work: Path, out: Path) -> dict:
     for s in steps:
         log = work / f"{s['step']}.log"
         s["tail"] = log.read_text(errors="replace")[-TAIL_CHARS:] if log.exists() else ""
-    result: dict = {"written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "python": platform.python_version(),
+    result: dict = {"written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "python": platform.python_version(),
                     "mode": (work / "mode").read_text().strip() if (work / "mode").exists() else None,
                     "steps": steps, "versions": {}}
     for package in VERSIONS:  # metadata only: importing torch costs seconds

@@ -127,7 +127,10 @@ receive() {
   [ "${#missing[@]}" -eq 0 ] && return 0
   local newest
   newest=$(cd "$LANDING" && ls part[0-9][0-9] 2>/dev/null | tail -1)
-  [[ -n "$newest" && "${missing[0]}" < "$newest" ]] && { echo "a part before $newest is missing: start again at part 00"; return 1; }
+  if [[ -n "$newest" && "${missing[0]}" < "$newest" ]]; then
+    echo "a part before $newest is missing: start again at part 00"
+    return 1
+  fi
   return 2
 }
 
@@ -156,8 +159,10 @@ step() {
   timeout -k "$KILL_AFTER" "${LIMIT[$name]}" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
   [ "$rc" -eq 0 ] || failed=1
+  local timed_out=false
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && timed_out=true  # 137: killed after the grace
   printf '{"step": "%s", "limit": %d, "exit": %d, "seconds": %d, "timed_out": %s}\n' "$name" "${LIMIT[$name]}" "$rc" \
-    "$(( $(date +%s) - t0 ))" "$([ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo true || echo false)" >> "$WORK/steps.jsonl"
+    "$(( $(date +%s) - t0 ))" "$timed_out" >> "$WORK/steps.jsonl"
   cat "$WORK/$name.log" >> "$WORK/log"
   tail -n 25 "$WORK/$name.log"
   echo "== $name: exit $rc" | tee -a "$WORK/log"
@@ -186,7 +191,8 @@ check() {
   cp "$LANDING/received.json" "$WORK/" 2>/dev/null
   [ "$parts_rc" -eq 0 ] || finish 3  # nothing runs on a partial payload
   if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$WORK/nvidia-smi.txt" 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+      > "$WORK/nvidia-smi.txt" 2>&1
   fi
   export -f setup
   step setup bash -c setup
@@ -223,7 +229,9 @@ case "${1:-check}" in
     for candidate in ${PYTHON:-} .venv/bin/python ${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python} python3; do
       if "$candidate" -c "import fastvid, nvidia.dali, av" 2> /dev/null; then py=$candidate; break; fi
     done
-    [ -n "$py" ] || die "prepare: no python here imports fastvid, nvidia.dali and av: make the project's environment (python3 -m venv .venv && .venv/bin/pip install -e '.[dev]') or name its python: PYTHON=/path/to/python benchmarks/gpu_check.sh prepare"
+    [ -n "$py" ] || die "prepare: no python here imports fastvid, nvidia.dali and av: make the project's" \
+      "environment (python3 -m venv .venv && .venv/bin/pip install -e '.[dev]') or name its python:" \
+      "PYTHON=/path/to/python benchmarks/gpu_check.sh prepare"
     echo "the project's python: $py"
     pins=$("$py" - $CARRIED <<'EOF'
 import sys
