@@ -71,12 +71,12 @@ CARRY=${GPU_CHECK_CARRY:-.carry}
 LANDING=${GPU_CHECK_LANDING:-/tmp/carry}
 PART_SIZE=60m
 PER_CALL=600  # seconds one device call may run
-KILL_AFTER=10  # seconds between a step's SIGTERM and its SIGKILL (the trainer's checkpoint takes ~2 s)
+KILL_AFTER=10  # seconds from a step's SIGTERM (the trainer then finishes its step and checkpoints) to its SIGKILL
 LIMITS="setup=50 loader=150 train=120 pytest=90"  # seconds per step; GPU_CHECK_LIMITS's entries win
 declare -A LIMIT
 for kv in $LIMITS ${GPU_CHECK_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
 STEPS=${GPU_CHECK_STEPS:-loader train pytest}
-CLIPS=64  # benchmark clips carried (~12 MB): with the packages, 4 parts
+CLIPS=64  # benchmark clips carried (9 MB): with the packages, 4 parts
 CYCLE=128  # copies of them the loader and training steps read: 8,192 clips, an epoch of 128 steps at batch 64
 # What the machine lacks besides DALI, at the versions the tests here use (read from the project's environment).
 CARRIED="av webdataset braceexpand astunparse gast optree makefun libcst nvtx"
@@ -207,7 +207,7 @@ check() {
   [ -n "$dmon" ] && kill "$dmon" 2>/dev/null
   step train python3 -m fastvid.train --method video_simclr --data "$shards" --output "$WORK/run" "${TRAIN_ARGS[@]}" \
     "${TRAIN_OVERRIDES[@]}"
-  step pytest python3 -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}" --junitxml="$WORK/pytest.xml"
+  step pytest python3 -m pytest -p no:cacheprovider "${PYTEST_ARGS[@]}" --junitxml="$WORK/pytest.xml"
 
   finish "$failed"
 }
@@ -292,7 +292,7 @@ EOF
     TRAIN_ARGS=(--max-steps 2 --batch-size 2 --device cpu)
     TRAIN_OVERRIDES+=(train.log_every=1 train.mixed_precision=fp32 model.views.frames=8 model.views.size=32
                       model.views.shift=4 data.workers=1 data.threads=1)
-    PYTEST_ARGS=(-m gpu tests/kernels/test_frame_diff.py)
+    PYTEST_ARGS=(-q -m gpu tests/kernels/test_frame_diff.py)
     ( check )
     ;;
   *)
