@@ -13,8 +13,9 @@ from fastvid.data.spec import AudioSpec, Dtype, SpatialSpec, TemporalSpec, ViewS
 # The thesis's spatial transformation (sec. 3): "a random cropping ... resizing ..., a random horizontal flip,
 # some random color distortions such as color jittering and random grayscaling and ... a random Gaussian
 # blur", the crop "of random size in [0.08, 1] uniform in area" (sec. 5.1). Probabilities and strengths are
-# not stated in the thesis: SimCLR's (Chen et al. 2020), colour distortion at strength 0.5 (hue 0.1 of a
-# turn: +-36 degrees) with p = 0.8, grayscale p = 0.2, blur p = 0.5, sigma in [0.1, 2].
+# not stated in the thesis: its code's (data_transform.py get_spatial_transform, config.txt strength 0.5; they
+# are SimCLR's), colour distortion ColorJitter(0.4, 0.4, 0.4, 0.1) (hue 0.1 of a turn: +-36 degrees) with
+# p = 0.8, grayscale p = 0.2, blur p = 0.5, sigma in [0.1, 2].
 SIMCLR_SPATIAL = SpatialSpec(scale=(0.08, 1.0), jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
                              hue=0.1, grayscale=0.2, blur=0.5, flip=0.5)
 
@@ -113,11 +114,12 @@ def gdt_views(cfg: GDTViews) -> list[ViewSpec]:
 @dataclass
 class Vi2CLRViews:
     """Vi2CLR (Diba et al. 2021), sec. 4.2: 32-frame temporal crops as positives, and the middle frame of
-    each for the 2D (image) stream; random crop, Gaussian blur and colour jitter, temporally consistent."""
+    each for the 2D (image) stream; random crop, Gaussian blur and colour jitter, temporally consistent;
+    "a spatial resolution of 128x128" for the clips, whose middle frame the 2D stream takes."""
 
     frames: int = 32
-    clip_size: int = 112
-    frame_size: int = 224
+    clip_size: int = 128
+    frame_size: int = 128
     dtype: Dtype = "float32"
 
 

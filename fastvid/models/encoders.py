@@ -44,7 +44,7 @@ ARCHS: dict[str, Arch] = {
     "r2plus1d_18": Arch("video", 512, tvv.r2plus1d_18, "stem.0", "pool_fc"),
     "s3d": Arch("video", 1024, tvv.s3d, "features.0.0.0", "s3d"),
     "resnet50": Arch("image", 2048, tvm.resnet50, "conv1", "pool_fc"),
-    "vgg16_bn": Arch("image", 4096, tvm.vgg16_bn, "features.0", "fc6"),  # Cross and Learn sec. 4.2, the authors' VGG_16_BN
+    "vgg16_bn": Arch("image", 4096, tvm.vgg16_bn, "features.0", "fc6"),  # the authors' VGG_16_BN
     "caffenet_bn": Arch("image", 4096, CaffeNetBN, "features.0", "fc6"),
     "resnet9": Arch("image", 512, resnet9, "conv1", "pool_fc"),  # a spectrogram is a 2D input
 }
