@@ -58,16 +58,19 @@ class VideoContrastViews:
     stride: int = 1
     size: int = 112
     temporal: Literal["none", "shift", "drop", "reverse", "shuffle"] = "none"
-    shift: int = 4  # RandomShift [-s, s]
+    shift: int = 4  # RandomShift [-s, s] of each version
     frame_wise: bool = False  # thesis Table 3: a new spatial draw per frame
     dtype: Dtype = "float32"
 
 
 def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewSpec]:
-    base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, drop=cfg.temporal == "drop",
-                        shuffle=cfg.temporal == "shuffle")
-    second = replace(base, shift=cfg.shift if cfg.temporal == "shift" else 0,
-                     reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
+    """The thesis's temporal transforms (sec. 3, Fig. 3; its code: data_transform.py): shift moves both
+    versions, each by its own RandomShift [-s, s] (their offset is triangular over [-2s, 2s]; the code's
+    `range(-s, s)` leaves out +s, the thesis's [-s, s] is followed); drop makes them complementary, one the
+    even and one the odd frames of 2m; reverse reverses one; shuffle permutes each."""
+    base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, shift=cfg.shift if cfg.temporal == "shift" else 0,
+                        drop=cfg.temporal == "drop", shuffle=cfg.temporal == "shuffle")
+    second = replace(base, phase=1, reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
     spatial = replace(SIMCLR_SPATIAL, size=(cfg.size, cfg.size), per_frame=cfg.frame_wise)
     return [ViewSpec(names[0], "rgb", base, spatial, dtype=cfg.dtype),
             ViewSpec(names[1], "rgb", second, spatial, dtype=cfg.dtype)]

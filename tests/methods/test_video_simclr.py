@@ -17,7 +17,10 @@ def test_views_follow_the_switches():
     assert VideoSimCLRConfig().views.temporal == "shift"  # the thesis's best: RandomShift [-8, 8] on UCF101
     i, j = small(temporal="shift", shift=8).views()
     assert (i.name, j.name) == ("clip_i", "clip_j")
-    assert (i.temporal.frames, i.temporal.shift, j.temporal.shift, i.spatial.per_frame) == (4, 0, 8, False)
+    # both versions shift (thesis Fig. 3), each by its own draw; the drawn distributions: tests/data/test_sampling.py
+    assert (i.temporal.frames, i.temporal.shift, j.temporal.shift, i.spatial.per_frame) == (4, 8, 8, False)
+    i, j = small(temporal="drop").views()
+    assert (i.temporal.drop, j.temporal.drop, i.temporal.phase, j.temporal.phase) == (True, True, 0, 1)
     _, j = small(temporal="reverse", frame_wise=True).views()
     assert j.temporal.reverse == 1.0 and j.spatial.per_frame
 
