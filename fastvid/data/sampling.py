@@ -78,7 +78,10 @@ def crop_box(s: SpatialSpec, width: int, height: int, rng: np.random.Generator) 
         ratio = min(max(width / height, s.ratio[0]), s.ratio[1])
         w, h = (width, width / ratio) if width / height < ratio else (height * ratio, height)
         return (width - w) / 2, (height - h) / 2, float(w), float(h)
-    k = s.short_side / min(width, height)  # source -> resized scale
+    short = s.short_side
+    if s.crop == "resize_crop" and s.short_side_jitter > 1.0:  # GDT's authors: round(uniform(min, max))
+        short = round(rng.uniform(s.short_side, s.short_side * s.short_side_jitter))
+    k = short / min(width, height)  # source -> resized scale
     w, h = min(out_w / k, width), min(out_h / k, height)
     if s.crop == "center":
         return (width - w) / 2, (height - h) / 2, w, h

@@ -62,6 +62,9 @@ class SpatialSpec:
     scale: tuple[float, float] = (0.2, 1.0)  # random_resized: area fraction
     ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random_resized: aspect ratio w/h
     short_side: int = 128  # resize_crop: the short side is scaled to this before the random crop
+    # resize_crop: draw the short side in [short_side, short_side_jitter * short_side] instead, rounded to a
+    # pixel (GDT's scale jitter: [128, 160] for 112 crops)
+    short_side_jitter: float = 1.0
     flip: float = 0.5  # probability of a horizontal flip
     jitter: float = 0.0  # probability of colour jitter
     brightness: float = 0.4
@@ -82,6 +85,9 @@ class SpatialSpec:
         if not 0.0 <= self.hue <= 0.5:  # torchvision's bound: more than half a turn would wrap around
             raise ValueError(f"hue {self.hue} is a fraction of a full turn (torchvision's unit) and must be in "
                              "[0, 0.5]")
+        if self.short_side_jitter < 1.0:
+            raise ValueError(f"short_side_jitter {self.short_side_jitter} must be >= 1 (the largest short side "
+                             "over the smallest)")
 
 
 @dataclass

@@ -88,30 +88,32 @@ def video_moco_views(cfg: VideoContrastViews) -> list[ViewSpec]:
 
 @dataclass
 class GDTViews:
-    """GDT (Patrick et al. 2021), sec. 4: K_tau = 2 time shifts of a 1 s clip, video and audio for each.
-    Time reversal (K_r = 2) is a flip the method applies to both modalities of a shift (dim T of the
-    video, the last dim of the spectrogram); `reverse` instead reverses a shift's pair at random here."""
+    """GDT (Patrick et al. 2021), sec. 3.3: K_tau = 2 time shifts tau of a 1 s clip, each read forward (r_0)
+    and reversed (r_1, K_r = 2), video and audio for each: x(T) = g(r(m(x_{i tau}))), so each view is one
+    datum before the augmentation g and draws its own g (K_g = 1, "augment each datum at this level"). The
+    spatial g is the authors' (github.com/facebookresearch/GDT, datasets/GDTPretrainDataset.py): the short
+    side rescaled to a random length in [128, 160], a random crop, a flip and colour jitter (0.4, 0.4, 0.4)."""
 
     frames: int = 30  # 1 s at 30 fps
     size: int = 112
-    short_side: int = 128
+    short_side: int = 128  # smallest rescaled short side
+    short_side_jitter: float = 1.25  # largest / smallest rescaled short side: 160 / 128
     seconds: float = 1.0
-    reverse: float = 0.0
     dtype: Dtype = "float32"
 
 
 def gdt_views(cfg: GDTViews) -> list[ViewSpec]:
-    """"video1", "video2": (N, 3, T, H, W); "audio1", "audio2": (N, 1, 40, T_mel), each audio window
-    starting at its video's first frame."""
-    views = []
-    for k in (1, 2):
-        spatial = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side, flip=0.5)
-        views.append(ViewSpec(f"video{k}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"tau{k}",
-                                                               reverse=cfg.reverse), spatial, dtype=cfg.dtype))
-    for k in (1, 2):
-        views.append(ViewSpec(f"audio{k}", "audio", audio=AudioSpec(follow=f"video{k}", seconds=cfg.seconds),
-                              dtype=cfg.dtype))
-    return views
+    """"video{k}", "video{k}_rev": (N, 3, T, H, W), shift k's frames forward and reversed; "audio{k}",
+    "audio{k}_rev": (N, 1, 40, T_mel), the audio window starting at shift k's first frame, its waveform
+    forward and reversed. Every view has its own augmentation draw; reversal happens before it."""
+    spatial = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side,
+                          short_side_jitter=cfg.short_side_jitter, flip=0.5, jitter=1.0, brightness=0.4,
+                          contrast=0.4, saturation=0.4, hue=0.0)
+    videos = [ViewSpec(f"video{k}{rev}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"tau{k}", reverse=float(r)),
+                       spatial, dtype=cfg.dtype) for k in (1, 2) for r, rev in enumerate(("", "_rev"))]
+    audios = [ViewSpec(v.name.replace("video", "audio"), "audio", audio=AudioSpec(follow=v.name, seconds=cfg.seconds),
+                       dtype=cfg.dtype) for v in videos]
+    return videos + audios
 
 
 @dataclass

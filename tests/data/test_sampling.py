@@ -168,3 +168,63 @@ def test_grayscale_and_channel_split_are_colour_maps():
     split, _ = colour(SpatialSpec(jitter=0.0, grayscale=0.0, channel_split=True), rng())
     kept = np.flatnonzero(np.abs(split[0, :3]) > 1e-5)
     assert len(kept) == 1 and np.allclose(split[:, :3], np.eye(3)[[kept[0]] * 3], atol=1e-5)
+
+
+def gdt_draws(draws: int) -> list[dict[str, np.ndarray]]:
+    """`draws` samples of GDT's views preset on a 320x240, 300-frame video with sound."""
+    drawer = SampleDrawer(gdt_views(GDTViews()), {"k": 0}, seed=0)
+    meta = {"key": "k", "num_frames": 300, "width": 320, "height": 240, "fps": 30.0, "audio_rate": 24000}
+    out = []
+    for epoch in range(draws):
+        drawer.epoch = epoch
+        out.append(drawer.draw(meta))
+    return out
+
+
+def test_gdt_reversals_are_the_same_frames_each_with_its_own_spatial_draw():
+    """GDT sec. 3.3, x(T) = g(r(m(x))): each reversal of a shift is augmented on its own (K_g = 1), so the
+    pair (r_0, r_1) is the same frames backwards under two independent crops, flips and colour draws."""
+    draws = gdt_draws(2000)
+    same_flip, x0 = [], []
+    for d in draws:
+        frames = d["frames"][d["frames.order"]].reshape(4, 30)  # video1, video1_rev, video2, video2_rev
+        for k in (0, 2):
+            assert np.array_equal(frames[k + 1], frames[k][::-1])
+        for k in (1, 2):
+            fwd, rev = d[f"video{k}.roi"][0], d[f"video{k}_rev.roi"][0]
+            assert not np.array_equal(fwd, rev) and not np.array_equal(d[f"video{k}.colour"], d[f"video{k}_rev.colour"])
+            same_flip.append((fwd[3] < fwd[1]) == (rev[3] < rev[1]))  # x1 < x0: a mirrored region
+            x0.append((min(fwd[1], fwd[3]), min(rev[1], rev[3])))
+        # the audio of each reversal: the same window, reversed, with its own gain and masks
+        assert d["audio1.start"] == d["audio1_rev.start"] and (d["audio1.reverse"], d["audio1_rev.reverse"]) == (0, 1)
+        assert d["audio1.gain"] != d["audio1_rev.gain"]
+    assert 0.45 < np.mean(same_flip) < 0.55  # independent flips agree half the time
+    x0 = np.array(x0)
+    assert abs(np.corrcoef(x0[:, 0], x0[:, 1])[0, 1]) < 0.1  # independent crop positions
+
+
+def test_gdt_rescale_and_colour_jitter_follow_the_authors():
+    """The authors' g: short side rescaled to round(uniform(128, 160)), a 112 crop, and ColorJitter's
+    brightness, contrast and saturation in [0.6, 1.4] on every clip, no hue, no grayscale."""
+    spatial = gdt_views(GDTViews())[0].spatial
+    g = rng(0)
+    shorts = []
+    for _ in range(4000):
+        _, _, w, h = crop_box(spatial, 320, 240, g)
+        assert w == pytest.approx(h)
+        shorts.append(112 * 240 / w)  # the short side the 240 px frame was rescaled to
+    shorts = np.array(shorts)
+    assert np.allclose(shorts, np.round(shorts)) and shorts.min() == 128 and shorts.max() == 160
+    counts = np.bincount(np.round(shorts).astype(int) - 128, minlength=33) / len(shorts)
+    assert np.abs(counts[1:-1] - 1 / 32).max() < 0.012 and np.abs(counts[[0, -1]] - 1 / 64).max() < 0.008
+    factors = []
+    for seed in range(3000):
+        m, sigma = colour(spatial, rng(seed))
+        c = 1 - m[0, 3] / 128  # contrast: the offset 128 (1 - c) pivots on mid-grey
+        bc = m[0, :3].sum()  # grey is kept in direction: M (1, 1, 1) = b c (1, 1, 1)
+        chroma = RGB_TO_YIQ @ (m[:, :3] / bc) @ YIQ_TO_RGB  # diag(1, sat, sat): no hue turn
+        assert np.allclose(chroma, np.diag([1.0, chroma[1, 1], chroma[1, 1]]), atol=1e-5) and sigma == 0
+        factors.append((bc / c, c, chroma[1, 1]))
+    factors = np.array(factors)  # (draws, 3): brightness, contrast, saturation
+    assert (factors.min(0) >= 0.6 - 1e-4).all() and (factors.max(0) <= 1.4 + 1e-4).all()
+    assert (factors.min(0) < 0.62).all() and (factors.max(0) > 1.38).all()  # jittered on every draw, full range

@@ -10,8 +10,9 @@ from fastvid.methods import get_method
 from fastvid.train import load_config
 
 # (method, overrides) -> largest hue shift in degrees: SimCLR's strength-0.5 jitter (hue 0.1 -> +-36) for
-# videoSimCLR, videoMoCo v2 and Vi2CLR; MoCo v1's ColorJitter(0.4, 0.4, 0.4, 0.4) (+-144); no colour jitter
-# in GDT (sec. 3.2: crops only) or Cross and Learn (sec. 4.1: channel splitting instead).
+# videoSimCLR, videoMoCo v2 and Vi2CLR; MoCo v1's ColorJitter(0.4, 0.4, 0.4, 0.4) (+-144); no hue in GDT (the
+# authors' colour jitter is brightness, contrast and saturation only) and no colour jitter in Cross and Learn
+# (sec. 4.1: channel splitting instead).
 HUE_SPAN = {("video_simclr", ()): 36.0, ("video_moco", ()): 36.0, ("video_moco", ("model.version=v1",)): 144.0,
             ("vi2clr", ()): 36.0, ("gdt", ()): 0.0, ("cross_and_learn", ()): 0.0}
 
@@ -38,8 +39,8 @@ def test_hue_span_of_each_config(method, overrides):
     for view in packaged_views(method, overrides):
         if view.modality in ("flow", "audio"):
             continue
-        if span == 0:
-            assert view.spatial.jitter == 0.0, view.name  # no colour jitter draw, so no hue turn
+        if span == 0:  # no colour jitter draw, or one without a hue turn
+            assert view.spatial.jitter == 0.0 or np.abs(hue_angles(view.spatial, draws=300)).max() < 1e-3, view.name
             continue
         widest = np.abs(hue_angles(view.spatial)).max()
         assert 0.97 * span < widest <= span + 1e-3, (view.name, widest)
