@@ -39,20 +39,23 @@ def anchor_start(t: TemporalSpec, num_frames: int, flow_magnitude: list[float] |
     return int(rng.integers(last + 1))
 
 
-def view_frames(t: TemporalSpec, anchor: int, num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, int, bool]:
+def view_frames(t: TemporalSpec, anchor: int, num_frames: int, rng: np.random.Generator,
+                parity: int = 0) -> tuple[np.ndarray, int, bool]:
     """Frame indices (m,) of one view, the first frame in time order, and whether it was reversed.
 
-    Applies RandomShift [-s, s] to the anchor (kept inside the video), then the offset, frame drop,
-    reverse and shuffle; indices past the end loop back to the start (the thesis's Random m), so an
-    offset into a looped anchor window follows the loop (Vi2CLR's middle frame of a short clip)."""
+    Applies RandomShift (the view starts s + r into its anchor window, r uniform in [-s, s]), then the
+    offset, frame drop (keeping the frames of parity (`parity` + phase) mod 2 of the 2m read, `parity` the
+    anchor's draw), reverse and shuffle; indices past the end loop back to the start (the thesis's
+    Random m), so an offset into a looped anchor window follows the loop (Vi2CLR's middle frame of a short
+    clip)."""
     start = anchor
-    if t.shift:
-        start = min(max(anchor + int(rng.integers(-t.shift, t.shift + 1)), 0), max(num_frames - t.span(), 0))
+    if t.shift:  # the anchor window has s frames to spare on each side of the unshifted clip
+        start = anchor + t.shift + int(rng.integers(-t.shift, t.shift + 1))
     start = (start + t.offset) % num_frames
     count = 2 * t.frames if t.drop else t.frames
     idx = start + t.stride * np.arange(count)
     if t.drop:
-        idx = idx[int(rng.integers(2))::2]
+        idx = idx[(parity + t.phase) % 2::2]
     reversed_ = bool(rng.random() < t.reverse)
     if reversed_:
         idx = idx[::-1]
@@ -75,7 +78,10 @@ def crop_box(s: SpatialSpec, width: int, height: int, rng: np.random.Generator) 
         ratio = min(max(width / height, s.ratio[0]), s.ratio[1])
         w, h = (width, width / ratio) if width / height < ratio else (height * ratio, height)
         return (width - w) / 2, (height - h) / 2, float(w), float(h)
-    k = s.short_side / min(width, height)  # source -> resized scale
+    short = s.short_side
+    if s.crop == "resize_crop" and s.short_side_jitter > 1.0:  # GDT's authors: round(uniform(min, max))
+        short = round(rng.uniform(s.short_side, s.short_side * s.short_side_jitter))
+    k = short / min(width, height)  # source -> resized scale
     w, h = min(out_w / k, width), min(out_h / k, height)
     if s.crop == "center":
         return (width - w) / 2, (height - h) / 2, w, h
@@ -176,6 +182,7 @@ class SampleDrawer:
         n = int(meta["num_frames"])
         magnitude = (meta.get("flow") or {}).get("magnitude")
         anchors: dict[str, int] = {}
+        parities: dict[str, int] = {}  # per anchor: which half of 2m frames the drop views of phase 0 keep
         shared: dict[str, tuple[tuple[float, float, float, float], bool]] = {}
         out: dict[str, np.ndarray] = {"label": np.array(meta.get("label_index", -1), np.int64),
                                       "index": np.array(index, np.int64)}
@@ -186,7 +193,10 @@ class SampleDrawer:
             length = n - 1 if v.modality == "flow" else n  # flow frame i: frame i -> i+1
             if t.anchor not in anchors:
                 anchors[t.anchor] = anchor_start(t, n - 1 if t.anchor in self.flow_anchors else n, magnitude, rng)
-            idx, first[v.name], reversed_[v.name] = view_frames(t, anchors[t.anchor], length, rng)
+            if t.drop and t.anchor not in parities:
+                parities[t.anchor] = int(rng.integers(2))
+            idx, first[v.name], reversed_[v.name] = view_frames(t, anchors[t.anchor], length, rng,
+                                                                parities.get(t.anchor, 0))
             (flow_frames if v.modality == "flow" else rgb_frames).append(idx)
             out.update(self._spatial(v, meta, rng, shared))
         for name, runs in (("frames", rgb_frames), ("flow_frames", flow_frames)):

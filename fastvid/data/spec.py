@@ -23,8 +23,11 @@ class TemporalSpec:
     """Which frames a view takes.
 
     Views naming the same `anchor` share one draw of the anchor window start (the thesis's shared
-    "Random m" clip); each view then reads `frames` frames `stride` apart from `start + offset`, moved by
-    a random shift in [-shift, shift]. Frame indices past the end loop back to the start."""
+    "Random m" clip); each view then reads `frames` frames `stride` apart from `start + offset`. With a
+    shift s the window is 2s frames longer and each view starts s + r into it, r its own draw in [-s, s]
+    (RandomShift: two views of an anchor lie a triangular -2s..2s apart). With drop, one draw per anchor
+    picks the parity the views of phase 0 keep; views of phase 1 keep the other (complementary versions).
+    Frame indices past the end loop back to the start."""
 
     frames: int = 16  # m: frames delivered
     stride: int = 1
@@ -32,14 +35,16 @@ class TemporalSpec:
     start: Literal["random", "middle", "flow"] = "random"  # flow: P(start) ~ mean flow magnitude
     window: int | None = None  # frames the anchor window spans (default: what the view reads)
     offset: int = 0  # first frame relative to the anchor start
-    shift: int = 0  # RandomShift [-s, s]
+    shift: int = 0  # RandomShift [-s, s], in source frames
     drop: bool = False  # read 2m frames, keep the even or the odd ones
+    phase: int = 0  # drop: 0 keeps the anchor's drawn parity, 1 the other one
     reverse: float = 0.0  # probability of reversing the frame order
     shuffle: bool = False  # random permutation of the m frames
 
     def span(self) -> int:
-        """Frames of the source video a draw covers before looping."""
-        return ((2 if self.drop else 1) * self.frames - 1) * self.stride + 1
+        """Frames of the source video a draw covers before looping: the frames read and the 2s a shift
+        can move them."""
+        return ((2 if self.drop else 1) * self.frames - 1) * self.stride + 1 + 2 * self.shift
 
 
 @dataclass
@@ -57,6 +62,9 @@ class SpatialSpec:
     scale: tuple[float, float] = (0.2, 1.0)  # random_resized: area fraction
     ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random_resized: aspect ratio w/h
     short_side: int = 128  # resize_crop: the short side is scaled to this before the random crop
+    # resize_crop: draw the short side in [short_side, short_side_jitter * short_side] instead, rounded to a
+    # pixel (GDT's scale jitter: [128, 160] for 112 crops)
+    short_side_jitter: float = 1.0
     flip: float = 0.5  # probability of a horizontal flip
     jitter: float = 0.0  # probability of colour jitter
     brightness: float = 0.4
@@ -77,6 +85,9 @@ class SpatialSpec:
         if not 0.0 <= self.hue <= 0.5:  # torchvision's bound: more than half a turn would wrap around
             raise ValueError(f"hue {self.hue} is a fraction of a full turn (torchvision's unit) and must be in "
                              "[0, 0.5]")
+        if self.short_side_jitter < 1.0:
+            raise ValueError(f"short_side_jitter {self.short_side_jitter} must be >= 1 (the largest short side "
+                             "over the smallest)")
 
 
 @dataclass

@@ -13,8 +13,9 @@ from fastvid.data.spec import AudioSpec, Dtype, SpatialSpec, TemporalSpec, ViewS
 # The thesis's spatial transformation (sec. 3): "a random cropping ... resizing ..., a random horizontal flip,
 # some random color distortions such as color jittering and random grayscaling and ... a random Gaussian
 # blur", the crop "of random size in [0.08, 1] uniform in area" (sec. 5.1). Probabilities and strengths are
-# not stated in the thesis: SimCLR's (Chen et al. 2020), colour distortion at strength 0.5 (hue 0.1 of a
-# turn: +-36 degrees) with p = 0.8, grayscale p = 0.2, blur p = 0.5, sigma in [0.1, 2].
+# not stated in the thesis: its code's (data_transform.py get_spatial_transform, config.txt strength 0.5; they
+# are SimCLR's), colour distortion ColorJitter(0.4, 0.4, 0.4, 0.1) (hue 0.1 of a turn: +-36 degrees) with
+# p = 0.8, grayscale p = 0.2, blur p = 0.5, sigma in [0.1, 2].
 SIMCLR_SPATIAL = SpatialSpec(scale=(0.08, 1.0), jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
                              hue=0.1, grayscale=0.2, blur=0.5, flip=0.5)
 
@@ -57,16 +58,19 @@ class VideoContrastViews:
     stride: int = 1
     size: int = 112
     temporal: Literal["none", "shift", "drop", "reverse", "shuffle"] = "none"
-    shift: int = 4  # RandomShift [-s, s]
+    shift: int = 4  # RandomShift [-s, s] of each version
     frame_wise: bool = False  # thesis Table 3: a new spatial draw per frame
     dtype: Dtype = "float32"
 
 
 def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewSpec]:
-    base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, drop=cfg.temporal == "drop",
-                        shuffle=cfg.temporal == "shuffle")
-    second = replace(base, shift=cfg.shift if cfg.temporal == "shift" else 0,
-                     reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
+    """The thesis's temporal transforms (sec. 3, Fig. 3; its code: data_transform.py): shift moves both
+    versions, each by its own RandomShift [-s, s] (their offset is triangular over [-2s, 2s]; the code's
+    `range(-s, s)` leaves out +s, the thesis's [-s, s] is followed); drop makes them complementary, one the
+    even and one the odd frames of 2m; reverse reverses one; shuffle permutes each."""
+    base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, shift=cfg.shift if cfg.temporal == "shift" else 0,
+                        drop=cfg.temporal == "drop", shuffle=cfg.temporal == "shuffle")
+    second = replace(base, phase=1, reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
     spatial = replace(SIMCLR_SPATIAL, size=(cfg.size, cfg.size), per_frame=cfg.frame_wise)
     return [ViewSpec(names[0], "rgb", base, spatial, dtype=cfg.dtype),
             ViewSpec(names[1], "rgb", second, spatial, dtype=cfg.dtype)]
@@ -84,40 +88,43 @@ def video_moco_views(cfg: VideoContrastViews) -> list[ViewSpec]:
 
 @dataclass
 class GDTViews:
-    """GDT (Patrick et al. 2021), sec. 4: K_tau = 2 time shifts of a 1 s clip, video and audio for each.
-    Time reversal (K_r = 2) is a flip the method applies to both modalities of a shift (dim T of the
-    video, the last dim of the spectrogram); `reverse` instead reverses a shift's pair at random here."""
+    """GDT (Patrick et al. 2021), sec. 3.3: K_tau = 2 time shifts tau of a 1 s clip, each read forward (r_0)
+    and reversed (r_1, K_r = 2), video and audio for each: x(T) = g(r(m(x_{i tau}))), so each view is one
+    datum before the augmentation g and draws its own g (K_g = 1, "augment each datum at this level"). The
+    spatial g is the authors' (github.com/facebookresearch/GDT, datasets/GDTPretrainDataset.py): the short
+    side rescaled to a random length in [128, 160], a random crop, a flip and colour jitter (0.4, 0.4, 0.4)."""
 
     frames: int = 30  # 1 s at 30 fps
     size: int = 112
-    short_side: int = 128
+    short_side: int = 128  # smallest rescaled short side
+    short_side_jitter: float = 1.25  # largest / smallest rescaled short side: 160 / 128
     seconds: float = 1.0
-    reverse: float = 0.0
     dtype: Dtype = "float32"
 
 
 def gdt_views(cfg: GDTViews) -> list[ViewSpec]:
-    """"video1", "video2": (N, 3, T, H, W); "audio1", "audio2": (N, 1, 40, T_mel), each audio window
-    starting at its video's first frame."""
-    views = []
-    for k in (1, 2):
-        spatial = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side, flip=0.5)
-        views.append(ViewSpec(f"video{k}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"tau{k}",
-                                                               reverse=cfg.reverse), spatial, dtype=cfg.dtype))
-    for k in (1, 2):
-        views.append(ViewSpec(f"audio{k}", "audio", audio=AudioSpec(follow=f"video{k}", seconds=cfg.seconds),
-                              dtype=cfg.dtype))
-    return views
+    """"video{k}", "video{k}_rev": (N, 3, T, H, W), shift k's frames forward and reversed; "audio{k}",
+    "audio{k}_rev": (N, 1, 40, T_mel), the audio window starting at shift k's first frame, its waveform
+    forward and reversed. Every view has its own augmentation draw; reversal happens before it."""
+    spatial = SpatialSpec(size=(cfg.size, cfg.size), crop="resize_crop", short_side=cfg.short_side,
+                          short_side_jitter=cfg.short_side_jitter, flip=0.5, jitter=1.0, brightness=0.4,
+                          contrast=0.4, saturation=0.4, hue=0.0)
+    videos = [ViewSpec(f"video{k}{rev}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"tau{k}", reverse=float(r)),
+                       spatial, dtype=cfg.dtype) for k in (1, 2) for r, rev in enumerate(("", "_rev"))]
+    audios = [ViewSpec(v.name.replace("video", "audio"), "audio", audio=AudioSpec(follow=v.name, seconds=cfg.seconds),
+                       dtype=cfg.dtype) for v in videos]
+    return videos + audios
 
 
 @dataclass
 class Vi2CLRViews:
     """Vi2CLR (Diba et al. 2021), sec. 4.2: 32-frame temporal crops as positives, and the middle frame of
-    each for the 2D (image) stream; random crop, Gaussian blur and colour jitter, temporally consistent."""
+    each for the 2D (image) stream; random crop, Gaussian blur and colour jitter, temporally consistent;
+    "a spatial resolution of 128x128" for the clips, whose middle frame the 2D stream takes."""
 
     frames: int = 32
-    clip_size: int = 112
-    frame_size: int = 224
+    clip_size: int = 128
+    frame_size: int = 128
     dtype: Dtype = "float32"
 
 

@@ -4,7 +4,7 @@ Notation (paper -> code):
   x, y            the two modalities of a pair: RGB frame x, and y = a stack of 10 flow frames (u, v: 20
                   channels) or of 4 RGB frame differences ("SOD", 12 channels) around it
                   -> loader views "rgb" (N, 3, H, W) and "flow" (N, 2, 10, H, W) / "sod" (N, 3, 5, H, W)
-  f, g            two CaffeNet-BN streams (or VGG16), same architecture but the first layer, no shared
+  f, g            two CaffeNet-BN streams (or VGG16-BN), same architecture but the first layer, no shared
                   weights; the representation is fc6 after ReLU   -> self.f, self.g
   (x_i, y_i), (x_j, y_j)   a tuple of two pairs from two different videos; a batch of 2B videos gives
                   B tuples: video b pairs with video b + B
@@ -36,7 +36,7 @@ from fastvid.models import Encoder
 
 @dataclass
 class CrossAndLearnConfig:
-    arch: Literal["caffenet_bn", "vgg16"] = "caffenet_bn"
+    arch: Literal["caffenet_bn", "vgg16_bn"] = "caffenet_bn"
     objective: Literal["cross_and_learn", "concat"] = "cross_and_learn"
     use_cross: bool = True  # false: the "only L_div" ablation
     use_div: bool = True
@@ -57,8 +57,9 @@ class CrossAndLearn(Method):
         self.g = Encoder(cfg.arch, in_channels=y_channels)  # OF- or SOD-network
         if cfg.objective == "concat":  # a modified CaffeNet fc7, fc8 on the concatenated fc6 (8192)
             width = self.f.out_dim
+            # the authors' `Concat` classifier: dropout on fc7's input, none before fc8, as in CaffeNet-BN
             self.pair_classifier = nn.Sequential(
-                nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(width, 2))
+                nn.Dropout(0.5), nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Linear(width, 2))
 
     def views(self) -> list[ViewSpec]:
         return cross_and_learn_views(self.cfg.views)

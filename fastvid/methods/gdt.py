@@ -2,18 +2,23 @@
 
 A transformation is T = (i, tau, m, r, g) (sec. 3.3): data sampling i (video index), time shift tau,
 modality m (video / audio), time reversal r (r_1 flips the time axis) and augmentation g. The batch is
-hierarchical: K_i videos (the loader's batch, `batch["index"]` is i) x K_tau shifts (the loader's views
-`video{k}` / `audio{k}`, one 1 s clip each) x K_r reversals (made here: the same clip and spectrogram,
-flipped in time) x K_m = 2 modalities, so row n of the N = K_i K_tau K_r embeddings has factors
-(i, tau, r). Each factor is distinctive (c = delta(t = t')) or invariant (c = 1) per the config; a factor
-set to "none" is not sampled (K = 1, the dots of Table 1). The loss is eq. (1) (`fastvid.losses.gdt_loss`)
-over the embeddings of every process (negatives gathered with gradient), with w = delta(m != m'): "we
-extend SimCLR weight function w to focus learning on only cross-modal pairs" (sec. 3.2).
+hierarchical: K_i videos (the loader's batch, `batch["index"]` is i) x K_tau shifts (one 1 s clip each) x
+K_r reversals x K_m = 2 modalities, so row n of the N = K_i K_tau K_r embeddings has factors (i, tau, r).
+The loader delivers each x(i, tau, m, r) as its own view, `video{k}` / `audio{k}` (r_0) and `video{k}_rev` /
+`audio{k}_rev` (r_1: the same frames and audio window read backwards), each augmented on its own:
+x(T) = g(r(m(x_{i tau}))), g after the reversal with K_g = 1 (sec. 3.3, "augment each datum at this level";
+the authors' dataset flips, then augments each reversal). The audio is reversed as a waveform (the authors
+flip the spectrogram, the same up to the STFT frames' alignment) and, per the paper, gets its own g_a (the
+authors' code draws the audio augmentation once per shift). Each factor is distinctive (c = delta(t = t'))
+or invariant (c = 1) per the config; a factor set to "none" is not sampled (K = 1, the dots of Table 1).
+The loss is eq. (1) (`fastvid.losses.gdt_loss`) over the embeddings of every process (negatives gathered
+with gradient), with w = delta(m != m'): "we extend SimCLR weight function w to focus learning on only
+cross-modal pairs" (sec. 3.2).
 
 Table 1's rows: DS is always distinctive; TR = `time_reversal`, TS = `time_shift`, Mod. = `modality`.
 With modality "v" (rows a-d, "emulating SimCLR") the second "modality" is a second augmentation g of the
-same clip (K_g = 2, views `video{k}_g`), encoded by the same video network, and w is SimCLR's
-w(T, T') = delta(T != T') (sec. 3.1): every other row is in the denominator, so row (a) is NT-Xent.
+same datum (K_g = 2, views `video{k}_g` / `video{k}_rev_g`), encoded by the same video network, and w is
+SimCLR's w(T, T') = delta(T != T') (sec. 3.1): every other row is in the denominator, so row (a) is NT-Xent.
 `acc` is the pretext top-1: how often an anchor's best candidate under w is one of its positives.
 
 Phi_v = R(2+1)D-18 + MLP head, Phi_a = audio ResNet-9 + MLP head (sec. 4, appendix A.3.4).
@@ -48,7 +53,7 @@ class GDTConfig:
     embed_dim: int = 256
     temperature: float = 0.07  # rho in eq. (1)
     sync_bn: bool = True  # the authors train with synchronised BN across GPUs
-    views: GDTViews = field(default_factory=GDTViews)  # clip length, crop size, audio window
+    views: GDTViews = field(default_factory=GDTViews)  # clip length, crop size and rescale, audio window
 
 
 def hypothesis(cfg: GDTConfig) -> tuple[int, int, tuple[bool, bool, bool]]:
@@ -85,43 +90,42 @@ class GDT(Method):
             self.head_a = mlp_head([self.audio.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
 
     def views(self) -> list[ViewSpec]:
-        """The loader's GDT preset cut to K_tau shifts; modality "v" swaps each audio view for a second
-        augmentation of its clip (same frames: same anchor, no shift; its own spatial draw)."""
+        """The loader's GDT preset cut to K_tau shifts x K_r reversals; modality "v" swaps each audio view for
+        a second augmentation of its datum (same frames: same anchor and reversal; its own spatial draw)."""
         preset = {v.name: v for v in gdt_views(self.cfg.views)}
-        shifts = [preset[k] for k in self.first_keys]
+        first = [preset[k] for k in self.first_keys]
         if self.cfg.modality == "av":
-            return shifts + [preset[k] for k in self.second_keys]
-        return shifts + [replace(v, name=k) for v, k in zip(shifts, self.second_keys)]
+            return first + [preset[k] for k in self.second_keys]
+        return first + [replace(v, name=k) for v, k in zip(first, self.second_keys)]
+
+    def _keys(self, modality: str, suffix: str = "") -> list[str]:
+        """Batch keys of the K_tau K_r data of `modality`, in (tau, r) order; r_1's views end in "_rev"."""
+        return [f"{modality}{k}{rev}{suffix}" for k in range(1, self.k_tau + 1) for rev in ("", "_rev")[:self.k_r]]
 
     @property
     def first_keys(self) -> list[str]:
-        """Batch keys of the K_tau clips (video of shift tau)."""
-        return [f"video{k}" for k in range(1, self.k_tau + 1)]
+        """Batch keys of the video of each (tau, r)."""
+        return self._keys("video")
 
     @property
     def second_keys(self) -> list[str]:
-        """Batch keys of each shift's second modality: its audio, or (modality "v") a second augmentation."""
-        return [f"audio{k}" if self.cfg.modality == "av" else f"video{k}_g" for k in range(1, self.k_tau + 1)]
+        """Batch keys of each (tau, r)'s second modality: its audio, or (modality "v") a second augmentation."""
+        return self._keys("audio") if self.cfg.modality == "av" else self._keys("video", "_g")
 
-    def _hierarchy(self, batch: dict[str, Tensor], keys: list[str], time_dim: int) -> Tensor:
-        """The K_tau views `keys` -> (K_i K_tau K_r, ...) in (i, tau, r) order; r_1 flips `time_dim`
-        (negative: counted from the end, so the same for a view and the stack)."""
-        x = torch.stack([batch[k] for k in keys], dim=1)  # (K_i, K_tau, ...)
-        if self.k_r == 2:
-            x = torch.stack([x, x.flip(time_dim)], dim=2)  # (K_i, K_tau, 2, ...)
-        else:
-            x = x.unsqueeze(2)  # (K_i, K_tau, 1, ...)
-        return x.flatten(0, 2)
+    @staticmethod
+    def _hierarchy(batch: dict[str, Tensor], keys: list[str]) -> Tensor:
+        """The K_tau K_r views `keys` -> (K_i K_tau K_r, ...) in (i, tau, r) order."""
+        return torch.stack([batch[k] for k in keys], dim=1).flatten(0, 1)  # (K_i, K_tau K_r, ...) -> rows
 
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(v, a, factors): (N, D), (N, D), (N, 3) for this process's part of the batch."""
-        clips = self._hierarchy(batch, self.first_keys, time_dim=-3)  # (N, C, T, H, W)
+        clips = self._hierarchy(batch, self.first_keys)  # (N, C, T, H, W)
         v = self.head_v(self.video(clips))  # (N, D)
         if self.cfg.modality == "av":
-            spec = self._hierarchy(batch, self.second_keys, time_dim=-1)  # (N, 1, F_mel, T_mel)
+            spec = self._hierarchy(batch, self.second_keys)  # (N, 1, F_mel, T_mel)
             a = self.head_a(self.audio(spec))  # (N, D)
         else:
-            a = self.head_v(self.video(self._hierarchy(batch, self.second_keys, time_dim=-3)))  # (N, D)
+            a = self.head_v(self.video(self._hierarchy(batch, self.second_keys)))  # (N, D)
         return v, a, transformation_factors(batch["index"], self.k_tau, self.k_r)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -46,7 +46,7 @@ class VideoMoCoConfig:
     dim: int = 128  # key/query size (MoCo)
     queue_size: int = 8192  # K: 8192 for UCF101, 1024 for HMDB51 (thesis Table 5)
     momentum: float = 0.999  # m (MoCo)
-    temperature: float = 0.2  # tau: MoCo v2's 0.2 (v1 used 0.07); the thesis does not state it
+    temperature: float = 0.07  # tau; the thesis does not state it: its code's --moco-t 0.07, for v1 and v2
     bn: Literal["shuffle", "sync"] = "shuffle"
     # shuffle: BN groups per process (MoCo: 32 images per GPU; 1 is plain BN, unprotected on one process)
     bn_splits: int = 4
@@ -60,9 +60,10 @@ class VideoMoCoConfig:
             raise ConfigError(f"model.bn_splits: must be >= 1, got {self.bn_splits}")
 
 
-# MoCo v1's augmentation over SimCLR's: ColorJitter(0.4, 0.4, 0.4, 0.4) always, so hue +-0.4 turn = +-144
-# degrees (torchvision's unit, as the loader's), no Gaussian blur; crop, flip and grayscale p = 0.2 as v2.
-MOCO_V1_SPATIAL = {"jitter": 1.0, "hue": 0.4, "blur": 0.0}
+# MoCo v1's augmentation over SimCLR's, as the thesis's v1 code (main_moco.py, "MoCo v1's aug"): crops in
+# [0.2, 1] of the area, ColorJitter(0.4, 0.4, 0.4, 0.4) always, so hue +-0.4 turn = +-144 degrees
+# (torchvision's unit, as the loader's), no Gaussian blur; flip and grayscale p = 0.2 as v2.
+MOCO_V1_SPATIAL = {"scale": (0.2, 1.0), "jitter": 1.0, "hue": 0.4, "blur": 0.0}
 
 
 def _world() -> tuple[int, int]:
@@ -91,7 +92,7 @@ class VideoMoCo(Method):
 
     def views(self) -> list[ViewSpec]:
         views = video_moco_views(self.cfg.views)
-        if self.cfg.version == "v1":  # MoCo v1: colour jitter (0.4, 0.4, 0.4, hue 0.4 turn) always, no blur
+        if self.cfg.version == "v1":  # MoCo v1: crops [0.2, 1], colour jitter (0.4, 0.4, 0.4, 0.4) always, no blur
             views = [replace(v, spatial=replace(v.spatial, **MOCO_V1_SPATIAL)) for v in views]
         return views
 

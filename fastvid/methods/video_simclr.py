@@ -31,7 +31,7 @@ from fastvid.models import Encoder
 class VideoSimCLRConfig:
     encoder: str = "r3d_18"
     head_dims: list[int] = field(default_factory=lambda: [512, 512, 256])  # h -> hidden -> p
-    temperature: float = 0.5  # tau; the thesis does not state it: SimCLR's value for small batches
+    temperature: float = 0.5  # tau; the thesis does not state it: its code's config.txt, "temp": 0.5
     gather_negatives: bool = True
     # Random 16 clips, 112x112 (the thesis trains at 224 and ablates at 56); temporal shift s = 8 (UCF101's
     # best, Table 4) and chunk-wise spatial draws (Table 3).

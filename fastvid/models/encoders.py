@@ -10,8 +10,8 @@ AlexNet) minus its classification layers, so `Encoder.export()` is a state dict 
 | r2plus1d_18   | (N, C, T, H, W)| 512, global average pool                 | GDT              |
 | s3d           | (N, C, T, H, W)| 1024, global average pool                | Vi2CLR           |
 | resnet50      | (N, C, H, W)   | 2048, global average pool                | Vi2CLR (frames)  |
-| vgg16         | (N, C, H, W)   | 4096, fc6 after ReLU (+ dropout)         | Cross and Learn  |
-| caffenet_bn   | (N, C, H, W)   | 4096, fc6 after ReLU (+ dropout)         | Cross and Learn  |
+| vgg16_bn      | (N, C, H, W)   | 4096, fc6 after ReLU (+ dropout)         | Cross and Learn  |
+| caffenet_bn   | (N, C, H, W)   | 4096, fc6 after ReLU (dropout before it) | Cross and Learn  |
 | resnet9       | (N, 1, F, T)   | 512, global average pool (log-mel input) | GDT (audio)      |
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ ARCHS: dict[str, Arch] = {
     "r2plus1d_18": Arch("video", 512, tvv.r2plus1d_18, "stem.0", "pool_fc"),
     "s3d": Arch("video", 1024, tvv.s3d, "features.0.0.0", "s3d"),
     "resnet50": Arch("image", 2048, tvm.resnet50, "conv1", "pool_fc"),
-    "vgg16": Arch("image", 4096, tvm.vgg16, "features.0", "fc6"),
+    "vgg16_bn": Arch("image", 4096, tvm.vgg16_bn, "features.0", "fc6"),  # the authors' VGG_16_BN
     "caffenet_bn": Arch("image", 4096, CaffeNetBN, "features.0", "fc6"),
     "resnet9": Arch("image", 512, resnet9, "conv1", "pool_fc"),  # a spectrogram is a 2D input
 }
@@ -83,15 +83,18 @@ def _strip_classifier(net: nn.Module, head: str) -> nn.Module:
     elif head == "s3d":  # S3D: a fixed (2, 7, 7) average pool then a 1x1x1 conv classifier
         net.avgpool = nn.AdaptiveAvgPool3d(1)  # same result at 16x224x224, and works on small clips
         net.classifier = nn.Identity()
-    else:  # fc6: keep classifier[0:3] = fc6, ReLU, dropout (indices 0..2 keep their names)
-        net.classifier = net.classifier[:3]
+    else:  # fc6: keep classifier[0:3] (VGG16-BN: fc6, ReLU, dropout; CaffeNet-BN: dropout, fc6, ReLU)
+        net.classifier = net.classifier[:3]  # indices 0..2 keep their names
     return net
 
 
-# Parameter-name prefixes of what `_strip_classifier` removes, per head layout.
-_CLASSIFIER_KEYS: dict[str, tuple[str, ...]] = {
-    "pool_fc": ("fc.",), "s3d": ("classifier.",), "fc6": ("classifier.3.", "classifier.6."),
-}
+def _classifier_keys(net: nn.Module, head: str) -> tuple[str, ...]:
+    """Parameter-name prefixes of what `_strip_classifier` removes from the full model `net`."""
+    if head == "pool_fc":
+        return ("fc.",)
+    if head == "s3d":
+        return ("classifier.",)
+    return tuple(f"classifier.{i}." for i in range(3, len(net.classifier)))  # fc6: what follows classifier[:3]
 
 
 class Encoder(nn.Module):
@@ -121,7 +124,7 @@ def load_backbone(export: dict[str, Any], num_classes: int) -> nn.Module:
     classification layers keep their random initialisation."""
     net = build_backbone(export["arch"], num_classes=num_classes, in_channels=export["in_channels"])
     result = net.load_state_dict(export["state_dict"], strict=False)
-    classifier = _CLASSIFIER_KEYS[_arch(export["arch"]).head]
+    classifier = _classifier_keys(net, _arch(export["arch"]).head)
     if result.unexpected_keys or not all(k.startswith(classifier) for k in result.missing_keys):
         raise ValueError(f"{export['arch']}: exported weights do not match the backbone "
                          f"(missing {result.missing_keys}, unexpected {result.unexpected_keys})")

@@ -107,5 +107,7 @@ def test_time_reversed_flow_stack_negates_every_field():
 
 def test_bf16_autocast_forward():
     method = small("sod")
-    method.f.net.classifier[2].p = method.g.net.classifier[2].p = 0.0  # dropout draws differ between copies
+    for m in method.modules():  # dropout draws differ between copies
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     assert_bf16_forward_matches_fp32(method, {"rgb": torch.randn(4, 3, 80, 80), "sod": torch.randn(4, 3, 5, 80, 80)})

@@ -64,12 +64,14 @@ def test_batch_satisfies_constraints(row):
 
 
 def random_batch(cfg: GDTConfig, k_i: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every view any row of Table 1 reads: (tau, r) data of each modality and the second augmentations."""
     gen = torch.Generator().manual_seed(seed)
     batch = {"index": torch.tensor([5, 2, 9, 1][:k_i]), "label": torch.zeros(k_i, dtype=torch.long)}
     for k in (1, 2):
-        batch[f"video{k}"] = torch.randn(k_i, 3, FRAMES, SIZE, SIZE, generator=gen)
-        batch[f"video{k}_g"] = torch.randn(k_i, 3, FRAMES, SIZE, SIZE, generator=gen)
-        batch[f"audio{k}"] = torch.randn(k_i, 1, MEL, STEPS, generator=gen)
+        for rev in ("", "_rev"):
+            batch[f"video{k}{rev}"] = torch.randn(k_i, 3, FRAMES, SIZE, SIZE, generator=gen)
+            batch[f"video{k}{rev}_g"] = torch.randn(k_i, 3, FRAMES, SIZE, SIZE, generator=gen)
+            batch[f"audio{k}{rev}"] = torch.randn(k_i, 1, MEL, STEPS, generator=gen)
     return batch
 
 
@@ -82,13 +84,21 @@ def test_registered_and_views():
     assert get_method("gdt") is GDT
     av = build(GDTConfig())
     views = {v.name: v for v in av.views()}
-    assert sorted(views) == ["audio1", "audio2", "video1", "video2"]
-    assert views["audio1"].audio.follow == "video1" and views["video1"].temporal.frames == 30
-    # row (a): one shift, its second "modality" a second augmentation of the same frames
+    # row (l): 2 shifts x 2 reversals, each a view of its own (reversed before its own augmentation)
+    assert sorted(views) == ["audio1", "audio1_rev", "audio2", "audio2_rev",
+                             "video1", "video1_rev", "video2", "video2_rev"]
+    assert views["audio1"].audio.follow == "video1" and views["audio1_rev"].audio.follow == "video1_rev"
+    assert views["video1"].temporal.frames == 30
+    assert (views["video1"].temporal.reverse, views["video1_rev"].temporal.reverse) == (0.0, 1.0)
+    assert views["video1_rev"].temporal.anchor == views["video1"].temporal.anchor != views["video2"].temporal.anchor
+    # row (a): one shift, no reversal, its second "modality" a second augmentation of the same frames
     v = build(row_config("a"))
     views = {x.name: x for x in v.views()}
     assert sorted(views) == ["video1", "video1_g"]
     assert views["video1_g"].temporal == views["video1"].temporal and views["video1_g"].modality == "rgb"
+    # row (b): reversal sampled: each reversal and its second augmentation
+    assert sorted(x.name for x in build(row_config("b")).views()) == ["video1", "video1_g", "video1_rev",
+                                                                       "video1_rev_g"]
     assert set(v.encoders()) == {"video"} and set(av.encoders()) == {"video", "audio"}
 
 
@@ -118,11 +128,9 @@ def test_rows_are_the_transformations_they_name(row_l):
         clips, specs = [], []
         for i, tau, r in factors.tolist():
             pos = batch["index"].tolist().index(i)
-            clip = batch[f"video{tau + 1}"][pos]  # (3, T, H, W)
-            spec = batch[f"audio{tau + 1}"][pos]  # (1, F, T_mel)
-            # r_1 reverses time: the frames of the clip, the columns of the spectrogram
-            clips.append(clip.flip(1) if r else clip)
-            specs.append(spec.flip(2) if r else spec)
+            rev = "_rev" if r else ""  # r_1: the loader's reversed read, augmented on its own
+            clips.append(batch[f"video{tau + 1}{rev}"][pos])  # (3, T, H, W)
+            specs.append(batch[f"audio{tau + 1}{rev}"][pos])  # (1, F, T_mel)
         torch.testing.assert_close(v, method.head_v(method.video(torch.stack(clips))), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(a, method.head_a(method.audio(torch.stack(specs))), atol=1e-5, rtol=1e-4)
     assert sorted(map(tuple, factors.tolist())) == [(i, t, r) for i in (2, 5) for t in (0, 1) for r in (0, 1)]
@@ -215,7 +223,7 @@ def test_packaged_config_has_the_papers_defaults():
     m = cfg.model
     assert (m.video_arch, m.audio_arch, m.temperature, m.embed_dim) == ("r2plus1d_18", "resnet9", 0.07, 256)
     assert (m.modality, m.time_reversal, m.time_shift) == TABLE1["l"]  # the setup of sec. 4.4
-    assert (m.views.frames, m.views.size, m.views.reverse) == (30, 112, 0.0)
+    assert (m.views.frames, m.views.size, m.views.short_side, m.views.short_side_jitter) == (30, 112, 128, 1.25)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size) == ("sgd", 0.01, 1e-5, 8)
 
 

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fastvid.data.sampling import SampleDrawer
+from fastvid.data.views import Vi2CLRViews
 from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.clustering import cluster_features
@@ -250,9 +251,12 @@ def test_packaged_config_has_the_papers_defaults():
     m = cfg.model
     assert (m.video_arch, m.image_arch, m.embed_dim, m.temperature) == ("s3d", "resnet50", 128, 0.08)
     assert (m.cluster, m.finch_level, m.loss_weights) == ("finch", 2, (1.0, 1.0, 1.0))
-    assert (m.views.frames, m.views.clip_size) == (32, 128)
+    assert (m.views.frames, m.views.clip_size, m.views.frame_size) == (32, 128, 128)  # sec. 4.2: 128 x 128
+    assert m.views == Vi2CLRViews()  # the dataclass defaults are the paper's too
     assert m.mined_positives == 1
-    assert (cfg.train.epochs, cfg.data.batch_size, cfg.optim.name) == (300, 64, "adam")
+    assert (cfg.train.epochs, cfg.data.batch_size) == (300, 64)
+    # no pre-training optimiser in the paper, no released code: CoCLR's (main_nce.py), not the evaluation runs'
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 1e-3, 1e-5)
 
 
 def test_bf16_autocast_forward(clustered):

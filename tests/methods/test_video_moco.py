@@ -42,7 +42,7 @@ def test_loss_is_eq2_against_the_queue_before_enqueue_and_queue_fifo():
     with torch.no_grad():
         q = method.head(method.encoder(b["query"]))
         k = method.key_head(method.key_encoder(b["key"]))
-    torch.testing.assert_close(out["loss"], reference.info_nce_queue(q, k, queue0, 0.2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["loss"], reference.info_nce_queue(q, k, queue0, 0.07), rtol=1e-4, atol=1e-5)
     # The 4 new keys fill rows 0..3; the pointer moves to 4.
     torch.testing.assert_close(method.queue[:4], F.normalize(k, dim=1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(method.queue[4:], queue0[4:])
@@ -167,3 +167,15 @@ def test_no_accuracy_when_the_step_is_not_logged():
     without = method(b)
     assert set(without) == {"loss", "info_nce"} and "acc" in with_acc
     assert without["loss"].item() == with_acc["loss"].item()
+
+
+def test_packaged_config_follows_the_thesis_code():
+    """Values the thesis leaves out come from its videoMOCO_scripts/main_moco.py: tau 0.07 (--moco-t, one
+    script for v1 and v2), SGD lr 0.03, momentum 0.9, weight decay 1e-4, m 0.999, 128-d keys."""
+    from fastvid.train import load_config
+
+    cfg = load_config("video_moco")
+    m = cfg.model
+    assert (m.temperature, m.momentum, m.dim, m.queue_size) == (0.07, 0.999, 128, 8192)
+    assert VideoMoCoConfig().temperature == 0.07
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.03, 0.9, 1e-4)

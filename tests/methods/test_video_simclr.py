@@ -17,7 +17,10 @@ def test_views_follow_the_switches():
     assert VideoSimCLRConfig().views.temporal == "shift"  # the thesis's best: RandomShift [-8, 8] on UCF101
     i, j = small(temporal="shift", shift=8).views()
     assert (i.name, j.name) == ("clip_i", "clip_j")
-    assert (i.temporal.frames, i.temporal.shift, j.temporal.shift, i.spatial.per_frame) == (4, 0, 8, False)
+    # both versions shift (thesis Fig. 3), each by its own draw; the drawn distributions: tests/data/test_sampling.py
+    assert (i.temporal.frames, i.temporal.shift, j.temporal.shift, i.spatial.per_frame) == (4, 8, 8, False)
+    i, j = small(temporal="drop").views()
+    assert (i.temporal.drop, j.temporal.drop, i.temporal.phase, j.temporal.phase) == (True, True, 0, 1)
     _, j = small(temporal="reverse", frame_wise=True).views()
     assert j.temporal.reverse == 1.0 and j.spatial.per_frame
 
@@ -55,3 +58,13 @@ def test_loss_falls_on_a_fixed_batch():
 def test_bf16_autocast_forward():
     batch = {"clip_i": torch.randn(3, 3, 4, 32, 32), "clip_j": torch.randn(3, 3, 4, 32, 32)}
     assert_bf16_forward_matches_fp32(small(), batch)
+
+
+def test_packaged_config_follows_the_thesis_code():
+    """The optimiser the thesis leaves out is its released train_videos_3d.py's: Adam, lr 3e-4, weight decay
+    1e-6; tau 0.5 from its config.txt; the cosine decay of sec. 4."""
+    from fastvid.train import load_config
+
+    cfg = load_config("video_simclr")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule) == ("adam", 3e-4, 1e-6, "cosine")
+    assert cfg.model.temperature == 0.5 and cfg.model.head_dims == [512, 512, 256]
