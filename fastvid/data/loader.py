@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,7 @@ class VideoLoader:
         self.audio_rate = int(options.get("audio_rate", 24000))
         self._gop = int(options.get("gop", 16))
         self._shards = shards
+        self.keys: frozenset[str] | None = None  # read only these sample keys (`keep_only`); None: all
         self.undecodable: set[str] = set()  # "shard:key" found undecodable while reading (on_error="skip")
         self._scan()
         if cfg.decode == "gpu" and self.device.type != "cuda":
@@ -130,10 +131,18 @@ class VideoLoader:
         """(Re)read the shard indices, leaving out the samples to skip."""
         self.table, self.key_index, self.skipped = scan_indices(
             self._shards, ["json"] + media_names(self.views), self.cfg.on_error, frozenset(self.undecodable))
+        if self.keys is not None:
+            self.key_index = {k: p for k, p in self.key_index.items() if k in self.keys}
         if not self.key_index:
             raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
                               f"({len(self.skipped)} skipped)")
         self.positions = np.array(sorted(self.key_index.values()), np.int64)  # every position an epoch reads
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        """Read only the samples `keys` from now on: a split held out of one set of shards (the demo's
+        validation clips); positions stay the dataset's."""
+        self.keys = frozenset(keys)
+        self._scan()
 
     def samples(self) -> int:
         """Samples this rank reads per epoch: rank r takes the block [rN/S, (r+1)N/S) of the epoch's order."""
