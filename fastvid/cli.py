@@ -249,7 +249,24 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_shard, add_info, add_eval]
+def _run_plot(args: argparse.Namespace) -> int:
+    from fastvid.plot import plot_run
+
+    print(plot_run(args.folder))
+    return 0
+
+
+def add_plot(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plot", help="draw a run's curves into RUN/curves.png",
+                              description="Train and validation loss, pretext top-1, learning rate, clips/s and "
+                                          "data wait against steps, from RUN/metrics.jsonl (`fastvid train` also "
+                                          "draws them at the end of a run); works on a run still training.")
+    p.add_argument("folder", metavar="RUN", help="the run folder (--output of fastvid train)")
+    p.set_defaults(run=_run_plot)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_shard, add_info, add_eval,
+                                                                   add_plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,8 +69,12 @@ def plot_run(run: str | Path) -> Path:
 
     series = read_metrics(run)
     panels = _panels(series)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, names) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
             steps, values = series[name]
             style = {"marker": "o", "linestyle": "--"} if name.startswith("val/") else {}

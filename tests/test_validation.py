@@ -150,3 +150,14 @@ def test_plot_draws_the_last_value_of_each_step(tmp_path):
     series = read_metrics(tmp_path)
     assert series["loss/loss"] == ([2], [2.5]) and series["val/loss"] == ([0], [2.7])
     assert plot_run(tmp_path) == tmp_path / CURVES and (tmp_path / CURVES).stat().st_size > 1000
+
+
+def test_fastvid_plot_command(tmp_path, capsys):
+    from fastvid.cli import main
+
+    assert main(["plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fastvid plot: error: {tmp_path / METRICS}: no such file; is "
+                                               f"{tmp_path} a run folder of `fastvid train`?")
+    (tmp_path / METRICS).write_text(json.dumps({"step": 1, "loss/loss": 2.0, "val/loss": 2.1}) + "\n")
+    assert main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / CURVES) and (tmp_path / CURVES).is_file()
