@@ -46,6 +46,7 @@ from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mea
                             parse_override, to_dict)
 from fastvid.data import DataConfig
 from fastvid.data.loader import build_loader
+from fastvid.errors import Interrupted, NonFiniteLossError, RunError
 from fastvid.data.sample import holdout
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
 from fastvid.plot import CURVES, METRICS, plot_run
@@ -91,18 +92,6 @@ class RunConfig:
     train: TrainConfig
     output: str = ""
     demo: list[str] = field(default_factory=list)
-
-
-class RunError(ValueError):
-    """A run cannot start as asked (output folder, device, data); the message names the fix."""
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; `code` is the exit status (128 + signal number)."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.code = 128 + signum
 
 
 # The demo (no --data): what changes from the paper's settings so that every method ends in a few minutes on a
@@ -248,10 +237,6 @@ class Progress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.val = dict(state.get("val", {}))
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; the run stops before that step changes any weight."""
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

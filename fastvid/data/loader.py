@@ -26,6 +26,7 @@ from fastvid.data.dali import output_names, used_draws, views_pipeline
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
+from fastvid.errors import UserError
 from fastvid.shard import read_manifest
 from fastvid.shard.writer import split_name
 
@@ -35,7 +36,7 @@ NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
 
 
-class LoaderError(RuntimeError):
+class LoaderError(UserError, RuntimeError):
     """A shard cannot be read as asked: names the shard and the sample key."""
 
 
