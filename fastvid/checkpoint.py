@@ -29,12 +29,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from fastvid.errors import MissingFile, UserError
+
 FORMAT, VERSION = "fastvid-checkpoint", 1
 STATE, TENSORS = "state.json", "tensors.safetensors"
 PARTIAL = ".partial"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or encoders file that cannot be loaded; the message is one line naming the file."""
 
 
@@ -253,7 +255,7 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
     written by `save_encoders`. A pickle (a `torch.save` file) is refused, unread: unpickling can run code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such encoders file")
+        raise MissingFile(f"{path}: no such encoders file")
     if not _is_safetensors(path):
         raise CheckpointError(f"{path}: not a safetensors encoders file (a pickle or torch.save file from an older "
                               "fastvid?); it is not loaded, since unpickling can run code")

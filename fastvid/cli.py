@@ -2,8 +2,8 @@
 
 A subcommand is one `add_<name>(subparsers)` function that declares its flags and sets `run`;
 `SUBCOMMANDS` lists them, so adding a command is adding one function to that list. Errors a user can cause
-(ValueError, including ConfigError; OSError such as a missing file; LoaderError) print one line and exit 2;
-`--debug` shows their traceback instead.
+(`fastvid.errors.UserError`: ConfigError, RunError, LoaderError, CheckpointError, a missing file...) print one
+line and exit 2; `--debug` shows their traceback instead. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastvid import __version__
+from fastvid.errors import Interrupted, MissingFile, NonFiniteLossError, UserError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -71,7 +72,7 @@ def _run_shard(args: argparse.Namespace) -> int:
     from fastvid.shard import ShardConfig, shard_dataset
 
     if not Path(args.src).exists():  # before shard_dataset creates OUT
-        raise FileNotFoundError(f"{args.src}: no such folder of videos or manifest")
+        raise MissingFile(f"{args.src}: no such folder of videos or manifest")
     cfg = ShardConfig(
         src=args.src, out=args.out, split_files=args.split_file, default_split=args.split, codec=args.codec,
         crf=args.crf, preset=args.preset, short_side=args.short_side, align=args.align, fps=args.fps, gop=args.gop,
@@ -249,7 +250,24 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_shard, add_info, add_eval]
+def _run_plot(args: argparse.Namespace) -> int:
+    from fastvid.plot import plot_run
+
+    print(plot_run(args.folder))
+    return 0
+
+
+def add_plot(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plot", help="draw a run's curves into RUN/curves.png",
+                              description="Train and validation loss, pretext top-1, learning rate, clips/s and "
+                                          "data wait against steps, from RUN/metrics.jsonl (`fastvid train` also "
+                                          "draws them at the end of a run); works on a run still training.")
+    p.add_argument("folder", metavar="RUN", help="the run folder (--output of fastvid train)")
+    p.set_defaults(run=_run_plot)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_shard, add_info, add_eval,
+                                                                   add_plot]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,17 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in subparsers.choices.values():
         sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a user can cause. Evaluated only once an error is raised, and from the modules already
-    loaded (one not loaded raised nothing), so that no command imports torch or DALI for it."""
-    errors: list[type[BaseException]] = [ValueError, OSError]
-    if loader := sys.modules.get("fastvid.data.loader"):
-        errors.append(loader.LoaderError)
-    if train := sys.modules.get("fastvid.train"):
-        errors += [train.Interrupted, train.NonFiniteLossError]
-    return tuple(errors)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -292,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         return int(args.run(args) or 0)
-    except _user_errors() as err:
+    except (UserError, Interrupted) as err:
         if args.debug:
             traceback.print_exc()
-        code = getattr(err, "code", None)  # Interrupted: 128 + signal; the run checkpointed first
+        code = err.code if isinstance(err, Interrupted) else None  # 128 + signal; the run checkpointed first
         kind = "" if code else "error: "
         print(f"fastvid {args.command}: {kind}{_one_line(err)}", file=sys.stderr)
-        return code or (1 if isinstance(err, FloatingPointError) else 2)  # a non-finite loss: 1
+        return code or (1 if isinstance(err, NonFiniteLossError) else 2)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fastvid.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key is unknown, missing or of the wrong type; `key` is its dotted path when known."""
 
     def __init__(self, message: str, key: str | None = None) -> None:

@@ -46,7 +46,11 @@ from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mea
                             parse_override, to_dict)
 from fastvid.data import DataConfig
 from fastvid.data.loader import build_loader
+from fastvid.errors import Interrupted, NonFiniteLossError, RunError
+from fastvid.data.sample import holdout
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
+from fastvid.plot import CURVES, METRICS, plot_run
+from fastvid.validation import build_validation, validate
 
 @dataclass
 class TrainConfig:
@@ -63,6 +67,7 @@ class TrainConfig:
     checkpoint_minutes: float = 15.0  # also after this much wall-clock time since the last one; 0: never
     keep_checkpoints: int = 2
     log_every: int = 10
+    val_every: int = 1000  # optimiser steps between validations (also before the first step and at the end); 0: never
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -89,29 +94,17 @@ class RunConfig:
     demo: list[str] = field(default_factory=list)
 
 
-class RunError(ValueError):
-    """A run cannot start as asked (output folder, device, data); the message names the fix."""
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; `code` is the exit status (128 + signal number)."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.code = 128 + signum
-
-
 # The demo (no --data): what changes from the paper's settings so that every method ends in a few minutes on a
 # 2-core CPU (each measured in the README). Batches fit the sample: 53 clips, 13 with sound (GDT's).
 DEMO_COMMON = ["data.batch_size=8", "data.shuffle_buffer=64", "train.epochs=0", "optim.warmup_steps=0",
-               "train.log_every=2"]
+               "train.log_every=2", "data.val_split=holdout", "data.val_clips=8"]
 DEMO: dict[str, list[str]] = {
-    "cross_and_learn": ["train.steps=96", "model.views.size=112", "model.views.short_side=128"],
-    "video_simclr": ["train.steps=24", "model.views.frames=8", "model.views.size=64"],
-    "video_moco": ["train.steps=24", "model.views.frames=8", "model.views.size=64", "model.queue_size=32"],
-    "gdt": ["train.steps=12", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
+    "cross_and_learn": ["train.steps=96", "train.val_every=16", "model.views.size=112", "model.views.short_side=128"],
+    "video_simclr": ["train.steps=24", "train.val_every=4", "model.views.frames=8", "model.views.size=64"],
+    "video_moco": ["train.steps=24", "train.val_every=4", "model.views.frames=8", "model.views.size=64", "model.queue_size=32"],
+    "gdt": ["train.steps=12", "train.val_every=2", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
             "model.views.short_side=80"],
-    "vi2clr": ["train.steps=48", "model.views.frames=8", "model.views.clip_size=64", "model.views.frame_size=64"],
+    "vi2clr": ["train.steps=48", "train.val_every=8", "model.views.frames=8", "model.views.clip_size=64", "model.views.frame_size=64"],
 }
 TOP_LEVEL = ("method", "model", "optim", "data", "train", "output", "demo")
 
@@ -236,16 +229,14 @@ class Progress:
     """Optimiser steps taken; checkpointed with the run."""
 
     step: int = 0
+    val: dict[str, float] = field(default_factory=dict)  # the latest validation's values
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "val": dict(self.val)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; the run stops before that step changes any weight."""
+        self.val = dict(state.get("val", {}))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -265,7 +256,7 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-RUN_FILES = ("config.yaml", "checkpoints", "tb", "encoders.pt")  # what a run writes into its folder
+RUN_FILES = ("config.yaml", "checkpoints", "tb", "encoders.pt", METRICS, CURVES)  # what a run writes into its folder
 
 
 def check_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -362,11 +353,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
                        f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")
     # Each epoch's reading order: the loader's seeded shuffle, rearranged by the method (Vi2CLR's positive mining).
+    held_out = None  # the demo's validation clips: the end of each source clip, and no clip overlapping them
+    if cfg.data.val_split == "holdout":
+        train_keys, held_out = holdout(loader.key_index, cfg.data.val_clips)
+        loader.keep_only(train_keys)
     loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
     feature_loader = None
     if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
         feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.feature_views(),
                                       rank=rank, world_size=world, device=accelerator.device)
+        feature_loader.keep_only(loader.key_index)
+    validation = build_validation(cfg.data, method, loader, held_out, rank, world, accelerator.device) \
+        if cfg.train.val_every else None
     total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
     stop = min(total_steps, cfg.train.max_steps or total_steps)
     if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written
@@ -409,7 +407,22 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         f"{world} process(es) x {cfg.train.grad_accum} accumulated)",
         f"  steps    {progress.step} -> {stop} (schedule: {total_steps} steps); checkpoints {', '.join(every)}, "
         f"at the end and on Ctrl-C/SIGTERM",
+        f"  validate {validation.describe() + f', every {cfg.train.val_every} steps' if validation else 'none'}",
         f"  output   {out_dir}"]))
+    metrics = out_dir / METRICS
+
+    def record(step: int, logs: dict[str, float]) -> None:
+        """TensorBoard, and a line of METRICS for `fastvid plot`."""
+        accelerator.log(logs, step=step)
+        if accelerator.is_main_process:
+            with open(metrics, "a") as f:
+                f.write(json.dumps({"step": step} | logs) + "\n")
+
+    def run_validation() -> None:
+        progress.val = validate(method, validation, accelerator)
+        record(progress.step, {f"val/{k}": v for k, v in progress.val.items()})
+        if accelerator.is_main_process:
+            tqdm.write(f"validation at step {progress.step}: " + " ".join(f"{k} {v:.4g}" for k, v in progress.val.items()))
 
     def save_checkpoint() -> Path:
         path = out_dir / "checkpoints" / f"step_{progress.step:08d}"
@@ -438,6 +451,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     def logged(step: int) -> bool:  # whether optimiser step `step` (counted from 1) is logged
         return step % cfg.train.log_every == 0 or step == stop
 
+    if validation and progress.step == 0:  # the reference every later validation compares with
+        run_validation()
     with StopSignals() as signals:
         try:
             while progress.step < stop:
@@ -488,7 +503,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                                  "data_wait_fraction": wait / max(wait + busy, 1e-9)}
                         if accelerator.device.type == "cuda":
                             logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2 ** 30
-                        accelerator.log(logs, step=progress.step)
+                        record(progress.step, logs)
                         accuracy = {k: f"{v:.1%}" for k, v in terms.items() if k == "acc" or k.endswith("_acc")}
                         bar.set_postfix(loss=f"{terms['loss']:.4f}", **accuracy,
                                         wait=f"{logs['data_wait_fraction']:.1%}")
@@ -498,6 +513,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                                   flush=True)
                         wait = busy = 0.0
                         clips = 0
+                    if validation and (progress.step % cfg.train.val_every == 0 or progress.step == stop):
+                        run_validation()
+                        t0 = time.perf_counter()  # validation is not data wait
                     if progress.step >= stop:
                         break
                     if progress.step % cfg.train.checkpoint_every == 0 or due or stopping:
@@ -518,9 +536,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     path = save_checkpoint() if saved_at != progress.step else latest_checkpoint(out_dir)
     encoders = out_dir / "encoders.pt"
     if accelerator.is_main_process:
-        save_encoders(encoders, {"method": cfg.method, "config": to_dict(cfg), "step": progress.step},
-                      method.encoder_state_dicts())
+        save_encoders(encoders, {"method": cfg.method, "config": to_dict(cfg), "step": progress.step,
+                                 "val": progress.val}, method.encoder_state_dicts())
     accelerator.end_training()
+    if accelerator.is_main_process:
+        accelerator.print(f"curves: {plot_run(out_dir)}")
     accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
                       f"encoders {encoders}")
     # The probe at the crop size the encoders trained on: its default (64 px) is too small for CaffeNet.

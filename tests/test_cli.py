@@ -20,7 +20,7 @@ def test_version():
     assert done.returncode == 0 and done.stdout.strip() == f"fastvid {__version__}"
 
 
-@pytest.mark.parametrize("command", ["train", "shard", "info", "eval"])
+@pytest.mark.parametrize("command", ["train", "shard", "info", "eval", "plot"])
 def test_every_option_shows_its_default(command):
     parser = _subcommands()[command]
     text = parser.format_help()

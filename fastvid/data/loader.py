@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from fastvid.data.dali import output_names, used_draws, views_pipeline
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
+from fastvid.errors import UserError
 from fastvid.shard import read_manifest
 from fastvid.shard.writer import split_name
 
@@ -35,7 +36,7 @@ NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
 
 
-class LoaderError(RuntimeError):
+class LoaderError(UserError, RuntimeError):
     """A shard cannot be read as asked: names the shard and the sample key."""
 
 
@@ -104,6 +105,7 @@ class VideoLoader:
         self.audio_rate = int(options.get("audio_rate", 24000))
         self._gop = int(options.get("gop", 16))
         self._shards = shards
+        self.keys: frozenset[str] | None = None  # read only these sample keys (`keep_only`); None: all
         self.undecodable: set[str] = set()  # "shard:key" found undecodable while reading (on_error="skip")
         self._scan()
         if cfg.decode == "gpu" and self.device.type != "cuda":
@@ -130,10 +132,18 @@ class VideoLoader:
         """(Re)read the shard indices, leaving out the samples to skip."""
         self.table, self.key_index, self.skipped = scan_indices(
             self._shards, ["json"] + media_names(self.views), self.cfg.on_error, frozenset(self.undecodable))
+        if self.keys is not None:
+            self.key_index = {k: p for k, p in self.key_index.items() if k in self.keys}
         if not self.key_index:
             raise LoaderError(f"{self.cfg.shards}: no complete sample in split {self.cfg.split!r} "
                               f"({len(self.skipped)} skipped)")
         self.positions = np.array(sorted(self.key_index.values()), np.int64)  # every position an epoch reads
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        """Read only the samples `keys` from now on: a split held out of one set of shards (the demo's
+        validation clips); positions stay the dataset's."""
+        self.keys = frozenset(keys)
+        self._scan()
 
     def samples(self) -> int:
         """Samples this rank reads per epoch: rank r takes the block [rN/S, (r+1)N/S) of the epoch's order."""

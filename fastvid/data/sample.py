@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from fastvid.config import ConfigError
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 
 CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
@@ -127,3 +129,32 @@ def sample_dataset(cache_dir: str | Path | None = None, options: SampleOptions =
                               gop=8, flow=None if audio else options.flow, progress=False))
     read_manifest(manifest)  # fails loudly if the build left no manifest
     return manifest
+
+
+def holdout(keys: Iterable[str], clips: int, options: SampleOptions = SampleOptions()) -> tuple[list[str], list[str]]:
+    """Split the sample's piece keys (`<label>_<clip>_<k>`, piece k = frames [k hop, k hop + segment) of its
+    source clip) into (training keys, validation keys) that share no frame: validation takes pieces from the
+    end of each source clip in turn, at most a quarter of a clip's pieces and `clips` in all; the pieces that
+    overlap a validation piece are in neither."""
+    pieces: dict[str, dict[int, str]] = {}
+    for key in keys:
+        source, _, k = key.rpartition("_")
+        if not (source and k.isdigit()):
+            raise ConfigError(f"data.val_split=holdout: sample {key!r} is not a piece of the embedded sample "
+                             f"(<clip>_<number>); with --data use a split of the shards (data.val_split=val)",
+                              "data.val_split")
+        pieces.setdefault(source, {})[int(k)] = key
+    starts = {source: sorted(ks) for source, ks in sorted(pieces.items())}
+    first_val = {source: ks[-1] + 1 for source, ks in starts.items()}  # per source: its first validation piece
+    taken = 0
+    while taken < clips:
+        grown = [s for s, ks in starts.items() if ks[-1] + 1 - first_val[s] < len(ks) // 4 and taken < clips]
+        if not grown:
+            break
+        for source in grown[:clips - taken]:
+            first_val[source] -= 1
+            taken += 1
+    apart = -(-options.segment // options.hop)  # pieces k and k + apart share no frame
+    train = [pieces[s][k] for s, ks in starts.items() for k in ks if k + apart <= first_val[s]]
+    val = [pieces[s][k] for s, ks in starts.items() for k in ks if k >= first_val[s]]
+    return train, val

@@ -152,3 +152,9 @@ class DataConfig:
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = "raise"
     verify: bool = False  # check each member read against the CRC-32 `fastvid shard` recorded
+    # Validation while training (`fastvid.validation`, every train.val_every steps): held-out clips.
+    # auto: the shards' "val" split, else "test", else none; "none": no validation; "holdout" (the demo): the end
+    # of each source clip of the embedded sample, and no training clip that shares a frame with it
+    val_split: str = "auto"
+    val_clips: int = 64  # at most this many validation clips, spread evenly over the split in shard order
+    val_gallery: int = 256  # training clips (centre crops) forming the kNN gallery on labelled shards; 0: no kNN

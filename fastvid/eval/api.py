@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastvid.config import ConfigError, to_dict
+from fastvid.errors import InputError
 from fastvid.eval import protocols, report
 from fastvid.eval.encoders import embed, load_encoder, random_encoder
 from fastvid.eval.probe import (ClipSpec, ProbeConfig, class_names, decode_video, default_sources,
@@ -107,13 +108,13 @@ def _shard_videos(path: str, max_videos: int, opts: ProbeConfig) -> tuple[list[s
     keys, videos = [], []
     for sample in wds.WebDataset(tars, shardshuffle=False, empty_check=False):
         if "mp4" not in sample:
-            raise ValueError(f"{sample['__url__']}: sample {sample['__key__']} has no .mp4 member")
+            raise InputError(f"{sample['__url__']}: sample {sample['__key__']} has no .mp4 member")
         keys.append(sample["__key__"])
         videos.append(decode_video(sample["mp4"], opts.decode_short_side, opts.max_source_frames))
         if len(videos) == max_videos:
             break
     if len(videos) < 2:
-        raise ValueError(f"{path}: the probe needs at least 2 videos, found {len(videos)}")
+        raise InputError(f"{path}: the probe needs at least 2 videos, found {len(videos)}")
     return keys, videos
 
 
@@ -133,7 +134,7 @@ def _protocol(cfg: EvalConfig, encoders: dict[str, torch.nn.Module], out: Path
 
     classes = read_manifest(cfg.train)["classes"]
     if not classes:
-        raise ValueError(f"{cfg.train}: the shards list no classes; evaluation needs labelled videos")
+        raise InputError(f"{cfg.train}: the shards list no classes; evaluation needs labelled videos")
     test_views = protocols.clip_views(cfg.test_clips, cfg.clip, train=False)
     test_names = [v.name for v in test_views]
     results: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from torch import nn
 
 from fastvid.checkpoint import load_encoders
 from fastvid.data.spec import RGB_MEAN, RGB_STD
+from fastvid.errors import InputError, MissingFile
 from fastvid.models import Encoder
 
 
@@ -26,12 +27,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, checked for the keys evaluation needs."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise MissingFile(f"{path}: no such checkpoint")
     ckpt = load_encoders(path)
     for name, entry in ckpt["encoders"].items():
         missing = {"arch", "in_channels", "state_dict"} - set(entry)
         if missing:
-            raise ValueError(f"{path}: encoder {name!r} lacks {', '.join(sorted(missing))}")
+            raise InputError(f"{path}: encoder {name!r} lacks {', '.join(sorted(missing))}")
     return ckpt
 
 
@@ -40,11 +41,11 @@ def pick_encoder(ckpt: dict[str, Any], name: str | None, path: str | Path = "che
     encoders = ckpt["encoders"]
     if name is not None:
         if name not in encoders:
-            raise ValueError(f"{path}: no encoder {name!r}; it holds {', '.join(encoders)}")
+            raise InputError(f"{path}: no encoder {name!r}; it holds {', '.join(encoders)}")
         return name
     rgb = [n for n, e in encoders.items() if e["in_channels"] == 3]
     if not rgb:
-        raise ValueError(f"{path}: no 3-channel (RGB) encoder among {', '.join(encoders)}; pass --encoder")
+        raise InputError(f"{path}: no 3-channel (RGB) encoder among {', '.join(encoders)}; pass --encoder")
     return rgb[0]
 
 
@@ -57,7 +58,7 @@ def load_encoder(path: str | Path, name: str | None = None) -> tuple[Encoder, di
     try:
         encoder.net.load_state_dict(entry["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: encoder {name!r} does not load into {entry['arch']}: {err}") from None
+        raise InputError(f"{path}: encoder {name!r} does not load into {entry['arch']}: {err}") from None
     info = {"method": ckpt.get("method"), "encoder": name, "arch": entry["arch"]}
     return encoder.eval(), info
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastvid.config import ConfigError, to_dict
+from fastvid.errors import InputError, MissingFile, WriteFailed
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import check_flow_method
 from fastvid.shard.pool import run_isolated
@@ -267,7 +268,7 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
         except OSError as err:  # a full disk, a quota, an I/O error: one line naming the file, nothing left over
             where = err.filename or (roller.writer.partial if roller.writer else out)
             roller.abort()
-            raise OSError(f"writing {where}: {err.strerror or err}; partial files removed, {len(roller.records)} "
+            raise WriteFailed(f"writing {where}: {err.strerror or err}; partial files removed, {len(roller.records)} "
                           "new shard(s) kept: make room and rerun the same command to resume") from None
         except BaseException:
             roller.abort()
@@ -316,10 +317,10 @@ def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
+        raise MissingFile(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
     manifest = json.loads(file.read_text())
     if manifest.get("version") != 1:
-        raise ValueError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
+        raise InputError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
     base = file.parent.resolve()
     for shard in manifest["shards"]:
         shard["tar"], shard["index"] = str(base / shard["tar"]), str(base / shard["index"])
