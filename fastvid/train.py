@@ -59,6 +59,7 @@ class TrainConfig:
     steps: int = 0
     epochs: int = 0
     max_steps: int | None = None  # stop early (smoke runs); the schedule keeps its full length
+    max_minutes: float | None = None  # also stop after the step that ends this much wall-clock time after the run's start
     grad_accum: int = 1
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # not "no": YAML reads that as false
     compile: bool = False
@@ -75,6 +76,8 @@ class TrainConfig:
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError(f"train: set exactly one of steps ({self.steps}) and epochs ({self.epochs}) > 0 "
                               f"(e.g. train.steps=N train.epochs=0)", "train")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes: must be > 0, got {self.max_minutes}", "train.max_minutes")
         if self.checkpoint_minutes < 0:
             raise ConfigError(f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}",
                               "train.checkpoint_minutes")
@@ -466,15 +469,19 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                     with accelerator.accumulate(model):
                         with accelerator.autocast():
                             out = model(batch)
-                        # One host sync per micro-batch: the mean over processes of every loss term, and of two
-                        # flags (a stop signal, a checkpoint due by the clock), so every process acts at the same
-                        # step. Checking the loss before backward keeps a NaN from ever reaching the weights.
+                        # One host sync per micro-batch: the mean over processes of every loss term, and of three
+                        # flags (a stop signal, a checkpoint due by the clock, the time budget spent), so every
+                        # process acts at the same step. Checking the loss before backward keeps a NaN from ever
+                        # reaching the weights.
                         due = bool(cfg.train.checkpoint_minutes) and \
                             time.monotonic() - saved_time >= 60 * cfg.train.checkpoint_minutes
-                        flags = torch.tensor([float(signals.signum > 0), float(due)], device=accelerator.device)
+                        spent = cfg.train.max_minutes is not None and \
+                            time.monotonic() - started >= 60 * cfg.train.max_minutes
+                        flags = torch.tensor([float(signals.signum > 0), float(due), float(spent)],
+                                             device=accelerator.device)
                         values = accelerator.reduce(
                             torch.cat([torch.stack([v.detach().float() for v in out.values()]), flags]), "mean")
-                        *values, stopping, due = values.tolist()
+                        *values, stopping, due, spent = values.tolist()
                         terms = dict(zip(out, values))
                         if not all(math.isfinite(v) for v in terms.values()):
                             good = latest_checkpoint(out_dir)
@@ -494,6 +501,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                     method.after_step()
                     progress.step += 1
                     bar.update(1)
+                    if spent:  # train.max_minutes: this step is the last (logged, then the final checkpoint)
+                        stop = progress.step
                     if logged(progress.step):
                         last = terms
                         # pretext accuracy (top-1 of the positive among the candidates) apart from the losses

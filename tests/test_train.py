@@ -139,6 +139,15 @@ def test_checkpoints_by_wall_clock_time(shards, tmp_path):
         "step_00000001", "step_00000002", "step_00000003"]
 
 
+def test_max_minutes_ends_the_run_at_the_first_step_past_the_budget(shards, tmp_path):
+    # A budget spent before the first step ends: that step is the last, logged and checkpointed.
+    last = train(tiny("video_simclr", shards, tmp_path, "train.max_minutes=1e-9", "train.log_every=1000"))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]
+    assert "loss" in last
+    with pytest.raises(ConfigError, match=r"^override train.max_minutes=0: train.max_minutes: must be > 0, got 0"):
+        load_config("video_simclr", None, ["train.max_minutes=0"])
+
+
 def test_accelerate_launch_two_cpu_processes(shards, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "fastvid.train",

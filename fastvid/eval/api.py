@@ -88,7 +88,7 @@ def _probe(cfg: EvalConfig, encoders: dict[str, torch.nn.Module]) -> tuple[dict[
         names = [p.name for p in sources]
         videos = [decode_video(p, opts.decode_short_side, opts.max_source_frames) for p in sources]
     else:
-        names, videos = _shard_videos(cfg.data, cfg.max_videos, opts)
+        names, videos = shard_videos(cfg.data, cfg.max_videos, opts)
     clips, labels, groups = make_probe_set(videos, cfg.probe, cfg.clip, opts, cfg.seed)
     clips_t = torch.from_numpy(clips)  # (N, T, S, S, 3) uint8
     results = {}
@@ -98,7 +98,7 @@ def _probe(cfg: EvalConfig, encoders: dict[str, torch.nn.Module]) -> tuple[dict[
     return results, {"classes": list(class_names(cfg.probe)), "sources": names, "clips": len(labels)}
 
 
-def _shard_videos(path: str, max_videos: int, opts: ProbeConfig) -> tuple[list[str], list[np.ndarray]]:
+def shard_videos(path: str, max_videos: int, opts: ProbeConfig) -> tuple[list[str], list[np.ndarray]]:
     """Keys and frames of the first `max_videos` videos (KEY.mp4 members) of a shard set, any split."""
     import webdataset as wds
 

