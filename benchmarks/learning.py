@@ -44,6 +44,7 @@ import argparse
 import copy
 import csv
 import filecmp
+import hashlib
 import json
 import os
 import platform
@@ -71,6 +72,7 @@ from fastvid.methods import METHODS, Method, get_method
 from fastvid.models import Encoder
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.flow import dequantise, flow_estimator, quantise
+from fastvid.shard.sources import derive_key
 from fastvid.train import RunConfig, load_config, train
 
 HOLDOUT = 1 / 3  # the last third of each source clip is footage B, never in A
@@ -130,23 +132,24 @@ def pieces_before_holdout(paths: list[str], lengths: dict[str, int], options: Sa
 
 def footage_a(audio: bool, folder: Path, lengths: dict[str, int], options: SampleOptions = SampleOptions()) -> Path:
     """dataset.json of footage A: the sample's pieces (those with sound when `audio`) that end before each
-    source's held-out tail, sharded with the sample's own options; built once into `folder`."""
+    source's held-out tail, sharded with the sample's own options into `folder`, once per list of pieces and
+    options (the folder is named by their hash)."""
     sample = read_manifest(sample_dataset(options=options, audio=audio))
     src = Path(sample["options"]["src"])  # the pieces' manifest (path, label)
-    out = folder / f"footage-a-{'audio' if audio else 'all'}"
-    if (out / "dataset.json").is_file():
-        return out / "dataset.json"
     with open(src, newline="") as f:
         rows = list(csv.DictReader(f))
     kept = set(pieces_before_holdout([r["path"] for r in rows], lengths, options))
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / f"footage-a-{'audio' if audio else 'all'}.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows((str(src.parent / r["path"]), r["label"]) for r in rows if r["path"] in kept)
-    shard_dataset(from_dict(ShardConfig, {**sample["options"], "src": str(manifest), "out": str(out),
-                                          "progress": False}, "shard"))
+    lines = [["path", "label", "key"]]  # keys as the sample's (from the path relative to its manifest)
+    lines += [[str(src.parent / r["path"]), r["label"], derive_key(r["path"])] for r in rows if r["path"] in kept]
+    tag = hashlib.sha1(json.dumps([lines, sample["options"]], sort_keys=True).encode()).hexdigest()[:8]
+    out = folder / f"footage-a-{'audio' if audio else 'all'}-{tag}"
+    if not (out / "dataset.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = out.with_suffix(".csv")
+        with open(manifest, "w", newline="") as f:
+            csv.writer(f).writerows(lines)
+        shard_dataset(from_dict(ShardConfig, {**sample["options"], "src": str(manifest), "out": str(out),
+                                              "progress": False}, "shard"))
     return out / "dataset.json"
 
 
@@ -211,17 +214,18 @@ def retrieval_set(videos: list[np.ndarray], clip: ClipSpec, opts: ProbeConfig, s
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clips (N, T, S, S, 3) uint8, source video (N,) and time segment (N,, unique over all videos).
 
-    Each video is split into 2-8 equal segments of at least two clip spans; `opts.clips_per_video` clips
+    Each video is split into 2-8 equal segments, two clip spans long or more where it is long enough (one at
+    least); `opts.clips_per_video` clips
     (a still window at a random place, a random time inside the segment) are spread over its segments."""
     rng = np.random.default_rng(seed)
     span = (clip.frames - 1) * clip.stride + 1
     clips, video, segment = [], [], []
     first = 0  # id of this video's first segment
     for v, frames in enumerate(videos):
-        count = min(8, len(frames) // (2 * span))
-        if count < 2:
-            raise ValueError(f"video {v} has {len(frames)} frames: retrieval needs two segments of "
-                             f"{2 * span} frames (two clips of {span})")
+        if len(frames) < 2 * span:
+            raise ValueError(f"video {v} has {len(frames)} frames: retrieval needs two segments of a clip's "
+                             f"{span} frames")
+        count = min(8, max(2, len(frames) // (2 * span)))
         bounds = np.linspace(0, len(frames), count + 1).astype(int)
         for i in range(opts.clips_per_video):
             s = i % count
@@ -504,7 +508,6 @@ def main() -> None:
         finish(report, out)
         return
 
-    torch.set_num_threads(os.cpu_count() or 1)
     opts = ProbeConfig(clips_per_video=args.clips_per_video)
     machine = {"cpu": cpu_name(), "cpus": os.cpu_count(),
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
