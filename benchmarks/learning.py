@@ -551,9 +551,8 @@ def main() -> None:
         return a_cache[audio]
 
     report = {"settings": settings, "runs": {}}
-    if path.is_file():
-        report = merge(json.loads(path.read_text()), report, str(path))
-        report["settings"] = settings
+    if path.is_file():  # earlier runs, kept unless rerun here
+        report = merge(report, json.loads(path.read_text()), str(path))
     for method in args.methods:
         for seed in args.seeds:
             before = sets.seconds
