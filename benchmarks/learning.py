@@ -195,14 +195,27 @@ def folder_footage(path: Path, max_videos: int, opts: ProbeConfig) -> Footage:
                    f"{len(files)} videos of {path} (whole videos, up to {opts.max_source_frames} frames each)")
 
 
+def made_from_sample(manifest: dict) -> bool:
+    """Whether a shard set was made from the sample's pieces: its source is in the sample cache, or is a
+    manifest listing files there (footage A's own shards)."""
+    root = cache_root().resolve()
+    src = Path(manifest["options"]["src"]).resolve()
+    if src.is_relative_to(root):
+        return True
+    if src.suffix != ".csv" or not src.is_file():
+        return False
+    with open(src, newline="") as f:
+        return any((src.parent / row["path"]).resolve().is_relative_to(root) for row in csv.DictReader(f))
+
+
 def load_footage_b(spec: str | None, max_videos: int, opts: ProbeConfig, lengths: dict[str, int]) -> Footage:
     if spec is None:
         return default_footage_b(opts, lengths)
     path = Path(spec)
     if path.is_file() and path.name == "dataset.json" or (path / "dataset.json").is_file():
-        src = Path(read_manifest(path)["options"]["src"]).resolve()
-        if src.is_relative_to(cache_root().resolve()):
-            raise SystemExit(f"--footage {spec}: is the embedded sample, footage A itself; pass other shards")
+        if made_from_sample(read_manifest(path)):
+            raise SystemExit(f"--footage {spec}: is made from the embedded sample, footage A's source; "
+                             "pass other shards")
         names, videos = shard_videos(spec, max_videos, opts)
         return Footage(names, videos, f"{len(names)} videos of the shard set {spec} (whole videos)")
     if not path.is_dir():

@@ -90,8 +90,9 @@ def test_retrieval_set_spreads_clips_over_disjoint_segments():
 
 def test_beats_random_needs_non_overlapping_intervals():
     r = {"ci_low": 0.20, "ci_high": 0.30}
-    assert learning.verdict({"ci_low": 0.31, "ci_high": 0.4}, r) == {"beats_random": True, "margin": pytest.approx(0.01)}
-    assert learning.verdict({"ci_low": 0.29, "ci_high": 0.4}, r) == {"beats_random": False, "margin": pytest.approx(-0.01)}
+    above, overlapping = {"ci_low": 0.31, "ci_high": 0.4}, {"ci_low": 0.29, "ci_high": 0.4}
+    assert learning.verdict(above, r) == {"beats_random": True, "margin": pytest.approx(0.01)}
+    assert learning.verdict(overlapping, r) == {"beats_random": False, "margin": pytest.approx(-0.01)}
     assert not learning.verdict({"ci_low": 0.30, "ci_high": 0.4}, r)["beats_random"]  # touching intervals overlap
 
 
@@ -136,11 +137,17 @@ def test_footage_b_from_a_folder_or_shards(tmp_path, monkeypatch):
     assert footage.names == ["a.mp4", "sub/b.mp4"]
     assert [v.shape for v in footage.videos] == [(20, 48, 72, 3), (30, 48, 72, 3)]  # short side 48, aspect kept
     assert abs(int(footage.videos[1].mean()) - 200) <= 2
-    # A shard set made from the embedded sample is footage A: refused, by its source manifest.
+    # Shards made from the embedded sample's pieces (the sample's own, or footage A's from a manifest listing
+    # them) are refused; the manifest of other videos is not.
     monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "cache"))
-    fake = tmp_path / "shards"
-    fake.mkdir()
-    src = tmp_path / "cache" / "sample" / "clips-32-8" / "all.csv"
-    (fake / "dataset.json").write_text(f'{{"version": 1, "shards": [], "options": {{"src": "{src}"}}}}')
-    with pytest.raises(SystemExit, match=r"is the embedded sample, footage A itself"):
-        learning.load_footage_b(str(fake), 16, ProbeConfig(), {})
+    pieces = tmp_path / "cache" / "sample" / "clips-32-8"
+    manifest = tmp_path / "a.csv"
+    manifest.write_text(f"path,label\n{tmp_path / 'videos' / 'a.mp4'},x\n{pieces / 'bikes' / 'bikes_00.mp4'},bikes\n")
+    for src in (pieces / "all.csv", manifest):
+        fake = tmp_path / f"shards-{src.stem}"
+        fake.mkdir()
+        (fake / "dataset.json").write_text(f'{{"version": 1, "shards": [], "options": {{"src": "{src}"}}}}')
+        with pytest.raises(SystemExit, match=r"is made from the embedded sample, footage A's source"):
+            learning.load_footage_b(str(fake), 16, ProbeConfig(), {})
+    manifest.write_text(f"path,label\n{tmp_path / 'videos' / 'a.mp4'},x\n")
+    assert not learning.made_from_sample({"options": {"src": str(manifest)}})
