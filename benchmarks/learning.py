@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -119,8 +120,6 @@ def piece_frames(path: str, options: SampleOptions) -> tuple[int, int]:
 
 def source_frames() -> dict[str, int]:
     """Frame count of each sample source clip, by stem (what the sample's pieces were cut from)."""
-    import av
-
     counts = {}
     for name in CLIPS:
         with av.open(str(clip_dir() / name)) as container:
@@ -186,6 +185,7 @@ def check_not_footage_a(paths: list[Path]) -> None:
 
 
 def folder_footage(path: Path, max_videos: int, opts: ProbeConfig) -> Footage:
+    """The first `max_videos` video files under `path` (sorted, recursive), whole."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)[:max_videos]
     if len(files) < 2:
         raise SystemExit(f"--footage {path}: found {len(files)} video file(s); the probes need at least 2")
@@ -209,6 +209,7 @@ def made_from_sample(manifest: dict) -> bool:
 
 
 def load_footage_b(spec: str | None, max_videos: int, opts: ProbeConfig, lengths: dict[str, int]) -> Footage:
+    """--footage: None (the sample clips' held-out tails), a shard set or a folder of videos."""
     if spec is None:
         return default_footage_b(opts, lengths)
     path = Path(spec)
