@@ -60,6 +60,7 @@ class VideoContrastViews:
     temporal: Literal["none", "shift", "drop", "reverse", "shuffle"] = "none"
     shift: int = 4  # RandomShift [-s, s] of each version
     frame_wise: bool = False  # thesis Table 3: a new spatial draw per frame
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area range, sec. 5.1: "[0.08, 1] uniform in area"
     dtype: Dtype = "float32"
 
 
@@ -71,7 +72,7 @@ def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewS
     base = TemporalSpec(frames=cfg.frames, stride=cfg.stride, shift=cfg.shift if cfg.temporal == "shift" else 0,
                         drop=cfg.temporal == "drop", shuffle=cfg.temporal == "shuffle")
     second = replace(base, phase=1, reverse=1.0 if cfg.temporal == "reverse" else 0.0)  # the loss is symmetric in i, j
-    spatial = replace(SIMCLR_SPATIAL, size=(cfg.size, cfg.size), per_frame=cfg.frame_wise)
+    spatial = replace(SIMCLR_SPATIAL, size=(cfg.size, cfg.size), per_frame=cfg.frame_wise, scale=cfg.crop_scale)
     return [ViewSpec(names[0], "rgb", base, spatial, dtype=cfg.dtype),
             ViewSpec(names[1], "rgb", second, spatial, dtype=cfg.dtype)]
 
