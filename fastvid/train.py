@@ -13,11 +13,13 @@ Everything a user can get wrong (config, overrides, data, device, output folder)
 written; a new run in a folder that holds another run needs --resume or --overwrite. Outputs under --output:
 config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (`fastvid.checkpoint`: safetensors + JSON,
 nothing pickled; model with its queue/cluster buffers, optimiser, scheduler, step, loader position, RNG),
-tb/ (TensorBoard) and encoders.pt (safetensors: {"method", "config", "step", "encoders":
-Method.encoder_state_dicts()}). A checkpoint is written as step_X.partial and renamed when complete; --resume
-takes the newest that loads and names the ones it skips. Checkpoints are written every
-`train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock time, at the end, and on
-SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit 128 + signal number).
+tb/ (TensorBoard), metrics.jsonl and curves.png (`fastvid.plot`) and encoders.pt (safetensors: {"method",
+"config", "step", "val", "encoders": Method.encoder_state_dicts()}). Every `train.val_every` steps, before the
+first and at the end, held-out clips are scored (`fastvid.validation`). A checkpoint is written as
+step_X.partial and renamed when complete; --resume takes the newest that loads and names the ones it skips.
+Checkpoints are written every `train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock
+time, at the end, and on SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit
+128 + signal number).
 """
 from __future__ import annotations
 
