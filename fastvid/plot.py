@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fastvid.errors import InputError, MissingFile
+
 METRICS, CURVES = "metrics.jsonl", "curves.png"
 
 
@@ -19,17 +21,18 @@ def read_metrics(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     earlier one (a resumed run redoes the steps after its checkpoint)."""
     path = Path(run) / METRICS
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; is {run} a run folder of `fastvid train`?")
+        raise MissingFile(f"{path}: no such file; is {run} a run folder of `fastvid train`?")
     series: dict[str, dict[int, float]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(path.read_text().splitlines()):  # the last line of a killed run: cut short
+            if n == len(lines):  # the last line of a killed run: cut short
                 break
-            raise ValueError(f"{path}:{n}: not a JSON line") from None
+            raise InputError(f"{path}:{n}: not a JSON line") from None
         step = int(row.pop("step"))
         for name, value in row.items():
             series.setdefault(name, {})[step] = float(value)

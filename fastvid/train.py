@@ -13,16 +13,19 @@ Everything a user can get wrong (config, overrides, data, device, output folder)
 written; a new run in a folder that holds another run needs --resume or --overwrite. Outputs under --output:
 config.yaml (the resolved settings), checkpoints/step_XXXXXXXX/ (`fastvid.checkpoint`: safetensors + JSON,
 nothing pickled; model with its queue/cluster buffers, optimiser, scheduler, step, loader position, RNG),
-tb/ (TensorBoard) and encoders.pt (safetensors: {"method", "config", "step", "encoders":
-Method.encoder_state_dicts()}). A checkpoint is written as step_X.partial and renamed when complete; --resume
-takes the newest that loads and names the ones it skips. Checkpoints are written every
-`train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock time, at the end, and on
-SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit 128 + signal number).
+tb/ (TensorBoard), metrics.jsonl and curves.png (`fastvid.plot`) and encoders.pt (safetensors: {"method",
+"config", "step", "val", "encoders": Method.encoder_state_dicts()}). Every `train.val_every` steps, before the
+first and at the end, held-out clips are scored (`fastvid.validation`). A checkpoint is written as
+step_X.partial and renamed when complete; --resume takes the newest that loads and names the ones it skips.
+Checkpoints are written every `train.checkpoint_every` steps, every `train.checkpoint_minutes` of wall-clock
+time, at the end, and on SIGINT/SIGTERM: the run finishes its step, checkpoints and raises `Interrupted` (exit
+128 + signal number).
 """
 from __future__ import annotations
 
 import json
 import math
+import runpy
 import shlex
 import shutil
 import signal
@@ -45,12 +48,12 @@ from fastvid.checkpoint import PARTIAL, newest_checkpoint, restore_run_state, ru
 from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mean, from_dict, load_yaml,
                             parse_override, to_dict)
 from fastvid.data import DataConfig
-from fastvid.data.loader import build_loader
-from fastvid.errors import Interrupted, NonFiniteLossError, RunError
+from fastvid.data.loader import VideoLoader, build_loader
 from fastvid.data.sample import holdout
+from fastvid.errors import Interrupted, NonFiniteLossError, RunError
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
 from fastvid.plot import CURVES, METRICS, plot_run
-from fastvid.validation import build_validation, validate
+from fastvid.validation import Validation, build_validation, validate
 
 @dataclass
 class TrainConfig:
@@ -66,7 +69,7 @@ class TrainConfig:
     clip_grad: float | None = None
     checkpoint_every: int = 1000  # optimiser steps; a checkpoint is also written at the end
     checkpoint_minutes: float = 15.0  # also after this much wall-clock time since the last one; 0: never
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest N; 0 or 1: only the last (a run always keeps one to resume from)
     log_every: int = 10
     val_every: int = 1000  # optimiser steps between validations (also before the first step and at the end); 0: never
     seed: int = 0
@@ -100,7 +103,8 @@ class RunConfig:
 # The demo (no --data): what changes from the paper's settings so that every method ends in a few minutes on a
 # 2-core CPU (each measured in the README). Batches fit the sample: 53 clips, 13 with sound (GDT's).
 DEMO_COMMON = ["data.batch_size=8", "data.shuffle_buffer=64", "train.epochs=0", "optim.warmup_steps=0",
-               "train.log_every=2", "data.val_split=holdout", "data.val_clips=8"]
+               "train.log_every=2", "data.val_split=holdout", "data.val_clips=8",
+               "data.val_gallery=0"]  # the sample's labels are its 3 videos: kNN is 1.0 at random init, and 2.5x the cost
 DEMO: dict[str, list[str]] = {
     "cross_and_learn": ["train.steps=96", "train.val_every=16", "model.views.size=112", "model.views.short_side=128"],
     "video_simclr": ["train.steps=24", "train.val_every=4", "model.views.frames=8", "model.views.size=64"],
@@ -317,249 +321,332 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+@dataclass
+class Run:
+    """Everything a run holds once set up; the loop and its helpers read it."""
+
+    cfg: RunConfig
+    out_dir: Path
+    accelerator: Accelerator
+    method: Method  # unwrapped: its hooks, encoders and state
+    model: torch.nn.Module  # what Accelerate prepared: the forward of a training step
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loader: VideoLoader
+    feature_loader: VideoLoader | None
+    validation: Validation | None
+    progress: Progress
+    total_steps: int  # the schedule's length
+    stop: int  # the step this invocation ends at (train.max_steps)
+
+    def objects(self) -> dict[str, Any]:
+        """What is checkpointed beside the weights."""
+        return {"scheduler": self.scheduler, "loader": self.loader, "progress": self.progress}
+
+
+def make_accelerator(cfg: RunConfig, out_dir: Path) -> Accelerator:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: torch sees no CUDA device; use --device auto or --device cpu")
+    cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=accelerate_precision(cfg.train.mixed_precision, "cpu" if cpu else "cuda"),
+                       gradient_accumulation_steps=cfg.train.grad_accum, log_with="tensorboard",
+                       project_dir=str(out_dir), dynamo_backend="inductor" if cfg.train.compile else "no")
+
+
+def build_data(cfg: RunConfig, method: Method, accelerator: Accelerator
+               ) -> tuple[RunConfig, VideoLoader, VideoLoader | None, Validation | None]:
+    """The training loader, the feature-pass loader (methods that need one) and the validation batches; the
+    config comes back with the embedded sample's path in place of `sample`."""
+    if cfg.data.shards == "sample":  # the embedded dataset, built once (into the cache) by the first process
+        from fastvid.data.sample import sample_dataset
+
+        with accelerator.main_process_first():
+            sample = sample_dataset(audio=any(v.modality == "audio" for v in method.views()))
+        cfg = replace(cfg, data=replace(cfg.data, shards=str(sample)))
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    try:
+        loader = build_loader(cfg.data, method.views(), rank=rank, world_size=world, device=device)
+    except json.JSONDecodeError as err:
+        raise RunError(f"--data {cfg.data.shards}: dataset.json is not valid JSON ({err})") from None
+    held_out = None  # the demo's validation clips: the end of each source clip, and no clip overlapping them
+    if cfg.data.val_split == "holdout":
+        train_keys, held_out = holdout(loader.key_index, cfg.data.val_clips)
+        loader.keep_only(train_keys)
+    if len(loader) == 0:
+        raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
+                       f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")
+    # Each epoch's reading order: the loader's seeded shuffle, rearranged by the method (Vi2CLR's positive mining).
+    loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
+    feature_loader = None
+    if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
+        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.feature_views(),
+                                      rank=rank, world_size=world, device=device)
+        feature_loader.keep_only(loader.key_index)
+    validation = build_validation(cfg.data, method, loader, held_out, rank, world, device) \
+        if cfg.train.val_every else None
+    return cfg, loader, feature_loader, validation
+
+
+def write_run_folder(cfg: RunConfig, out_dir: Path, overwrite: bool) -> None:
+    """The first write of a run (main process): with `overwrite` the earlier run goes, then config.yaml."""
+    if overwrite:
+        for name in RUN_FILES:
+            target = out_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def setup(cfg: RunConfig, resume: bool, overwrite: bool) -> Run:
+    """Check everything a user can get wrong, then build the run; nothing is written before the checks pass."""
+    out_dir = Path(cfg.output)
+    check_output(out_dir, resume, overwrite)
+    accelerator = make_accelerator(cfg, out_dir)
+    set_seed(cfg.train.seed)  # same initial weights on every process
+    method = get_method(cfg.method)(cfg.model)
+    world = accelerator.num_processes
+    if method.sync_bn and world > 1:
+        if accelerator.device.type != "cuda":
+            accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
+        method = with_sync_bn(method, world, accelerator.device.type)
+    cfg, loader, feature_loader, validation = build_data(cfg, method, accelerator)
+    total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
+    if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written
+        ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
+    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
+    if accelerator.is_main_process:
+        write_run_folder(cfg, out_dir, overwrite)
+    optimizer = build_optimizer(method, cfg.optim)
+    # Stepped by hand once per optimiser step: Accelerate's prepared scheduler would step once per process and
+    # shorten a schedule written in optimiser steps.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, total_steps))
+    model, optimizer = accelerator.prepare(method, optimizer)
+    run = Run(cfg, out_dir, accelerator, accelerator.unwrap_model(model), model, optimizer, scheduler, loader,
+              feature_loader, validation, Progress(), total_steps, min(total_steps, cfg.train.max_steps or total_steps))
+    if resume:
+        for reason in skipped:
+            accelerator.print(f"skipped checkpoint {reason}")
+        restore_run_state(accelerator, run.method, optimizer, run.objects(), state)
+        accelerator.print(f"resumed from {ckpt} at step {run.progress.step}")
+    accelerator.init_trackers("tb", config=_flat(to_dict(cfg)))
+    return run
+
+
+def banner(run: Run) -> str:
+    """The run's first lines: what trains, where, on what, how long, and what the demo changed."""
+    cfg, world = run.cfg, run.accelerator.num_processes
+    every = [f"every {cfg.train.checkpoint_every} steps"]
+    every += [f"every {cfg.train.checkpoint_minutes:g} min"] if cfg.train.checkpoint_minutes else []
+    validate = f"{run.validation.describe()}, every {cfg.train.val_every} steps" if run.validation else "none"
+    return "\n".join([
+        f"fastvid train: {cfg.method}",
+        f"  device   {device_line(run.accelerator)}",
+        f"  data     {cfg.data.shards} (split {cfg.data.split}): {run.loader.samples() * world} clips, "
+        f"{len(run.loader)} batches per epoch",
+        *([f"  demo     no --data, so the embedded sample with the paper's model and loss, cut to run in minutes: "
+           f"{' '.join(cfg.demo)}; --data runs the paper's settings"] if cfg.demo else []),
+        f"  batch    {cfg.data.batch_size * world * cfg.train.grad_accum} clips per step ({cfg.data.batch_size} per "
+        f"process x {world} process(es) x {cfg.train.grad_accum} accumulated)",
+        f"  steps    {run.progress.step} -> {run.stop} (schedule: {run.total_steps} steps); checkpoints "
+        f"{', '.join(every)}, at the end and on Ctrl-C/SIGTERM",
+        f"  validate {validate}",
+        f"  output   {run.out_dir}"])
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Delete killed saves (`.partial`) and all but the newest `keep` checkpoints (at least the newest one)."""
+    for stale in folder.glob(f"step_*{PARTIAL}"):
+        shutil.rmtree(stale)
+    for old in sorted(folder.glob("step_*"))[:-max(keep, 1)]:
+        shutil.rmtree(old)
+
+
+def save_checkpoint(run: Run) -> Path:
+    """The run's state at this step, on every process (RNG states are gathered), written by the main one."""
+    path = run.out_dir / "checkpoints" / f"step_{run.progress.step:08d}"
+    state = run_state(run.accelerator, run.method, run.optimizer, run.objects())
+    if run.accelerator.is_main_process:  # written as step_X.partial, renamed when complete
+        checkpoint.save_checkpoint(path, state)
+        prune_checkpoints(path.parent, run.cfg.train.keep_checkpoints)
+    run.accelerator.wait_for_everyone()
+    return path
+
+
+class Logger:
+    """The run's outputs per logged step and per validation: TensorBoard, METRICS (for `fastvid plot`), the
+    progress bar on a terminal, else a line per logged step. Times the loop's data waits and compute."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tty = sys.stderr.isatty()
+        main = run.accelerator.is_local_main_process
+        self.bar = tqdm(total=run.stop, initial=run.progress.step, disable=not (main and self.tty), unit="step")
+        self.wait = self.busy = 0.0
+        self.clips = 0
+
+    def logged(self, step: int) -> bool:
+        """Whether optimiser step `step` (counted from 1) is logged."""
+        return step % self.run.cfg.train.log_every == 0 or step == self.run.stop
+
+    def record(self, logs: dict[str, float]) -> None:
+        self.run.accelerator.log(logs, step=self.run.progress.step)
+        if self.run.accelerator.is_main_process:
+            with open(self.run.out_dir / METRICS, "a") as f:
+                f.write(json.dumps({"step": self.run.progress.step} | logs) + "\n")
+
+    def step(self, terms: dict[str, float]) -> None:
+        """Log optimiser step progress.step's loss terms and the throughput since the last logged step."""
+        run = self.run
+        # pretext accuracy (top-1 of the positive among the candidates) apart from the losses
+        logs = {(f"pretext/{k}" if k == "acc" or k.endswith("_acc") else f"loss/{k}"): v for k, v in terms.items()}
+        spent = max(self.wait + self.busy, 1e-9)
+        logs |= {"lr": run.scheduler.get_last_lr()[0], "clips_per_s": self.clips / spent,
+                 "data_wait_fraction": self.wait / spent}
+        if run.accelerator.device.type == "cuda":
+            logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.accelerator.device) / 2 ** 30
+        self.record(logs)
+        accuracy = {k: f"{v:.1%}" for k, v in terms.items() if k == "acc" or k.endswith("_acc")}
+        self.bar.set_postfix(loss=f"{terms['loss']:.4f}", **accuracy, wait=f"{logs['data_wait_fraction']:.1%}")
+        if not self.tty and run.accelerator.is_main_process:  # a log file gets lines, not a bar
+            print(f"step {run.progress.step}/{run.stop}: " + " ".join(f"{k} {v:.6g}" for k, v in terms.items())
+                  + f", {logs['clips_per_s']:.1f} clips/s, data wait {logs['data_wait_fraction']:.0%}", flush=True)
+        self.wait = self.busy = 0.0
+        self.clips = 0
+
+    def validate(self) -> None:
+        """Score the held-out clips now; the values also go into the next checkpoint."""
+        run = self.run
+        run.progress.val = validate(run.method, run.validation, run.accelerator)
+        self.record({f"val/{k}": v for k, v in run.progress.val.items()})
+        if run.accelerator.is_main_process:
+            tqdm.write(f"validation at step {run.progress.step}: "
+                       + " ".join(f"{k} {v:.4g}" for k, v in run.progress.val.items()))
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor], signals: StopSignals, due: bool, spent: bool
+               ) -> tuple[dict[str, float], bool, bool, bool]:
+    """Forward, check, backward and (on the last micro-batch of an accumulation) the optimiser step.
+    Returns the loss terms averaged over processes, and whether every process stops, checkpoints, and has
+    spent its time budget.
+
+    One host sync per micro-batch: the mean over processes of every loss term and of three flags (a stop
+    signal, a checkpoint due by the clock, train.max_minutes spent), so every process acts at the same step.
+    Checking the loss before backward keeps a NaN from ever reaching the weights."""
+    accelerator = run.accelerator
+    with accelerator.accumulate(run.model):
+        with accelerator.autocast():
+            out = run.model(batch)
+        flags = torch.tensor([float(signals.signum > 0), float(due), float(spent)], device=accelerator.device)
+        values = accelerator.reduce(torch.cat([torch.stack([v.detach().float() for v in out.values()]), flags]),
+                                    "mean")
+        *values, stopping, due, spent = values.tolist()
+        terms = dict(zip(out, values))
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise NonFiniteLossError(f"step {run.progress.step + 1}: non-finite loss {terms}; stopped before updating "
+                                     f"the weights; last good checkpoint: {latest_checkpoint(run.out_dir)}")
+        accelerator.backward(out["loss"])
+        if run.cfg.train.clip_grad and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.train.clip_grad)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return terms, bool(stopping), bool(due), bool(spent)
+
+
+def resume_hint(run: Run) -> str:
+    return shlex.join(["fastvid", "train", "--method", run.cfg.method, "--output", str(run.out_dir), "--resume"])
+
+
+def loop(run: Run, log: Logger, signals: StopSignals, started: float) -> dict[str, float]:
+    """Train from progress.step to run.stop: one iteration per micro-batch, one optimiser step per `grad_accum`
+    of them; returns the last logged loss terms."""
+    cfg, progress, last = run.cfg.train, run.progress, {}
+    saved_time = time.monotonic()
+    while progress.step < run.stop:
+        if run.loader.consumed == 0:  # an epoch starts (not a resumed one's middle)
+            run.method.before_epoch(run.loader.epoch, run.feature_loader)
+        t0 = time.perf_counter()
+        for batch in run.loader:
+            t1 = time.perf_counter()
+            log.wait += t1 - t0
+            run.method.want_metrics = log.logged(progress.step + 1)  # pretext accuracies only when logged
+            due = bool(cfg.checkpoint_minutes) and time.monotonic() - saved_time >= 60 * cfg.checkpoint_minutes
+            spent = cfg.max_minutes is not None and time.monotonic() - started >= 60 * cfg.max_minutes
+            terms, stopping, due, spent = train_step(run, batch, signals, due, spent)
+            log.clips += run.cfg.data.batch_size * run.accelerator.num_processes
+            t0 = time.perf_counter()
+            log.busy += t0 - t1
+            if not run.accelerator.sync_gradients:
+                continue
+            run.scheduler.step()
+            run.method.after_step()
+            progress.step += 1
+            log.bar.update(1)
+            if spent:  # train.max_minutes: this step is the last (logged, validated, then the final checkpoint)
+                run.stop = progress.step
+            if log.logged(progress.step):
+                last = terms
+                log.step(terms)
+            if run.validation and (progress.step % cfg.val_every == 0 or progress.step == run.stop):
+                log.validate()
+                t0 = time.perf_counter()  # validation is not data wait
+            if progress.step >= run.stop:
+                return last
+            if progress.step % cfg.checkpoint_every == 0 or due or stopping:
+                path = save_checkpoint(run)
+                saved_time = time.monotonic()
+                if stopping:
+                    signum = signals.signum or signal.SIGTERM
+                    raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {progress.step}: checkpoint "
+                                      f"{path}; continue with: {resume_hint(run)}", signum)
+    return last
+
+
+def finish(run: Run, started: float) -> None:
+    """The end: a final checkpoint (unless this step has one), the encoders in torchvision layout, the curves,
+    and the `fastvid eval` command for them."""
+    accelerator, progress = run.accelerator, run.progress
+    done = latest_checkpoint(run.out_dir)
+    path = done if done and done.name == f"step_{progress.step:08d}" else save_checkpoint(run)
+    encoders = run.out_dir / "encoders.pt"
+    if accelerator.is_main_process:
+        save_encoders(encoders, {"method": run.cfg.method, "config": to_dict(run.cfg), "step": progress.step,
+                                 "val": progress.val}, run.method.encoder_state_dicts())
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        accelerator.print(f"curves: {plot_run(run.out_dir)}")
+    accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
+                      f"encoders {encoders}")
+    # The probe at the crop size the encoders trained on: its default (64 px) is too small for CaffeNet.
+    size = next(v.spatial.size[0] for v in run.method.views() if v.modality in ("rgb", "frame"))
+    accelerator.print("evaluate: " + shlex.join(["fastvid", "eval", "--checkpoint", str(encoders), "--probe", "motion",
+                                                 "--size", str(size)]))
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
     """Run (or, with `resume`, continue) training; returns the last logged values of each loss term.
 
     Checks everything first and raises ConfigError, RunError or LoaderError before writing anything; with
     `overwrite` it then deletes the earlier run in cfg.output. Raises Interrupted after SIGINT/SIGTERM."""
     started = time.monotonic()
-    out_dir = Path(cfg.output)
-    check_output(out_dir, resume, overwrite)
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda: torch sees no CUDA device; use --device auto or --device cpu")
-    cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
-    precision = accelerate_precision(cfg.train.mixed_precision, "cpu" if cpu else "cuda")
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
-                              gradient_accumulation_steps=cfg.train.grad_accum, log_with="tensorboard",
-                              project_dir=str(out_dir), dynamo_backend="inductor" if cfg.train.compile else "no")
-    set_seed(cfg.train.seed)  # same initial weights on every process
-
-    # Data, method, optimiser, schedule; any user error surfaces here, before a file is written.
-    method = get_method(cfg.method)(cfg.model)
-    views = method.views()
-    if cfg.data.shards == "sample":  # the embedded dataset, built once (into the cache) by the first process
-        from fastvid.data.sample import sample_dataset
-
-        with accelerator.main_process_first():
-            sample = sample_dataset(audio=any(v.modality == "audio" for v in views))
-        cfg = replace(cfg, data=replace(cfg.data, shards=str(sample)))
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if method.sync_bn and world > 1:
-        if accelerator.device.type != "cuda":
-            accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
-        method = with_sync_bn(method, world, accelerator.device.type)
-    try:
-        loader = build_loader(cfg.data, views, rank=rank, world_size=world, device=accelerator.device)
-    except json.JSONDecodeError as err:
-        raise RunError(f"--data {cfg.data.shards}: dataset.json is not valid JSON ({err})") from None
-    if len(loader) == 0:
-        raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
-                       f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")
-    # Each epoch's reading order: the loader's seeded shuffle, rearranged by the method (Vi2CLR's positive mining).
-    held_out = None  # the demo's validation clips: the end of each source clip, and no clip overlapping them
-    if cfg.data.val_split == "holdout":
-        train_keys, held_out = holdout(loader.key_index, cfg.data.val_clips)
-        loader.keep_only(train_keys)
-    loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
-    feature_loader = None
-    if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
-        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.feature_views(),
-                                      rank=rank, world_size=world, device=accelerator.device)
-        feature_loader.keep_only(loader.key_index)
-    validation = build_validation(cfg.data, method, loader, held_out, rank, world, accelerator.device) \
-        if cfg.train.val_every else None
-    total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
-    stop = min(total_steps, cfg.train.max_steps or total_steps)
-    if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written
-        ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
-    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
-
-    # Only now write: the config (and, with overwrite, delete the earlier run first).
-    if accelerator.is_main_process:
-        if overwrite:
-            for name in RUN_FILES:
-                target = out_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    optimizer = build_optimizer(method, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, total_steps))
-    # The scheduler is stepped by hand once per optimiser step: Accelerate's prepared scheduler would step
-    # once per process and shorten a schedule written in optimiser steps.
-    model, optimizer = accelerator.prepare(method, optimizer)
-    method = accelerator.unwrap_model(model)
-    progress = Progress()
-    objects = {"scheduler": scheduler, "loader": loader, "progress": progress}  # checkpointed beside the weights
-    if resume:
-        for reason in skipped:
-            accelerator.print(f"skipped checkpoint {reason}")
-        restore_run_state(accelerator, method, optimizer, objects, state)
-        accelerator.print(f"resumed from {ckpt} at step {progress.step}")
-    accelerator.init_trackers("tb", config=_flat(to_dict(cfg)))
-    clips_per_batch = cfg.data.batch_size * world
-    every = [f"every {cfg.train.checkpoint_every} steps"]
-    every += [f"every {cfg.train.checkpoint_minutes:g} min"] if cfg.train.checkpoint_minutes else []
-    accelerator.print("\n".join([
-        f"fastvid train: {cfg.method}",
-        f"  device   {device_line(accelerator)}",
-        f"  data     {cfg.data.shards} (split {cfg.data.split}): {loader.samples() * world} clips, "
-        f"{len(loader)} batches per epoch",
-        *([f"  demo     no --data, so the embedded sample with the paper's model and loss, cut to run in minutes: "
-           f"{' '.join(cfg.demo)}; --data runs the paper's settings"] if cfg.demo else []),
-        f"  batch    {clips_per_batch * cfg.train.grad_accum} clips per step ({cfg.data.batch_size} per process x "
-        f"{world} process(es) x {cfg.train.grad_accum} accumulated)",
-        f"  steps    {progress.step} -> {stop} (schedule: {total_steps} steps); checkpoints {', '.join(every)}, "
-        f"at the end and on Ctrl-C/SIGTERM",
-        f"  validate {validation.describe() + f', every {cfg.train.val_every} steps' if validation else 'none'}",
-        f"  output   {out_dir}"]))
-    metrics = out_dir / METRICS
-
-    def record(step: int, logs: dict[str, float]) -> None:
-        """TensorBoard, and a line of METRICS for `fastvid plot`."""
-        accelerator.log(logs, step=step)
-        if accelerator.is_main_process:
-            with open(metrics, "a") as f:
-                f.write(json.dumps({"step": step} | logs) + "\n")
-
-    def run_validation() -> None:
-        progress.val = validate(method, validation, accelerator)
-        record(progress.step, {f"val/{k}": v for k, v in progress.val.items()})
-        if accelerator.is_main_process:
-            tqdm.write(f"validation at step {progress.step}: " + " ".join(f"{k} {v:.4g}" for k, v in progress.val.items()))
-
-    def save_checkpoint() -> Path:
-        path = out_dir / "checkpoints" / f"step_{progress.step:08d}"
-        state = run_state(accelerator, method, optimizer, objects)  # on every process: RNG states are gathered
-        if accelerator.is_main_process:  # written as step_X.partial, renamed when complete
-            checkpoint.save_checkpoint(path, state)
-            for stale in (out_dir / "checkpoints").glob(f"step_*{PARTIAL}"):  # a save that was killed
-                shutil.rmtree(stale)
-            for old in sorted((out_dir / "checkpoints").glob("step_*"))[:-cfg.train.keep_checkpoints]:
-                shutil.rmtree(old)  # keep the newest `keep_checkpoints`
-        accelerator.wait_for_everyone()
-        return path
-
-    def resume_hint() -> str:
-        return shlex.join(["fastvid", "train", "--method", cfg.method, "--output", str(out_dir), "--resume"])
-
-    # The loop: one iteration per micro-batch, one optimiser step per `grad_accum` of them.
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=stop, initial=progress.step, disable=not (accelerator.is_local_main_process and tty),
-               unit="step")
-    last: dict[str, float] = {}
-    wait = busy = 0.0
-    clips = 0
-    saved_at, saved_time = progress.step, time.monotonic()
-
-    def logged(step: int) -> bool:  # whether optimiser step `step` (counted from 1) is logged
-        return step % cfg.train.log_every == 0 or step == stop
-
-    if validation and progress.step == 0:  # the reference every later validation compares with
-        run_validation()
+    run = setup(cfg, resume, overwrite)
+    run.accelerator.print(banner(run))
+    log = Logger(run)
     with StopSignals() as signals:
         try:
-            while progress.step < stop:
-                if loader.consumed == 0:  # an epoch starts (not a resumed one's middle)
-                    method.before_epoch(loader.epoch, feature_loader)
-                t0 = time.perf_counter()
-                for batch in loader:
-                    t1 = time.perf_counter()
-                    wait += t1 - t0
-                    method.want_metrics = logged(progress.step + 1)  # pretext accuracies only when logged
-                    with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            out = model(batch)
-                        # One host sync per micro-batch: the mean over processes of every loss term, and of three
-                        # flags (a stop signal, a checkpoint due by the clock, the time budget spent), so every
-                        # process acts at the same step. Checking the loss before backward keeps a NaN from ever
-                        # reaching the weights.
-                        due = bool(cfg.train.checkpoint_minutes) and \
-                            time.monotonic() - saved_time >= 60 * cfg.train.checkpoint_minutes
-                        spent = cfg.train.max_minutes is not None and \
-                            time.monotonic() - started >= 60 * cfg.train.max_minutes
-                        flags = torch.tensor([float(signals.signum > 0), float(due), float(spent)],
-                                             device=accelerator.device)
-                        values = accelerator.reduce(
-                            torch.cat([torch.stack([v.detach().float() for v in out.values()]), flags]), "mean")
-                        *values, stopping, due, spent = values.tolist()
-                        terms = dict(zip(out, values))
-                        if not all(math.isfinite(v) for v in terms.values()):
-                            good = latest_checkpoint(out_dir)
-                            raise NonFiniteLossError(f"step {progress.step + 1}: non-finite loss {terms}; stopped "
-                                                     f"before updating the weights; last good checkpoint: {good}")
-                        accelerator.backward(out["loss"])
-                        if cfg.train.clip_grad and accelerator.sync_gradients:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    clips += clips_per_batch
-                    t0 = time.perf_counter()
-                    busy += t0 - t1
-                    if not accelerator.sync_gradients:
-                        continue
-                    scheduler.step()
-                    method.after_step()
-                    progress.step += 1
-                    bar.update(1)
-                    if spent:  # train.max_minutes: this step is the last (logged, then the final checkpoint)
-                        stop = progress.step
-                    if logged(progress.step):
-                        last = terms
-                        # pretext accuracy (top-1 of the positive among the candidates) apart from the losses
-                        logs = {(f"pretext/{k}" if k == "acc" or k.endswith("_acc") else f"loss/{k}"): v
-                                for k, v in terms.items()}
-                        logs |= {"lr": scheduler.get_last_lr()[0], "clips_per_s": clips / max(wait + busy, 1e-9),
-                                 "data_wait_fraction": wait / max(wait + busy, 1e-9)}
-                        if accelerator.device.type == "cuda":
-                            logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2 ** 30
-                        record(progress.step, logs)
-                        accuracy = {k: f"{v:.1%}" for k, v in terms.items() if k == "acc" or k.endswith("_acc")}
-                        bar.set_postfix(loss=f"{terms['loss']:.4f}", **accuracy,
-                                        wait=f"{logs['data_wait_fraction']:.1%}")
-                        if not tty and accelerator.is_main_process:  # a log file gets lines, not a bar
-                            print(f"step {progress.step}/{stop}: " + " ".join(f"{k} {v:.6g}" for k, v in terms.items())
-                                  + f", {logs['clips_per_s']:.1f} clips/s, data wait {logs['data_wait_fraction']:.0%}",
-                                  flush=True)
-                        wait = busy = 0.0
-                        clips = 0
-                    if validation and (progress.step % cfg.train.val_every == 0 or progress.step == stop):
-                        run_validation()
-                        t0 = time.perf_counter()  # validation is not data wait
-                    if progress.step >= stop:
-                        break
-                    if progress.step % cfg.train.checkpoint_every == 0 or due or stopping:
-                        path = save_checkpoint()
-                        saved_at, saved_time = progress.step, time.monotonic()
-                        if stopping:
-                            raise Interrupted(f"stopped by {signal.Signals(signals.signum or signal.SIGTERM).name} "
-                                              f"at step {progress.step}: checkpoint {path}; continue with: "
-                                              f"{resume_hint()}", signals.signum or signal.SIGTERM)
+            if run.validation and run.progress.step == 0:  # the reference every later validation compares with
+                log.validate()
+            last = loop(run, log, signals, started)
         except BaseException:
-            for tracker in accelerator.trackers:  # flush TensorBoard; the process group goes with the process
+            for tracker in run.accelerator.trackers:  # flush TensorBoard; the process group goes with the process
                 tracker.finish()
             raise
         finally:
-            bar.close()
-
-    # The end: a final checkpoint and the encoders in torchvision layout.
-    path = save_checkpoint() if saved_at != progress.step else latest_checkpoint(out_dir)
-    encoders = out_dir / "encoders.pt"
-    if accelerator.is_main_process:
-        save_encoders(encoders, {"method": cfg.method, "config": to_dict(cfg), "step": progress.step,
-                                 "val": progress.val}, method.encoder_state_dicts())
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        accelerator.print(f"curves: {plot_run(out_dir)}")
-    accelerator.print(f"done: step {progress.step} in {_duration(time.monotonic() - started)}; checkpoint {path}, "
-                      f"encoders {encoders}")
-    # The probe at the crop size the encoders trained on: its default (64 px) is too small for CaffeNet.
-    size = next(v.spatial.size[0] for v in views if v.modality in ("rgb", "frame"))
-    accelerator.print("evaluate: " + shlex.join(["fastvid", "eval", "--checkpoint", str(encoders), "--probe", "motion",
-                                                 "--size", str(size)]))
+            log.bar.close()
+    finish(run, started)
     return last
 
 
-if __name__ == "__main__":
-    from fastvid.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
+if __name__ == "__main__":  # `python -m fastvid.train ARGS` is `fastvid train ARGS`: the CLI runs as the main
+    # module (by name, not imported here, so that the imports stay one-way: cli -> train)
+    sys.argv.insert(1, "train")
+    runpy.run_module("fastvid.cli", run_name="__main__", alter_sys=True)
