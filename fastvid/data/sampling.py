@@ -3,8 +3,8 @@
 The loader's workers run `SampleDrawer` once per sample (`fastvid.data.source`) and DALI applies the
 draws with deterministic operators: frame indices go to the decoder's `frames=` argument, a crop and
 flip become one region of interest for `resize` (a matrix per frame for `warp_affine` in frame-wise
-mode), colour draws feed `color_twist`. Keeping the
-draws here makes them shareable between views (anchors, groups), keyed by (seed, epoch, sample index)
+mode), each colour draw is one affine map of RGB for `coord_transform`. Keeping the draws here makes them
+shareable between views (anchors, groups), keyed by (seed, epoch, sample index)
 so a seed reproduces a batch whatever the shuffle order, and testable without decoding anything.
 """
 from __future__ import annotations
@@ -134,9 +134,10 @@ class SampleDrawer:
     Per video view v, with R = T frames in frame-wise mode and R = 1 otherwise (one draw for all frames):
     `{v}.roi` (R, 4) resize region (y0, x0, y1, x1) and, in frame-wise mode, `{v}.affine` (T, 2, 3) the
     same as warp_affine matrices, `{v}.colour` (R, 3, 4) colour map of 0-255 RGB, `{v}.sigma` (R,) blur
-    sigma (a tiny one for frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (3,)
-    = (u scale, v scale, temporal flip): the factors that map source-pixel flow to output pixels (u's
-    negative under a flip).
+    sigma (a tiny one for frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (4,)
+    = (u scale, v scale, temporal flip, bound): the factors that map source-pixel flow to output pixels (u's
+    negative under a flip) and the bound its stored values were quantised with (KEY.json's `flow.bound`;
+    0 for a view that is not flow).
     Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (), `{a}.reverse` () int32,
     `{a}.aux` = (mask starts and widths...). Plus `label` and `index`."""
 
@@ -214,6 +215,7 @@ class SampleDrawer:
             colours.append(c)
             sigmas.append(sigma)
         tflip = float(rng.random() < s.flow_flip)
+        bound = float(meta["flow"]["bound"]) if v.modality == "flow" else 0.0
         y0, x0, y1, x1 = regions[0].tolist()
         scale_u, scale_v = s.size[1] / (x1 - x0), s.size[0] / (y1 - y0)  # output px per source px; < 0: flipped
         out = {f"{v.name}.roi": np.stack(regions),  # (R, 4)
@@ -221,7 +223,7 @@ class SampleDrawer:
                 # DALI's window for a tiny sigma has one tap: frame-wise mode's unblurred frames
                 f"{v.name}.sigma": np.maximum(np.array(sigmas, np.float32), 1e-3),  # (R,)
                 f"{v.name}.blur": np.array(max(sigmas) > 0),
-                f"{v.name}.aux": np.array([scale_u, scale_v, tflip], np.float32)}
+                f"{v.name}.aux": np.array([scale_u, scale_v, tflip, bound], np.float32)}
         if s.per_frame:
             out[f"{v.name}.affine"] = np.stack([affine(r, s.size) for r in regions])  # (T, 2, 3)
         return out
