@@ -202,7 +202,7 @@ class VideoLoader:
 
     def source(self) -> ShardSource:
         """The pipeline's sample source for this loader's shards, views and settings."""
-        drawer = SampleDrawer(self.views, {}, self.cfg.seed, self.epoch)  # the source passes positions itself
+        drawer = SampleDrawer(self.views, self.cfg.seed, self.epoch)
         decode = "pyav" if self.decode == "cpu" else "dali"
         return ShardSource([s["tar"] for s in self._shards], self.table, drawer, self.views,
                            Path(self._folder.name), decode, self.cfg.on_error, self._gop,

@@ -127,7 +127,8 @@ def colour(s: SpatialSpec, rng: np.random.Generator) -> tuple[np.ndarray, float]
 
 
 class SampleDrawer:
-    """`draw(meta)`: a sample's shard json -> the arrays named by `names`, for epoch `epoch`.
+    """`draw(meta, index)`: a sample's shard json and dataset position -> the arrays named by `names`, for
+    epoch `epoch`.
 
     `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
     `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
@@ -141,9 +142,8 @@ class SampleDrawer:
     Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (), `{a}.reverse` () int32,
     `{a}.aux` = (mask starts and widths...). Plus `label` and `index`."""
 
-    def __init__(self, views: list[ViewSpec], key_index: dict[str, int], seed: int, epoch: int = 0):
+    def __init__(self, views: list[ViewSpec], seed: int, epoch: int = 0):
         self.views = views
-        self.key_index = key_index
         self.seed = seed
         self.epoch = epoch
         self.video = [v for v in views if v.modality != "audio"]
@@ -169,10 +169,8 @@ class SampleDrawer:
         """The generator of one sample in this epoch: independent of order, rank and batch."""
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def draw(self, meta: dict, index: int | None = None) -> dict[str, np.ndarray]:
-        """All draws of the sample described by its shard json `meta`, at dataset position `index` (default:
-        `key_index` of its key)."""
-        index = self.key_index[meta["key"]] if index is None else index
+    def draw(self, meta: dict, index: int) -> dict[str, np.ndarray]:
+        """All draws of the sample described by its shard json `meta`, at dataset position `index`."""
         rng = self.rng(index)
         n = int(meta["num_frames"])
         magnitude = (meta.get("flow") or {}).get("magnitude")

@@ -93,11 +93,11 @@ def test_views_decode_exactly_the_drawn_frames(codec, request, device):
 def _check_drawn_frames(loader, shards) -> None:
     by_key = metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
-    drawer = SampleDrawer(TEMPORAL_VIEWS, loader.key_index, seed=0, epoch=0)
+    drawer = SampleDrawer(TEMPORAL_VIEWS, seed=0, epoch=0)
     seen = 0
     for batch in loader:
         for n, index in enumerate(batch["index"].tolist()):
-            draw = drawer.draw(by_key[key_of[index]])
+            draw = drawer.draw(by_key[key_of[index]], index)
             first = 0
             for view in TEMPORAL_VIEWS:
                 t = view.temporal.frames
@@ -145,11 +145,11 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(request, device):
     batches = [next(iter(build_loader(cfg(shards), [view], device=device))) for view in views]
     assert torch.equal(batches[0]["index"], batches[1]["index"])
     loader = build_loader(cfg(shards), views[1:])
-    drawer, by_key = SampleDrawer(views[1:], loader.key_index, seed=0), metas(shards)
+    drawer, by_key = SampleDrawer(views[1:], seed=0), metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
     gains = []
     for n, index in enumerate(batches[1]["index"].tolist()):
-        gain = float(drawer.draw(by_key[key_of[index]])["v.colour"][0, 0, 0])  # M = b * I
+        gain = float(drawer.draw(by_key[key_of[index]], index)["v.colour"][0, 0, 0])  # M = b * I
         want = np.clip(pixels(batches[0]["v"][n]) * gain, 0, 255)  # (T, H, W, 3)
         got = pixels(batches[1]["v"][n])
         # uint8 rounding only: the plain view was rounded once (then scaled by b), the jittered one once
@@ -236,11 +236,12 @@ def test_flow_is_rescaled_with_its_crop(request, device):
     views = [ViewSpec("f", "flow", TemporalSpec(frames=4), SpatialSpec(size=(16, 24), scale=(0.3, 1.0), flip=0.5))]
     loader = build_loader(cfg(shards, batch_size=1, shuffle_buffer=0), views, device=device)
     by_key, key_of = metas(shards), {i: k for k, i in loader.key_index.items()}
-    drawer = SampleDrawer(views, loader.key_index, seed=0, epoch=0)
+    drawer = SampleDrawer(views, seed=0, epoch=0)
     flips = set()
     for _ in range(3):  # epochs: new crops
         for batch in loader:
-            draw = drawer.draw(by_key[key_of[int(batch["index"][0])]])
+            index = int(batch["index"][0])
+            draw = drawer.draw(by_key[key_of[index]], index)
             y0, x0, y1, x1 = draw["f.roi"][0].tolist()
             flow = batch["f"][0, :, :, 3:-3, 3:-3]  # (2, T, h, w) away from the borders
             expected = (SHIFT[0] * 24 / (x1 - x0), SHIFT[1] * 16 / (y1 - y0))
