@@ -77,7 +77,7 @@ class CrossAndLearn(Method):
             y = batch["flow"]  # (N, 2, T, H, W): u, v of T flow frames
         else:
             frames = batch["sod"]  # (N, 3, T, H, W), normalised by the loader
-            y = frame_diff(frames, layout="NCTHW", dtype=frames.dtype)  # (N, 3, T - 1, H, W)
+            y = frame_diff(frames, dtype=frames.dtype)  # (N, 3, T - 1, H, W)
         n, c, t, h, w = y.shape
         return y.transpose(1, 2).reshape(n, t * c, h, w)  # (N, T * C, H, W): [u1, v1, u2, v2, ...]
 
