@@ -22,19 +22,6 @@ from fastvid.data.spec import RGB_MEAN, RGB_STD
 from fastvid.models import Encoder
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, checked for the keys evaluation needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = load_encoders(path)
-    for name, entry in ckpt["encoders"].items():
-        missing = {"arch", "in_channels", "state_dict"} - set(entry)
-        if missing:
-            raise ValueError(f"{path}: encoder {name!r} lacks {', '.join(sorted(missing))}")
-    return ckpt
-
-
 def pick_encoder(ckpt: dict[str, Any], name: str | None, path: str | Path = "checkpoint") -> str:
     """`name` if given, else the first RGB (3-channel) encoder of the checkpoint."""
     encoders = ckpt["encoders"]
@@ -50,7 +37,7 @@ def pick_encoder(ckpt: dict[str, Any], name: str | None, path: str | Path = "che
 
 def load_encoder(path: str | Path, name: str | None = None) -> tuple[Encoder, dict[str, Any]]:
     """The named (or first RGB) encoder of a checkpoint in eval mode, and {"method", "encoder", "arch"}."""
-    ckpt = read_checkpoint(path)
+    ckpt = load_encoders(path)  # checked there: a file, at least one encoder, each with arch and in_channels
     name = pick_encoder(ckpt, name, path)
     entry = ckpt["encoders"][name]
     encoder = Encoder(entry["arch"], in_channels=entry["in_channels"])
