@@ -3,9 +3,9 @@
 The DALI pipeline (`fastvid.data.dali`) takes the frames the views need, decoded by PyAV in the worker
 processes (`data.decode: cpu`) or by DALI's own decoder (gpu, dali-cpu), applies the geometric and
 photometric draws, normalises and lays out RGB views as (N, C, T, H, W); this module checks the shards up
-front, builds one pipeline for the whole run and, before each epoch, writes the epoch's sample order (its seeded shuffle, this rank's
-block, the batches a resumed run already had left out) for the pipeline's workers
-(`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
+front, builds one pipeline for the whole run and, before each epoch, writes the epoch's sample order (its
+seeded shuffle, this rank's block, the batches a resumed run already had left out) for the pipeline's
+workers (`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
 rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
 """
 from __future__ import annotations
