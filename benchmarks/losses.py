@@ -172,6 +172,21 @@ def bench_frame_diff(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def time_only(fn: Callable, device: str, repeats: int) -> float:
+    """Best seconds of `repeats` calls after one warm-up (no memory sampling)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) -> None:
     import matplotlib
 

@@ -18,7 +18,6 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import GDTViews, gdt_views
-from fastvid.losses import gdt_loss, gdt_top1_accuracy
 from fastvid.distributed import gather, sync_batch_norm
+from fastvid.losses import gdt_loss, gdt_top1_accuracy
 from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.models import Encoder
 

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
-from fastvid.losses import center_nce, mil_nce, top1_accuracy
 from fastvid.distributed import broadcast_object, gather, gather_rows, sync_batch_norm, world
+from fastvid.losses import center_nce, mil_nce, top1_accuracy
 from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids, mined_order
 from fastvid.models import Encoder

@@ -32,8 +32,8 @@ from torch import nn
 
 from fastvid.data import ViewSpec
 from fastvid.data.views import VideoContrastViews, video_moco_views
-from fastvid.losses import info_nce_queue, top1_accuracy
 from fastvid.distributed import broadcast, gather, sync_batch_norm, world
+from fastvid.losses import info_nce_queue, top1_accuracy
 from fastvid.methods.base import Method, mlp_head, momentum_copy, require, require_arch, split_batch_norm
 from fastvid.models import Encoder
 

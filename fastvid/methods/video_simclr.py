@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fastvid.data.views import VideoContrastViews, video_simclr_views
-from fastvid.losses import nt_xent, top1_accuracy
 from fastvid.distributed import gather, sync_batch_norm
+from fastvid.losses import nt_xent, top1_accuracy
 from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.data import ViewSpec
 from fastvid.models import ARCHS, Encoder
