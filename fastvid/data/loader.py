@@ -155,9 +155,9 @@ class VideoLoader:
         self._order_fn = order
 
     def shuffled(self, epoch: int) -> np.ndarray:
-        """The default order: a permutation seeded by (seed, epoch); positions in shard order with
-        shuffle_buffer=0."""
-        if self.cfg.shuffle_buffer == 0:
+        """The default order: a permutation seeded by (seed, epoch); positions in shard order without
+        `shuffle`."""
+        if not self.cfg.shuffle:
             return self.positions.copy()
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.positions)
 

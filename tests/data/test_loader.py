@@ -63,7 +63,7 @@ def blue_profile(frame: np.ndarray) -> np.ndarray:
 
 def cfg(shards, **kw) -> DataConfig:
     """Two decode workers: several processes, started in a moment even on the 16-core GPU machine."""
-    return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle_buffer=kw.pop("shuffle_buffer", 4),
+    return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle=kw.pop("shuffle", True),
                       threads=1, workers=2, **kw)
 
 
@@ -234,7 +234,7 @@ def test_flow_is_rescaled_with_its_crop(request, device):
     # The texture moves SHIFT px per source frame; after a crop of w x h source pixels resized to 16 x 24
     # the motion is SHIFT * (24 / w, 16 / h) output px, and u changes sign when the crop is mirrored.
     views = [ViewSpec("f", "flow", TemporalSpec(frames=4), SpatialSpec(size=(16, 24), scale=(0.3, 1.0), flip=0.5))]
-    loader = build_loader(cfg(shards, batch_size=1, shuffle_buffer=0), views, device=device)
+    loader = build_loader(cfg(shards, batch_size=1, shuffle=False), views, device=device)
     by_key, key_of = metas(shards), {i: k for k, i in loader.key_index.items()}
     drawer = SampleDrawer(views, seed=0, epoch=0)
     flips = set()
@@ -274,7 +274,7 @@ def test_two_ranks_cover_the_data_once(vp9_shards):
 
 def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
     views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
-    loader = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    loader = build_loader(cfg(vp9_shards, batch_size=2), views)
     epoch0 = [b["index"].tolist() for b in loader]
     epoch1 = [b["index"].tolist() for b in loader]
     assert loader.epoch == 2 and sorted(sum(epoch0, [])) == sorted(sum(epoch1, [])) == list(range(6))
@@ -283,7 +283,7 @@ def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
     first = next(it)
     state = loader.state_dict()
     assert state == {"epoch": 1, "consumed": 1}
-    resumed = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    resumed = build_loader(cfg(vp9_shards, batch_size=2), views)
     resumed.load_state_dict(state)
     rest = [b for b in resumed]
     assert [b["index"].tolist() for b in rest] == epoch1[1:] and first["index"].tolist() == epoch1[0]
