@@ -552,7 +552,7 @@ def main() -> None:
         f"  tasks      motion (7 classes), arrow (2) probes: linear, {args.folds} folds by video; retrieval: kNN "
         f"top-1 of the source video across time segments; {args.clips_per_video} clips per video each; "
         "95% Wilson intervals",
-        f"  baseline   the same network at the run's initial weights (seed, construction as the trainer)",
+        "  baseline   the same network at the run's initial weights (seed, construction as the trainer)",
         f"  output     {path}"]))
 
     sample_options = read_manifest(sample_dataset())["options"]

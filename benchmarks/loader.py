@@ -154,7 +154,7 @@ class SimCLRPairs(Dataset):
     def __init__(self, samples: list, decode: Callable, paths: list[str] | None = None):
         self.samples, self.decode, self.paths = samples, decode, paths
         self.views = video_simclr_views(VIEWS)
-        self.drawer = SampleDrawer(self.views, {m["key"]: i for i, (_, m) in enumerate(samples)}, seed=1)
+        self.drawer = SampleDrawer(self.views, seed=1)
         self.transform = simclr_transform(VIEWS.size)
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ class SimCLRPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         data, meta = self.samples[i]
         self.drawer.epoch = int(np.random.randint(1 << 30))
-        draw = self.drawer.draw(meta)
+        draw = self.drawer.draw(meta, i)
         unique, order = draw["frames"], draw["frames.order"]
         video = self.decode(self.paths[i] if self.paths else data, unique)
         keys = np.asarray(meta["keyframes"])

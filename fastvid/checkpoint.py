@@ -130,9 +130,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.name.endswith(PARTIAL):
         raise CheckpointError(f"{path}: incomplete (its save was interrupted)")
     if not (path / STATE).is_file():
-        legacy = any(path.glob("*.bin")) or any(path.glob("*.pkl"))
-        raise CheckpointError(f"{path}: " + ("pickled Accelerate state from an older fastvid; not loaded, since "
-                                             "unpickling can run code" if legacy else f"no {STATE}"))
+        raise CheckpointError(f"{path}: no {STATE}")
     try:
         header = json.loads((path / STATE).read_text())
     except (ValueError, UnicodeDecodeError) as err:

@@ -102,7 +102,7 @@ class RunConfig:
 
 # The demo (no --data): what changes from the paper's settings so that every method ends in a few minutes on a
 # 2-core CPU (each measured in the README). Batches fit the sample: 53 clips, 13 with sound (GDT's).
-DEMO_COMMON = ["data.batch_size=8", "data.shuffle_buffer=64", "train.epochs=0", "optim.warmup_steps=0",
+DEMO_COMMON = ["data.batch_size=8", "train.epochs=0", "optim.warmup_steps=0",
                "train.log_every=2", "data.val_split=holdout", "data.val_clips=8",
                "data.val_gallery=0"]  # the sample's labels are its 3 videos: kNN is 1.0 at random init, and 2.5x the cost
 DEMO: dict[str, list[str]] = {
@@ -221,14 +221,6 @@ def accelerate_precision(mixed_precision: str, device_type: str) -> str:
     if device_type == "cpu" or mixed_precision == "fp32":
         return "no"
     return mixed_precision
-
-
-def with_sync_bn(method: Method, world: int, device_type: str) -> Method:
-    """`method` with its BatchNorm layers synchronised across processes when it asks for it (`sync_bn`) and
-    several CUDA processes train; torch's SyncBatchNorm has no CPU kernels, so CPU runs keep per-process BN."""
-    if not method.sync_bn or world == 1 or device_type != "cuda":
-        return method
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
 
 
 @dataclass
@@ -379,7 +371,7 @@ def build_data(cfg: RunConfig, method: Method, accelerator: Accelerator
     loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
     feature_loader = None
     if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
-        feature_loader = build_loader(replace(cfg.data, shuffle_buffer=0, drop_last=False), method.feature_views(),
+        feature_loader = build_loader(replace(cfg.data, shuffle=False, drop_last=False), method.feature_views(),
                                       rank=rank, world_size=world, device=device)
         feature_loader.keep_only(loader.key_index)
     validation = build_validation(cfg.data, method, loader, held_out, rank, world, device) \
@@ -404,11 +396,6 @@ def setup(cfg: RunConfig, resume: bool, overwrite: bool) -> Run:
     accelerator = make_accelerator(cfg, out_dir)
     set_seed(cfg.train.seed)  # same initial weights on every process
     method = get_method(cfg.method)(cfg.model)
-    world = accelerator.num_processes
-    if method.sync_bn and world > 1:
-        if accelerator.device.type != "cuda":
-            accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
-        method = with_sync_bn(method, world, accelerator.device.type)
     cfg, loader, feature_loader, validation = build_data(cfg, method, accelerator)
     total_steps = cfg.train.steps or cfg.train.epochs * len(loader) // cfg.train.grad_accum
     if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written

@@ -84,7 +84,7 @@ def rgb_encoder(method: Method) -> str | None:
 def _batches(data: DataConfig, views: list[ViewSpec], keys: list[str], batch: int, count: int, rank: int,
              world: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """`count` batches of `batch` of the samples `keys` (this process's share), read once in shard order."""
-    loader = build_loader(replace(data, batch_size=batch, shuffle_buffer=0, drop_last=True), views, rank=rank,
+    loader = build_loader(replace(data, batch_size=batch, shuffle=False, drop_last=True), views, rank=rank,
                           world_size=world, device=device)
     loader.keep_only(keys)
     try:

@@ -10,31 +10,27 @@ BLOCK = 1024  # pixels per program
 
 @triton.jit
 def _frame_diff_kernel(
-    X,  # input clip in any layout described by the strides below, uint8 or float
+    X,  # input clip (N, C, T, H, W), float, any strides below (H and W contiguous with each other)
     OUT,  # (N, C, T - 1, H*W) contiguous output in the model's dtype
-    SCALE,  # (C,) float32: 1 / (range * std[k])
-    CHANNEL,  # (N, C) int32: input channel k read for output channel c of sample n
     T, C, HW,
     sx_n, sx_c, sx_t, sx_p,  # element strides of X along sample, channel, time and pixel (h * W + w)
     BLOCK: tl.constexpr,
 ):
     nc = tl.program_id(0)
-    n = (nc // C).to(tl.int64)
-    k = tl.load(CHANNEL + nc).to(tl.int64)
-    scale = tl.load(SCALE + k)
+    n, c = (nc // C).to(tl.int64), (nc % C).to(tl.int64)
     pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = pix < HW
-    src = X + n * sx_n + k * sx_c + pix.to(tl.int64) * sx_p
+    src = X + n * sx_n + c * sx_c + pix.to(tl.int64) * sx_p
     dst = OUT + nc.to(tl.int64) * (T - 1) * HW + pix
     prev = tl.load(src, mask=ok, other=0).to(tl.float32)  # frame t - 1 stays in registers
     for t in tl.range(1, T):
         cur = tl.load(src + t * sx_t, mask=ok, other=0).to(tl.float32)
-        tl.store(dst + (t - 1) * HW, ((cur - prev) * scale).to(OUT.dtype.element_ty), mask=ok)
+        tl.store(dst + (t - 1) * HW, (cur - prev).to(OUT.dtype.element_ty), mask=ok)
         prev = cur
 
 
-def frame_diff_launch(x: Tensor, out: Tensor, scale: Tensor, channel: Tensor, strides: tuple[int, ...]) -> None:
+def frame_diff_launch(x: Tensor, out: Tensor, strides: tuple[int, ...]) -> None:
     """Fill out (N, C, T - 1, H*W) from x; one program per (sample, channel, BLOCK pixels)."""
     n, c, t1, hw = out.shape
     grid = (n * c, triton.cdiv(hw, BLOCK))
-    _frame_diff_kernel[grid](x, out, scale, channel, t1 + 1, c, hw, *strides, BLOCK=BLOCK)
+    _frame_diff_kernel[grid](x, out, t1 + 1, c, hw, *strides, BLOCK=BLOCK)

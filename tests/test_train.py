@@ -13,11 +13,9 @@ import torch
 
 from fastvid.checkpoint import load_encoders
 from fastvid.config import ConfigError
-from fastvid.methods import get_method
 from fastvid.methods.base import OptimConfig
 from fastvid.models import load_backbone
-from fastvid.train import (DEMO, DEMO_COMMON, accelerate_precision, latest_checkpoint, load_config, lr_factor,
-                           train, with_sync_bn)
+from fastvid.train import DEMO, DEMO_COMMON, accelerate_precision, latest_checkpoint, load_config, lr_factor, train
 from tests.train_helpers import CPU, TINY, tiny
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
@@ -176,18 +174,3 @@ def test_cpu_runs_train_in_float32_because_bf16_conv3d_gradients_break():
         y.float().square().mean().backward()
         torch.testing.assert_close(conv.weight.grad, want, rtol=0.05, atol=1e-4)
     assert accelerate_precision("bf16", "cuda") == "bf16" and accelerate_precision("fp32", "cuda") == "no"
-
-
-def test_sync_bn_switch_converts_only_for_several_cuda_processes():
-    cfg = load_config("gdt", None, TINY["gdt"])
-    assert cfg.model.sync_bn  # the authors' setting is the default
-    method = get_method("gdt")(cfg.model)
-    synced = with_sync_bn(method, world=2, device_type="cuda")
-    assert isinstance(synced.video.net.stem[1], torch.nn.SyncBatchNorm)
-    assert isinstance(synced.head_v[1], torch.nn.SyncBatchNorm)
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in synced.modules())
-    for world, device in ((1, "cuda"), (2, "cpu")):  # one process, or no CPU kernels: left as it is
-        fresh = get_method("gdt")(cfg.model)
-        assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in with_sync_bn(fresh, world, device).modules())
-    off = get_method("gdt")(load_config("gdt", None, ["model.sync_bn=false"]).model)
-    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in with_sync_bn(off, 2, "cuda").modules())

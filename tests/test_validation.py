@@ -16,7 +16,7 @@ from fastvid.data.sample import SampleOptions, holdout
 from fastvid.methods import get_method
 from fastvid.plot import CURVES, METRICS, plot_run, read_metrics
 from fastvid.train import load_config, train
-from fastvid.validation import KNN_VIEW, Validation, build_validation, knn_view, validate
+from fastvid.validation import KNN_VIEW, Validation, build_validation, validate
 from tests.train_helpers import CPU, TINY
 
 SEGMENT, HOP = SampleOptions.segment, SampleOptions.hop

@@ -11,7 +11,7 @@ TINY = {
     "gdt": ["model.views.frames=4", "model.views.size=32", "model.views.short_side=40", "data.batch_size=2"],
     "vi2clr": ["model.views.frames=8", "model.views.clip_size=32", "model.views.frame_size=32"],
 }
-CPU = ["data.batch_size=4", "data.shuffle_buffer=8", "train.mixed_precision=fp32", "train.device=cpu",
+CPU = ["data.batch_size=4", "train.mixed_precision=fp32", "train.device=cpu",
        "train.log_every=1"]
 
 

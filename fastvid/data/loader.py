@@ -1,10 +1,11 @@
 """`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
 
-DALI (`fastvid.data.dali`) decodes and applies the geometric and photometric draws, normalises and
-lays out RGB views as (N, C, T, H, W); this module checks the shards up front, builds one pipeline for
-the whole run and, before each epoch, writes the epoch's sample order (its seeded shuffle, this rank's
-block, the batches a resumed run already had left out) for the pipeline's workers
-(`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
+The DALI pipeline (`fastvid.data.dali`) takes the frames the views need, decoded by PyAV in the worker
+processes (`data.decode: cpu`) or by DALI's own decoder (gpu, dali-cpu), applies the geometric and
+photometric draws, normalises and lays out RGB views as (N, C, T, H, W); this module checks the shards up
+front, builds one pipeline for the whole run and, before each epoch, writes the epoch's sample order (its
+seeded shuffle, this rank's block, the batches a resumed run already had left out) for the pipeline's
+workers (`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
 rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
 """
 from __future__ import annotations
@@ -28,9 +29,9 @@ from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_nam
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.errors import UserError
 from fastvid.shard import read_manifest
+from fastvid.shard.flow import dequantise
 from fastvid.shard.writer import split_name
 
-FLOW_BOUND = 20.0  # px: the shard format stores 128 + u * 127 / bound
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
@@ -164,9 +165,9 @@ class VideoLoader:
         self._order_fn = order
 
     def shuffled(self, epoch: int) -> np.ndarray:
-        """The default order: a permutation seeded by (seed, epoch); positions in shard order with
-        shuffle_buffer=0."""
-        if self.cfg.shuffle_buffer == 0:
+        """The default order: a permutation seeded by (seed, epoch); positions in shard order without
+        `shuffle`."""
+        if not self.cfg.shuffle:
             return self.positions.copy()
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.positions)
 
@@ -211,7 +212,7 @@ class VideoLoader:
 
     def source(self) -> ShardSource:
         """The pipeline's sample source for this loader's shards, views and settings."""
-        drawer = SampleDrawer(self.views, {}, self.cfg.seed, self.epoch)  # the source passes positions itself
+        drawer = SampleDrawer(self.views, self.cfg.seed, self.epoch)
         decode = "pyav" if self.decode == "cpu" else "dali"
         return ShardSource([s["tar"] for s in self._shards], self.table, drawer, self.views,
                            Path(self._folder.name), decode, self.cfg.on_error, self._gop,
@@ -334,9 +335,10 @@ def finish_rgb(x: torch.Tensor, view: ViewSpec) -> torch.Tensor:
 
 def finish_flow(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
     """(N, T, H, W, 2) uint8 quantised flow -> (N, 2, T, H, W) float32 in pixels.
-    aux (N, 3): output pixels per source pixel along x (negative when the view was flipped: u changes
-    sign) and y, temporal flip flag (the stack reversed in time and negated). A displacement resized with its frame scales with it."""
-    flow = (x.float() - 128.0) * (FLOW_BOUND / 127.0)  # (N, T, H, W, 2) in source pixels
+    aux (N, 4): output pixels per source pixel along x (negative when the view was flipped: u changes
+    sign) and y, temporal flip flag (the stack reversed in time and negated), and the bound the sample's
+    flow was quantised with (its KEY.json's). A displacement resized with its frame scales with it."""
+    flow = dequantise(x.float(), aux[:, 3].view(-1, 1, 1, 1, 1))  # (N, T, H, W, 2) in source pixels
     flow = flow * aux[:, None, None, None, 0:2]  # (N, T, H, W, 2) in output pixels
     if view.spatial.flow_mean:
         flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # each frame's mean motion (camera)

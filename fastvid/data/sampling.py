@@ -3,8 +3,8 @@
 The loader's workers run `SampleDrawer` once per sample (`fastvid.data.source`) and DALI applies the
 draws with deterministic operators: frame indices go to the decoder's `frames=` argument, a crop and
 flip become one region of interest for `resize` (a matrix per frame for `warp_affine` in frame-wise
-mode), colour draws feed `color_twist`. Keeping the
-draws here makes them shareable between views (anchors, groups), keyed by (seed, epoch, sample index)
+mode), each colour draw is one affine map of RGB for `coord_transform`. Keeping the draws here makes them
+shareable between views (anchors, groups), keyed by (seed, epoch, sample index)
 so a seed reproduces a batch whatever the shuffle order, and testable without decoding anything.
 """
 from __future__ import annotations
@@ -133,22 +133,23 @@ def colour(s: SpatialSpec, rng: np.random.Generator) -> tuple[np.ndarray, float]
 
 
 class SampleDrawer:
-    """`draw(meta)`: a sample's shard json -> the arrays named by `names`, for epoch `epoch`.
+    """`draw(meta, index)`: a sample's shard json and dataset position -> the arrays named by `names`, for
+    epoch `epoch`.
 
     `frames` / `flow_frames`: the sorted distinct frames the rgb/frame/diff (flow) views need, and
     `frames.order` / `flow_frames.order`: positions in them of the views' frames, concatenated in view order.
     Per video view v, with R = T frames in frame-wise mode and R = 1 otherwise (one draw for all frames):
     `{v}.roi` (R, 4) resize region (y0, x0, y1, x1) and, in frame-wise mode, `{v}.affine` (T, 2, 3) the
     same as warp_affine matrices, `{v}.colour` (R, 3, 4) colour map of 0-255 RGB, `{v}.sigma` (R,) blur
-    sigma (a tiny one for frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (3,)
-    = (u scale, v scale, temporal flip): the factors that map source-pixel flow to output pixels (u's
-    negative under a flip).
+    sigma (a tiny one for frames without blur), `{v}.blur` () whether any frame is blurred, `{v}.aux` (4,)
+    = (u scale, v scale, temporal flip, bound): the factors that map source-pixel flow to output pixels (u's
+    negative under a flip) and the bound its stored values were quantised with (KEY.json's `flow.bound`;
+    0 for a view that is not flow).
     Per audio view a: `{a}.start` (1,) int32 sample, `{a}.gain` (), `{a}.reverse` () int32,
     `{a}.aux` = (mask starts and widths...). Plus `label` and `index`."""
 
-    def __init__(self, views: list[ViewSpec], key_index: dict[str, int], seed: int, epoch: int = 0):
+    def __init__(self, views: list[ViewSpec], seed: int, epoch: int = 0):
         self.views = views
-        self.key_index = key_index
         self.seed = seed
         self.epoch = epoch
         self.video = [v for v in views if v.modality != "audio"]
@@ -174,10 +175,8 @@ class SampleDrawer:
         """The generator of one sample in this epoch: independent of order, rank and batch."""
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def draw(self, meta: dict, index: int | None = None) -> dict[str, np.ndarray]:
-        """All draws of the sample described by its shard json `meta`, at dataset position `index` (default:
-        `key_index` of its key)."""
-        index = self.key_index[meta["key"]] if index is None else index
+    def draw(self, meta: dict, index: int) -> dict[str, np.ndarray]:
+        """All draws of the sample described by its shard json `meta`, at dataset position `index`."""
         rng = self.rng(index)
         n = int(meta["num_frames"])
         magnitude = (meta.get("flow") or {}).get("magnitude")
@@ -224,6 +223,7 @@ class SampleDrawer:
             colours.append(c)
             sigmas.append(sigma)
         tflip = float(rng.random() < s.flow_flip)
+        bound = float(meta["flow"]["bound"]) if v.modality == "flow" else 0.0
         y0, x0, y1, x1 = regions[0].tolist()
         scale_u, scale_v = s.size[1] / (x1 - x0), s.size[0] / (y1 - y0)  # output px per source px; < 0: flipped
         out = {f"{v.name}.roi": np.stack(regions),  # (R, 4)
@@ -231,7 +231,7 @@ class SampleDrawer:
                 # DALI's window for a tiny sigma has one tap: frame-wise mode's unblurred frames
                 f"{v.name}.sigma": np.maximum(np.array(sigmas, np.float32), 1e-3),  # (R,)
                 f"{v.name}.blur": np.array(max(sigmas) > 0),
-                f"{v.name}.aux": np.array([scale_u, scale_v, tflip], np.float32)}
+                f"{v.name}.aux": np.array([scale_u, scale_v, tflip, bound], np.float32)}
         if s.per_frame:
             out[f"{v.name}.affine"] = np.stack([affine(r, s.size) for r in regions])  # (T, 2, 3)
         return out

@@ -139,7 +139,7 @@ class DataConfig:
     shards: str
     split: str = "train"
     batch_size: int = 8
-    shuffle_buffer: int = 256  # 0 reads in shard order; otherwise each epoch is a full seeded permutation
+    shuffle: bool = True  # each epoch a full permutation seeded by (seed, epoch); false: shard order
     seed: int = 0
     # cpu: PyAV in `workers` processes decodes only the GOPs the views need (any codec) into 4:2:0 planes;
     # augmentation (with YUV -> RGB) runs on the loader's device. gpu: DALI's NVDEC decoder, given only those GOPs (the workers cut them

@@ -123,7 +123,7 @@ def _loader(cfg: EvalConfig, shards: str, split: str, views: list, train: bool):
     from fastvid.data import DataConfig, build_loader
 
     data = DataConfig(shards=shards, split=split, batch_size=cfg.batch_size, seed=cfg.seed,
-                      shuffle_buffer=256 if train else 0, drop_last=train)
+                      shuffle=train, drop_last=train)
     return build_loader(data, views, device=cfg.device)
 
 

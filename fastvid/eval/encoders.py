@@ -19,21 +19,8 @@ from torch import nn
 
 from fastvid.checkpoint import load_encoders
 from fastvid.data.spec import RGB_MEAN, RGB_STD
-from fastvid.errors import InputError, MissingFile
+from fastvid.errors import InputError
 from fastvid.models import Encoder
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, checked for the keys evaluation needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFile(f"{path}: no such checkpoint")
-    ckpt = load_encoders(path)
-    for name, entry in ckpt["encoders"].items():
-        missing = {"arch", "in_channels", "state_dict"} - set(entry)
-        if missing:
-            raise InputError(f"{path}: encoder {name!r} lacks {', '.join(sorted(missing))}")
-    return ckpt
 
 
 def pick_encoder(ckpt: dict[str, Any], name: str | None, path: str | Path = "checkpoint") -> str:
@@ -51,7 +38,7 @@ def pick_encoder(ckpt: dict[str, Any], name: str | None, path: str | Path = "che
 
 def load_encoder(path: str | Path, name: str | None = None) -> tuple[Encoder, dict[str, Any]]:
     """The named (or first RGB) encoder of a checkpoint in eval mode, and {"method", "encoder", "arch"}."""
-    ckpt = read_checkpoint(path)
+    ckpt = load_encoders(path)  # checked there: a file, at least one encoder, each with arch and in_channels
     name = pick_encoder(ckpt, name, path)
     entry = ckpt["encoders"][name]
     encoder = Encoder(entry["arch"], in_channels=entry["in_channels"])

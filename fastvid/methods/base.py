@@ -18,10 +18,13 @@ Each method module defines a config dataclass (`Method.Config`) and `configs/<na
 State that must survive a checkpoint and is not a parameter lives in registered persistent buffers, so
 `state_dict()` carries it. State whose shape is known only at run time (Vi2CLR's clusters) is a buffer
 that a load_state_dict pre-hook resizes to the checkpoint's shape (as in vi2clr.py), not
-`get_extra_state`: Accelerate saves models as safetensors, which hold tensors only.
+`get_extra_state`: a buffer is a tensor, which a checkpoint (`fastvid.checkpoint`: safetensors) stores as is.
 
-`sync_bn`: the trainer converts the method's BatchNorm layers to SyncBatchNorm when several CUDA processes
-train (GDT's authors do); a method sets it from its config.
+Across processes (`fastvid.distributed`): methods that contrast against every process's batch gather the
+negatives with gradient, and their config's `sync_bn` (on by default for videoSimCLR, GDT and Vi2CLR) makes
+their BatchNorm layers `SyncBatchNorm`: with several processes BN statistics then come from the global batch,
+as SimCLR's "Global BN" (Chen et al. 2020, sec. 2.2) does against the local information leak (a positive
+pair found from the statistics its process shares); with one process they are plain BN.
 """
 from __future__ import annotations
 
@@ -32,13 +35,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.distributed.nn as dist_nn
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastvid.models import Encoder
+from fastvid.config import ConfigError
+from fastvid.models import ARCHS, Encoder
 
 if TYPE_CHECKING:  # the loader's types; imported lazily so the methods import without DALI
     from fastvid.data import ViewSpec
@@ -62,6 +64,20 @@ class OptimConfig:
     warmup_steps: int = 0
 
 
+def require(ok: bool, key: str, reason: str, value: Any) -> None:
+    """A method config's load-time check (its `__post_init__`): unless `ok`, the one-line user error
+    "model.<key>: <reason>, got <value>", which the config loader ties to that key."""
+    if not ok:
+        raise ConfigError(f"model.{key}: {reason}, got {value!r}")
+
+
+def require_arch(key: str, arch: str, kind: Literal["video", "image"]) -> None:
+    """Check at load time that `arch` names an encoder taking `kind` input ("image": 2D, spectrograms too),
+    rather than when the model is built."""
+    known = sorted(name for name, spec in ARCHS.items() if spec.kind == kind)
+    require(arch in known, key, f"must be one of the {kind} encoders {', '.join(known)}", arch)
+
+
 def mlp_head(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
     """Projection head Linear -> [BN] -> ReLU -> ... -> Linear through `dims` (in, hidden..., out);
     `dims` of length 2 is a single linear layer (MoCo v1)."""
@@ -74,24 +90,6 @@ def mlp_head(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
         layers += [nn.ReLU(inplace=True)]
     layers.append(nn.Linear(dims[-2], dims[-1]))
     return nn.Sequential(*layers)
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(N, ...) per process -> (world * N, ...) in rank order, gradients flowing back to each rank's part;
-    the identity without a process group. Used for negatives from every process (SimCLR, GDT)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return torch.cat(dist_nn.all_gather(x.contiguous()))
-
-
-@torch.no_grad()
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """(N, ...) per process -> (world * N, ...) in rank order, without gradient (MoCo's keys)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -167,7 +165,6 @@ class Method(nn.Module, abc.ABC):
     Config: ClassVar[type]  # the method's config dataclass (mirrored by configs/<name>.yaml `model:`)
     needs_feature_pass: ClassVar[bool] = False  # True: the trainer calls before_epoch with data
     momentum: float = 0.0  # m in theta_k <- m theta_k + (1 - m) theta_q; set by momentum methods
-    sync_bn: bool = False  # BN statistics over every process's batch (the trainer converts the layers)
     want_metrics: bool = True  # forward adds the pretext accuracies; the trainer sets it per step (logged ones)
 
     def __init__(self, cfg: Any) -> None:

@@ -30,7 +30,7 @@ from fastvid.data import ViewSpec
 from fastvid.data.views import CrossAndLearnViews, cross_and_learn_views
 from fastvid.kernels.frame_diff import frame_diff
 from fastvid.losses import cross_and_learn_loss
-from fastvid.methods.base import Method
+from fastvid.methods.base import Method, require
 from fastvid.models import Encoder
 
 
@@ -44,6 +44,11 @@ class CrossAndLearnConfig:
     # second modality y ("flow" or "sod"), stack lengths, 224 crops of frames rescaled to height 256,
     # flow-magnitude-weighted pair sampling
     views: CrossAndLearnViews = field(default_factory=CrossAndLearnViews)
+
+    def __post_init__(self) -> None:
+        require(self.eps > 0, "eps", "must be > 0", self.eps)
+        require(self.objective == "concat" or self.use_cross or self.use_div, "use_div",
+                "use_cross and use_div both off leave no loss", self.use_div)
 
 
 class CrossAndLearn(Method):
@@ -73,7 +78,7 @@ class CrossAndLearn(Method):
             y = batch["flow"]  # (N, 2, T, H, W): u, v of T flow frames
         else:
             frames = batch["sod"]  # (N, 3, T, H, W), normalised by the loader
-            y = frame_diff(frames, layout="NCTHW", dtype=frames.dtype)  # (N, 3, T - 1, H, W)
+            y = frame_diff(frames, dtype=frames.dtype)  # (N, 3, T - 1, H, W)
         n, c, t, h, w = y.shape
         return y.transpose(1, 2).reshape(n, t * c, h, w)  # (N, T * C, H, W): [u1, v1, u2, v2, ...]
 

@@ -33,8 +33,9 @@ from torch import Tensor
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import GDTViews, gdt_views
+from fastvid.distributed import gather, sync_batch_norm
 from fastvid.losses import gdt_loss, gdt_top1_accuracy
-from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
+from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.models import Encoder
 
 Factor = Literal["d", "i", "none"]  # distinctive, invariant, not sampled
@@ -54,6 +55,13 @@ class GDTConfig:
     temperature: float = 0.07  # rho in eq. (1)
     sync_bn: bool = True  # the authors train with synchronised BN across GPUs
     views: GDTViews = field(default_factory=GDTViews)  # clip length, crop size and rescale, audio window
+
+    def __post_init__(self) -> None:
+        require_arch("video_arch", self.video_arch, "video")
+        require_arch("audio_arch", self.audio_arch, "image")  # a log-mel spectrogram is a 2D input
+        require(min(self.hidden_dim, self.embed_dim) >= 1, "embed_dim", "head sizes must be >= 1",
+                (self.hidden_dim, self.embed_dim))
+        require(self.temperature > 0, "temperature", "must be > 0", self.temperature)
 
 
 def hypothesis(cfg: GDTConfig) -> tuple[int, int, tuple[bool, bool, bool]]:
@@ -82,12 +90,13 @@ class GDT(Method):
     def __init__(self, cfg: GDTConfig) -> None:
         super().__init__(cfg)
         self.k_tau, self.k_r, self.invariant = hypothesis(cfg)
-        self.sync_bn = cfg.sync_bn
         self.video = Encoder(cfg.video_arch)
         self.head_v = mlp_head([self.video.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
         if cfg.modality == "av":
             self.audio = Encoder(cfg.audio_arch, in_channels=1)
             self.head_a = mlp_head([self.audio.out_dim, cfg.hidden_dim, cfg.embed_dim], batch_norm=True)
+        if cfg.sync_bn:
+            sync_batch_norm(self)
 
     def views(self) -> list[ViewSpec]:
         """The loader's GDT preset cut to K_tau shifts x K_r reversals; modality "v" swaps each audio view for
@@ -131,7 +140,7 @@ class GDT(Method):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         v, a, factors = self.embed(batch)
         # every process's rows take part in eq. (1): more negatives, gradients flow back to their owners
-        v, a, factors = gather_with_grad(v), gather_with_grad(a), gather_no_grad(factors)
+        v, a, factors = gather(v, grad=True), gather(a, grad=True), gather(factors, grad=False)
         cross_modal = self.cfg.modality == "av"  # w = delta(m != m'); video only: SimCLR's delta(T != T')
         loss = gdt_loss(v, a, factors, self.invariant, self.cfg.temperature, cross_modal=cross_modal)
         if not self.want_metrics:

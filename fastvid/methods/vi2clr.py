@@ -33,14 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from fastvid.config import ConfigError
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
+from fastvid.distributed import broadcast_object, gather, gather_rows, sync_batch_norm, world
 from fastvid.losses import center_nce, mil_nce, top1_accuracy
-from fastvid.methods.base import Method, gather_no_grad, gather_with_grad, mlp_head
+from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids, mined_order
 from fastvid.models import Encoder
 
@@ -59,28 +58,22 @@ class Vi2CLRConfig:
     num_clusters: int | None = None  # FINCH: the partition nearest this; k-means: K (None: FINCH's estimate)
     kmeans_iters: int = 20
     mined_positives: int = 1  # same-cluster samples read into each sample's batch (0: a plain shuffle)
+    sync_bn: bool = True  # BN statistics over every process's batch, as its negatives are (methods/base.py)
     views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
 
     def __post_init__(self) -> None:
-        if self.mined_positives < 0:
-            raise ConfigError(f"model.mined_positives: must be >= 0 (0: a plain shuffle), got {self.mined_positives}")
-
-
-def distributed() -> bool:
-    """Whether this process is one of several (a process group of more than one)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_rows(x: Tensor) -> Tensor:
-    """(n_p, ...) on process p, n_p may differ (the feature pass keeps partial batches) -> (sum n_p, ...) in
-    rank order on every process; the identity without a process group."""
-    if not distributed():
-        return x
-    sizes = gather_no_grad(torch.tensor([x.shape[0]], device=x.device))  # (W,)
-    longest = int(sizes.max())  # host sync: once per feature pass
-    padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])  # (longest, ...)
-    keep = torch.arange(longest, device=x.device)[None, :] < sizes[:, None]  # (W, longest)
-    return gather_no_grad(padded)[keep.flatten()]
+        require_arch("video_arch", self.video_arch, "video")
+        require_arch("image_arch", self.image_arch, "image")
+        require(self.embed_dim >= 1, "embed_dim", "must be >= 1", self.embed_dim)
+        require(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        require(min(self.loss_weights) >= 0 and max(self.loss_weights) > 0, "loss_weights",
+                "must be >= 0 and not all 0", self.loss_weights)
+        require(self.finch_level >= 1, "finch_level", "must be >= 1", self.finch_level)
+        require(self.num_clusters is None or self.num_clusters >= 2, "num_clusters", "must be >= 2 (or null)",
+                self.num_clusters)
+        require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1", self.kmeans_iters)
+        require(self.mined_positives >= 0, "mined_positives", "must be >= 0 (0: a plain shuffle)",
+                self.mined_positives)
 
 
 class Vi2CLR(Method):
@@ -97,6 +90,8 @@ class Vi2CLR(Method):
         self.head_v = mlp_head([dv, dv, cfg.embed_dim])
         self.head_i = mlp_head([di, di, cfg.embed_dim])
         self.head_j = mlp_head([dv + di, dv + di, cfg.embed_dim])  # f_VI on the concatenated features
+        if cfg.sync_bn:
+            sync_batch_norm(self)
         # Clustering state (Algorithm 1's C), checkpointed as buffers; their sizes are known only after a
         # feature pass, so loading first resizes them to the checkpoint's (`_resize_cluster_state`).
         self.register_buffer("cluster_ids", torch.empty(0, dtype=torch.long))  # (N_data,)
@@ -147,10 +142,7 @@ class Vi2CLR(Method):
         r_j, idx = gather_rows(torch.cat(feats)), gather_rows(torch.cat(index))  # (P, d), (P,) all processes
         # One process clusters and sends the result to the others: GPU matmuls need not agree bit for bit
         # across devices, and FINCH's first neighbours could then differ between processes.
-        box = [self.cluster(r_j, epoch) if not distributed() or dist.get_rank() == 0 else None]
-        if distributed():
-            dist.broadcast_object_list(box, src=0)
-        found = box[0]
+        found = broadcast_object(self.cluster(r_j, epoch) if world()[0] == 0 else None)
         ids = torch.full((int(idx.max()) + 1,), -1, dtype=torch.long, device=idx.device)
         ids[idx] = found.ids.to(idx.device)  # (N_data,) -1: a sample the pass did not see
         self.cluster_ids = ids.to(self.centroids.device)
@@ -187,8 +179,8 @@ class Vi2CLR(Method):
         r_v, r_i, r_j = self.embed(clips, frames)  # (2B, d) each
         ids = self.assignments(batch["index"]).repeat(2)  # (2B,) a crop's positives include its twin
         center = center_nce(r_j, ids, self.centroids, self.concentration)  # per sample against all k
-        ids_all = gather_no_grad(ids)  # negatives from every process's batch
-        r_v_all, r_i_all = gather_with_grad(r_v), gather_with_grad(r_i)  # (2B W, d)
+        ids_all = gather(ids, grad=False)  # negatives from every process's batch
+        r_v_all, r_i_all = gather(r_v, grad=True), gather(r_i, grad=True)  # (2B W, d)
         video = mil_nce(r_v_all, ids_all, self.cfg.temperature)
         image = mil_nce(r_i_all, ids_all, self.cfg.temperature)
         w_c, w_v, w_i = self.cfg.loss_weights

@@ -27,15 +27,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from fastvid.data import ViewSpec
 from fastvid.data.views import VideoContrastViews, video_moco_views
-from fastvid.config import ConfigError
+from fastvid.distributed import broadcast, gather, sync_batch_norm, world
 from fastvid.losses import info_nce_queue, top1_accuracy
-from fastvid.methods.base import Method, gather_no_grad, mlp_head, momentum_copy, split_batch_norm
+from fastvid.methods.base import Method, mlp_head, momentum_copy, require, require_arch, split_batch_norm
 from fastvid.models import Encoder
 
 
@@ -54,23 +53,18 @@ class VideoMoCoConfig:
     views: VideoContrastViews = field(default_factory=VideoContrastViews)
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"model.temperature: must be > 0, got {self.temperature}")
-        if self.bn_splits < 1:
-            raise ConfigError(f"model.bn_splits: must be >= 1, got {self.bn_splits}")
+        require_arch("encoder", self.encoder, "video")
+        require(self.dim >= 1, "dim", "must be >= 1", self.dim)
+        require(self.queue_size >= 1, "queue_size", "must be >= 1", self.queue_size)
+        require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        require(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        require(self.bn_splits >= 1, "bn_splits", "must be >= 1", self.bn_splits)
 
 
 # MoCo v1's augmentation over SimCLR's, as the thesis's v1 code (main_moco.py, "MoCo v1's aug"): crops in
 # [0.2, 1] of the area, ColorJitter(0.4, 0.4, 0.4, 0.4) always, so hue +-0.4 turn = +-144 degrees
 # (torchvision's unit, as the loader's), no Gaussian blur; flip and grayscale p = 0.2 as v2.
 MOCO_V1_SPATIAL = {"scale": (0.2, 1.0), "jitter": 1.0, "hue": 0.4, "blur": 0.0}
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class VideoMoCo(Method):
@@ -82,7 +76,7 @@ class VideoMoCo(Method):
         width = self.encoder.out_dim
         self.head = mlp_head([width, cfg.dim] if cfg.version == "v1" else [width, width, cfg.dim])
         if cfg.bn == "sync":
-            self.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
+            self.encoder = sync_batch_norm(self.encoder)
         elif cfg.bn_splits > 1:
             self.encoder = split_batch_norm(self.encoder, cfg.bn_splits)
         self.key_encoder, self.key_head = momentum_copy(self.encoder), momentum_copy(self.head)
@@ -106,25 +100,25 @@ class VideoMoCo(Method):
     def keys(self, clip_k: torch.Tensor) -> torch.Tensor:
         """k = f_k(clip_k): (N, 3, T, H, W) -> (N, D), the batch shuffled (within and across processes) so the
         keys' BN groups are not the queries'."""
-        rank, world = _world()
+        rank, size = world()
         if self.cfg.bn == "sync":
             return self.key_head(self.key_encoder(clip_k))
-        if world == 1:  # the BN groups are this process's sub-batches: shuffle clips across them
+        if size == 1:  # the BN groups are this process's sub-batches: shuffle clips across them
             perm = torch.randperm(clip_k.shape[0], device=clip_k.device)
             return self.key_head(self.key_encoder(clip_k[perm]))[torch.argsort(perm)]
-        every = gather_no_grad(clip_k)  # (world * N, ...)
+        every = gather(clip_k, grad=False)  # (world * N, ...)
         perm = torch.randperm(every.shape[0], device=every.device)
-        dist.broadcast(perm, src=0)  # one permutation for all processes
+        broadcast(perm)  # one permutation for all processes
         n = clip_k.shape[0]
         mine = perm[rank * n:(rank + 1) * n]  # the rows this process encodes
-        k = gather_no_grad(self.key_head(self.key_encoder(every[mine])))  # (world * N, D) in perm order
+        k = gather(self.key_head(self.key_encoder(every[mine])), grad=False)  # (world * N, D) in perm order
         return k[torch.argsort(perm)][rank * n:(rank + 1) * n]  # back to this process's own rows
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
         """Replace the oldest len(k) entries of the queue (FIFO), wrapping around its end."""
         # Under bf16/fp16 autocast the keys come in the autocast dtype; the queue stays float32.
-        k = F.normalize(gather_no_grad(k), dim=1).to(self.queue.dtype)  # (world * N, D)
+        k = F.normalize(gather(k, grad=False), dim=1).to(self.queue.dtype)  # (world * N, D)
         idx = (self.queue_ptr + torch.arange(k.shape[0], device=k.device)) % self.cfg.queue_size
         self.queue[idx] = k
         self.queue_ptr.copy_((self.queue_ptr + k.shape[0]) % self.cfg.queue_size)

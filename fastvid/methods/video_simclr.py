@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 
 from fastvid.data.views import VideoContrastViews, video_simclr_views
-from fastvid.config import ConfigError
+from fastvid.distributed import gather, sync_batch_norm
 from fastvid.losses import nt_xent, top1_accuracy
-from fastvid.methods.base import Method, gather_with_grad, mlp_head
+from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.data import ViewSpec
-from fastvid.models import Encoder
+from fastvid.models import ARCHS, Encoder
 
 
 @dataclass
@@ -33,13 +33,18 @@ class VideoSimCLRConfig:
     head_dims: list[int] = field(default_factory=lambda: [512, 512, 256])  # h -> hidden -> p
     temperature: float = 0.5  # tau; the thesis does not state it: its code's config.txt, "temp": 0.5
     gather_negatives: bool = True
+    sync_bn: bool = True  # BN statistics over every process's clips: SimCLR's global BN (methods/base.py)
     # Random 16 clips, 112x112 (the thesis trains at 224 and ablates at 56); temporal shift s = 8 (UCF101's
     # best, Table 4) and chunk-wise spatial draws (Table 3).
     views: VideoContrastViews = field(default_factory=lambda: VideoContrastViews(temporal="shift", shift=8))
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"model.temperature: must be > 0, got {self.temperature}")
+        require_arch("encoder", self.encoder, "video")
+        width = ARCHS[self.encoder].out_dim
+        require(len(self.head_dims) >= 2 and self.head_dims[0] == width, "head_dims",
+                f"must start with {self.encoder}'s representation size {width} and end with the output size",
+                self.head_dims)
+        require(self.temperature > 0, "temperature", "must be > 0", self.temperature)
 
 
 class VideoSimCLR(Method):
@@ -48,10 +53,9 @@ class VideoSimCLR(Method):
     def __init__(self, cfg: VideoSimCLRConfig) -> None:
         super().__init__(cfg)
         self.encoder = Encoder(cfg.encoder)
-        if cfg.head_dims[0] != self.encoder.out_dim:
-            raise ValueError(f"model.head_dims[0]={cfg.head_dims[0]} must equal {cfg.encoder}'s "
-                             f"representation size {self.encoder.out_dim}")
         self.head = mlp_head(cfg.head_dims)
+        if cfg.sync_bn:
+            sync_batch_norm(self)
 
     def views(self) -> list[ViewSpec]:
         return video_simclr_views(self.cfg.views)
@@ -69,7 +73,7 @@ class VideoSimCLR(Method):
         p = self.embed(torch.cat([batch["clip_i"], batch["clip_j"]]))  # (2N, D)
         p_i, p_j = p[:n], p[n:]  # (N, D) each
         if self.cfg.gather_negatives:
-            p_i, p_j = gather_with_grad(p_i), gather_with_grad(p_j)  # (world * N, D)
+            p_i, p_j = gather(p_i, grad=True), gather(p_j, grad=True)  # (world * N, D)
         loss = nt_xent(p_i, p_j, self.cfg.temperature)
         out = {"loss": loss, "nt_xent": loss.detach()}
         if self.want_metrics:

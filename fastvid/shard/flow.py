@@ -6,7 +6,7 @@ Decoding it to RGB gives value back in every channel, so u ~ (value - 128) * BOU
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import cv2
 import numpy as np
@@ -14,6 +14,7 @@ import numpy as np
 BOUND = 20.0  # pixels; flow beyond +-BOUND saturates (as in the TV-L1 two-stream literature)
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ArrayT = TypeVar("ArrayT")  # numpy array or torch tensor
 
 
 def flow_estimator(method: str) -> FlowFn:
@@ -49,12 +50,17 @@ def quantise(flow: np.ndarray) -> np.ndarray:
     return np.concatenate([q[..., 0], q[..., 1]], axis=1)  # (H, 2W)
 
 
-def dequantise(frame: np.ndarray) -> np.ndarray:
-    """(H, 2W[, C]) decoded flow frame (any channel) -> (H, W, 2) float32 flow in pixels."""
+def unpack(frame: np.ndarray) -> np.ndarray:
+    """(H, 2W[, C]) decoded flow frame (any channel) -> (H, W, 2) stored values of u, v."""
     grey = frame[..., 0] if frame.ndim == 3 else frame
     w = grey.shape[1] // 2
-    value = grey.astype(np.float32)
-    return np.stack([value[:, :w], value[:, w:]], axis=-1) * (BOUND / 127.0) - 128.0 * (BOUND / 127.0)
+    return np.stack([grey[:, :w], grey[:, w:]], axis=-1)
+
+
+def dequantise(value: ArrayT, bound: float | ArrayT = BOUND) -> ArrayT:
+    """Stored values (any shape, float; numpy or torch) -> flow in pixels, inverting `quantise`. `bound` is the
+    one the sample was written with (its KEY.json's `flow.bound`), per sample when broadcast."""
+    return (value - 128.0) * (bound / 127.0)
 
 
 def mean_magnitude(flow: np.ndarray) -> float:

@@ -241,7 +241,7 @@ def test_damaged_or_missing_shard_files_are_one_line_errors(damage, vp9_shards, 
         return
     if damage == "cut inside a member":
         tar.write_bytes(tar.read_bytes()[:last.offset_data + last.size // 2])
-        message = rf"train-000000\.tar: \d+ bytes, its index needs \d+: truncated or damaged"
+        message = r"train-000000\.tar: \d+ bytes, its index needs \d+: truncated or damaged"
     elif damage == "no tar":
         tar.unlink()
         message = r"train-000000\.tar: missing"

@@ -63,7 +63,7 @@ def blue_profile(frame: np.ndarray) -> np.ndarray:
 
 def cfg(shards, **kw) -> DataConfig:
     """Two decode workers: several processes, started in a moment even on the 16-core GPU machine."""
-    return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle_buffer=kw.pop("shuffle_buffer", 4),
+    return DataConfig(shards=str(shards), batch_size=kw.pop("batch_size", 3), shuffle=kw.pop("shuffle", True),
                       threads=1, workers=2, **kw)
 
 
@@ -93,11 +93,11 @@ def test_views_decode_exactly_the_drawn_frames(codec, request, device):
 def _check_drawn_frames(loader, shards) -> None:
     by_key = metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
-    drawer = SampleDrawer(TEMPORAL_VIEWS, loader.key_index, seed=0, epoch=0)
+    drawer = SampleDrawer(TEMPORAL_VIEWS, seed=0, epoch=0)
     seen = 0
     for batch in loader:
         for n, index in enumerate(batch["index"].tolist()):
-            draw = drawer.draw(by_key[key_of[index]])
+            draw = drawer.draw(by_key[key_of[index]], index)
             first = 0
             for view in TEMPORAL_VIEWS:
                 t = view.temporal.frames
@@ -145,11 +145,11 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(request, device):
     batches = [next(iter(build_loader(cfg(shards), [view], device=device))) for view in views]
     assert torch.equal(batches[0]["index"], batches[1]["index"])
     loader = build_loader(cfg(shards), views[1:])
-    drawer, by_key = SampleDrawer(views[1:], loader.key_index, seed=0), metas(shards)
+    drawer, by_key = SampleDrawer(views[1:], seed=0), metas(shards)
     key_of = {i: k for k, i in loader.key_index.items()}
     gains = []
     for n, index in enumerate(batches[1]["index"].tolist()):
-        gain = float(drawer.draw(by_key[key_of[index]])["v.colour"][0, 0, 0])  # M = b * I
+        gain = float(drawer.draw(by_key[key_of[index]], index)["v.colour"][0, 0, 0])  # M = b * I
         want = np.clip(pixels(batches[0]["v"][n]) * gain, 0, 255)  # (T, H, W, 3)
         got = pixels(batches[1]["v"][n])
         # uint8 rounding only: the plain view was rounded once (then scaled by b), the jittered one once
@@ -235,13 +235,14 @@ def test_flow_is_rescaled_with_its_crop(request, device):
     # The texture moves SHIFT px per source frame; after a crop of w x h source pixels resized to 16 x 24
     # the motion is SHIFT * (24 / w, 16 / h) output px, and u changes sign when the crop is mirrored.
     views = [ViewSpec("f", "flow", TemporalSpec(frames=4), SpatialSpec(size=(16, 24), scale=(0.3, 1.0), flip=0.5))]
-    loader = build_loader(cfg(shards, batch_size=1, shuffle_buffer=0), views, device=device)
+    loader = build_loader(cfg(shards, batch_size=1, shuffle=False), views, device=device)
     by_key, key_of = metas(shards), {i: k for k, i in loader.key_index.items()}
-    drawer = SampleDrawer(views, loader.key_index, seed=0, epoch=0)
+    drawer = SampleDrawer(views, seed=0, epoch=0)
     flips = set()
     for _ in range(3):  # epochs: new crops
         for batch in loader:
-            draw = drawer.draw(by_key[key_of[int(batch["index"][0])]])
+            index = int(batch["index"][0])
+            draw = drawer.draw(by_key[key_of[index]], index)
             y0, x0, y1, x1 = draw["f.roi"][0].tolist()
             flow = batch["f"][0, :, :, 3:-3, 3:-3]  # (2, T, h, w) away from the borders
             expected = (SHIFT[0] * 24 / (x1 - x0), SHIFT[1] * 16 / (y1 - y0))
@@ -274,7 +275,7 @@ def test_two_ranks_cover_the_data_once(vp9_shards):
 
 def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
     views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
-    loader = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    loader = build_loader(cfg(vp9_shards, batch_size=2), views)
     epoch0 = [b["index"].tolist() for b in loader]
     epoch1 = [b["index"].tolist() for b in loader]
     assert loader.epoch == 2 and sorted(sum(epoch0, [])) == sorted(sum(epoch1, [])) == list(range(6))
@@ -283,7 +284,7 @@ def test_epochs_reshuffle_and_resume_mid_epoch(vp9_shards):
     first = next(it)
     state = loader.state_dict()
     assert state == {"epoch": 1, "consumed": 1}
-    resumed = build_loader(cfg(vp9_shards, batch_size=2, shuffle_buffer=6), views)
+    resumed = build_loader(cfg(vp9_shards, batch_size=2), views)
     resumed.load_state_dict(state)
     rest = [b for b in resumed]
     assert [b["index"].tolist() for b in rest] == epoch1[1:] and first["index"].tolist() == epoch1[0]

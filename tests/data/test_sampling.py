@@ -36,12 +36,12 @@ def test_shift_stays_within_s_of_the_unshifted_clip():
 def simclr_frames(temporal: str, draws: int, num_frames: int = 200, **kw) -> list[tuple[np.ndarray, np.ndarray]]:
     """(clip_i, clip_j) frame indices of `draws` samples of videoSimCLR's views preset."""
     views = video_simclr_views(VideoContrastViews(temporal=temporal, **kw))
-    drawer = SampleDrawer(views, {"k": 0}, seed=0)
+    drawer = SampleDrawer(views, seed=0)
     meta = {"key": "k", "num_frames": num_frames, "width": 80, "height": 64}
     out = []
     for epoch in range(draws):
         drawer.epoch = epoch
-        d = drawer.draw(meta)
+        d = drawer.draw(meta, 0)
         frames = d["frames"][d["frames.order"]]  # clip_i then clip_j
         m = len(frames) // 2
         out.append((frames[:m], frames[m:]))
@@ -126,11 +126,11 @@ def test_crop_boxes_lie_inside_the_frame(crop):
 def test_audio_window_starts_at_the_followed_views_first_frame():
     views = [ViewSpec("v", temporal=TemporalSpec(frames=8, reverse=0.5)),
              ViewSpec("a", "audio", audio=AudioSpec(follow="v"))]
-    drawer = SampleDrawer(views, {"k": 0}, seed=3)
+    drawer = SampleDrawer(views, seed=3)
     meta = {"key": "k", "num_frames": 40, "width": 80, "height": 64, "fps": 25.0, "audio_rate": 24000}
     for epoch in range(10):
         drawer.epoch = epoch
-        d = drawer.draw(meta)
+        d = drawer.draw(meta, 0)
         frames = d["frames"][d["frames.order"]]
         first = int(frames.min())
         assert d["a.start"][0] == round(first / 25.0 * 24000)
@@ -139,12 +139,12 @@ def test_audio_window_starts_at_the_followed_views_first_frame():
 
 def test_vi2clr_middle_frame_follows_a_looped_clip():
     views = vi2clr_views(Vi2CLRViews(frames=32))
-    drawer = SampleDrawer(views, {"k": 0}, seed=0)
+    drawer = SampleDrawer(views, seed=0)
     for n in (12, 20, 40):  # shorter than the 32-frame clip: it loops, and so does its middle
         meta = {"key": "k", "num_frames": n, "width": 80, "height": 64}
         for epoch in range(5):
             drawer.epoch = epoch
-            d = drawer.draw(meta)
+            d = drawer.draw(meta, 0)
             frames = d["frames"][d["frames.order"]]  # clip1 (32), frame1 (1), clip2 (32), frame2 (1)
             for k in (0, 33):
                 clip, middle = frames[k:k + 32], frames[k + 32]
@@ -172,12 +172,12 @@ def test_grayscale_and_channel_split_are_colour_maps():
 
 def gdt_draws(draws: int) -> list[dict[str, np.ndarray]]:
     """`draws` samples of GDT's views preset on a 320x240, 300-frame video with sound."""
-    drawer = SampleDrawer(gdt_views(GDTViews()), {"k": 0}, seed=0)
+    drawer = SampleDrawer(gdt_views(GDTViews()), seed=0)
     meta = {"key": "k", "num_frames": 300, "width": 320, "height": 240, "fps": 30.0, "audio_rate": 24000}
     out = []
     for epoch in range(draws):
         drawer.epoch = epoch
-        out.append(drawer.draw(meta))
+        out.append(drawer.draw(meta, 0))
     return out
 
 

@@ -50,4 +50,4 @@ def test_flags_are_checked(checkpoint, capsys):
         assert _run(["eval", "--checkpoint", checkpoint, *argv]) == 2
         assert message in capsys.readouterr().err
     assert _run(["eval", "--checkpoint", "/nonexistent.pt", "--probe", "motion"]) == 2
-    assert "no such checkpoint" in capsys.readouterr().err
+    assert "no such encoders file" in capsys.readouterr().err

