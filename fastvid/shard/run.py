@@ -170,8 +170,8 @@ class _Roller:
         if result.split != self.split or redoing is not self.redoing:
             self.close()
             self.split, self.redoing = result.split, redoing
-            if redoing is not None:
-                self.errors = list(redoing["errors"])
+            if redoing is not None:  # its failures; the redone samples bring their notes again
+                self.errors = [e for e in redoing["errors"] if not e["kept"]]
         if isinstance(result, Failure):
             self.errors.append({"key": result.key, "path": result.rel, "kind": result.kind,
                                 "reason": result.reason, "kept": False})
@@ -239,8 +239,10 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
         else:
             records.append(record)
             redone += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
-    # A damaged shard's failures stay failed (they come back with its record); its samples are redone.
-    done = {k for r in records for k in r["keys"]} | {e["key"] for r in journaled for e in r["errors"]}
+    # A damaged shard's failures stay failed (they come back with its record); its samples are redone,
+    # the repaired ones too (a note with kept=True names a sample of the shard, not a failure).
+    done = ({k for r in records for k in r["keys"]}
+            | {e["key"] for r in journaled for e in r["errors"] if not e["kept"]})
     # The damaged shards' samples first, shard by shard, then what no shard holds yet, in plan order.
     todo = sorted((s for s in plan.sources if s.key not in done),
                   key=lambda s: (s.key not in redo, redo[s.key]["tar"] if s.key in redo else ""))
