@@ -223,10 +223,10 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     """Turn cfg.src into shards under cfg.out (resuming an interrupted run); see the module docstring."""
     start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.flow:
         check_flow_method(cfg.flow)
-    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)
+    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)  # before OUT is made
+    out.mkdir(parents=True, exist_ok=True)
     journaled = _load_journal(out, cfg.output_options())
     for stale in out.glob("*.partial"):
         stale.unlink()
