@@ -346,3 +346,31 @@ def test_undecodable_member_names_shard_and_key_or_is_skipped(codec, request, tm
 def test_empty_split_is_an_error(vp9_shards):
     with pytest.raises(LoaderError, match="no shards of split 'val'"):
         build_loader(cfg(vp9_shards, split="val"), [ViewSpec("v")])
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut", "swapped", "shifted"])
+def test_damaged_index_is_an_error_not_less_data(vp9_shards, tmp_path, damage):
+    """An index that disagrees with dataset.json (issue 21, item 3) stops the loader at its start, naming
+    the index: before, an empty or cut one trained on 3 or 4 of the 6 clips, a swapped one on the wrong
+    members, without a word."""
+    out = tmp_path / "shards"
+    shutil.copytree(vp9_shards, out)
+    idx = out / "train-000000.idx"
+    lines = idx.read_text().splitlines(keepends=True)
+    if damage == "empty":
+        idx.write_text("")
+    elif damage == "cut":
+        idx.write_text(lines[0])  # the header still counts 3
+    elif damage == "swapped":
+        shutil.copy(out / "train-000001.idx", idx)  # another shard's: 3 samples too
+    fields = lines[2].split()
+    if damage == "shifted":  # a member moved into the middle of its neighbour
+        fields[1] = str(int(fields[1]) - 512)
+        idx.write_text("".join(lines[:2] + [" ".join(fields) + "\n"] + lines[3:]))
+    reason = {"empty": r"its header \(none\) does not count its 0 sample lines",
+              "cut": "its header v1.2 3 does not count its 0 sample lines",
+              "swapped": "member .* is not one dataset.json records for train-000000.tar",
+              "shifted": rf"member {fields[3]} at offset {fields[1]} overlaps the one before it"}[damage]
+    for on_error in ("raise", "skip"):
+        with pytest.raises(LoaderError, match=rf"^{idx}: {reason}.*; rerun the `fastvid shard` command"):
+            build_loader(cfg(out, on_error=on_error), [ViewSpec("v")])
