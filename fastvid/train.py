@@ -46,6 +46,7 @@ from fastvid.config import (ConfigError, apply_overrides, check_key, did_you_mea
                             parse_override, to_dict)
 from fastvid.data import DataConfig
 from fastvid.data.loader import build_loader
+from fastvid.lock import lock_folder
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
 
 @dataclass
@@ -375,6 +376,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
 
     # Only now write: the config (and, with overwrite, delete the earlier run first).
     if accelerator.is_main_process:
+        run_lock = lock_folder(out_dir, "fastvid train")  # held till train() returns; a second run stops here
+        check_output(out_dir, resume, overwrite)  # again: a run that ended since the first check is seen now
         if overwrite:
             for name in RUN_FILES:
                 target = out_dir / name

@@ -27,10 +27,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastvid.config import ConfigError, to_dict
+from fastvid.lock import lock_folder
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import check_flow_method
 from fastvid.shard.pool import run_isolated
-from fastvid.shard.sources import Source, plan_sources
+from fastvid.shard.sources import Plan, Source, plan_sources
 from fastvid.shard.transcode import Failure, Sample, process
 from fastvid.shard.integrity import verify_tar
 from fastvid.shard.writer import ShardWriter, dali_index
@@ -226,7 +227,12 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     if cfg.flow:
         check_flow_method(cfg.flow)
     plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)  # before OUT is made
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out, "fastvid shard"):  # a second run into OUT stops here
+        return _shard_into(cfg, out, plan, start)
+
+
+def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardSummary:
+    """`shard_dataset` once OUT is made and locked."""
     journaled = _load_journal(out, cfg.output_options())
     for stale in out.glob("*.partial"):
         stale.unlink()
