@@ -26,6 +26,7 @@ from fastvid.data.dali import output_names, used_draws, views_pipeline
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
+from fastvid.lifetime import children_end_with_this_process
 from fastvid.shard import read_manifest
 from fastvid.shard.writer import INDEX_VERSION, split_name
 
@@ -264,7 +265,8 @@ class VideoLoader:
         gc.collect()
         gc.freeze()
         try:
-            pipe.build()
+            with children_end_with_this_process():  # kill -9 of this process takes its decode workers along
+                pipe.build()
         finally:
             gc.unfreeze()
         self._pipe = pipe

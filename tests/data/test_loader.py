@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -374,3 +377,32 @@ def test_damaged_index_is_an_error_not_less_data(vp9_shards, tmp_path, damage):
     for on_error in ("raise", "skip"):
         with pytest.raises(LoaderError, match=rf"^{idx}: {reason}.*; rerun the `fastvid shard` command"):
             build_loader(cfg(out, on_error=on_error), [ViewSpec("v")])
+
+
+LOADER_THEN_WAIT = """
+import sys, time
+from fastvid.data import DataConfig, TemporalSpec, ViewSpec, build_loader
+loader = build_loader(DataConfig(shards=sys.argv[1], batch_size=2, threads=1, workers=2, shuffle_buffer=4),
+                      [ViewSpec("v", temporal=TemporalSpec(frames=2))])
+next(iter(loader))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_decode_workers_end_when_the_loader_process_is_killed(vp9_shards):
+    """kill -9 of a trainer used to leave its decode workers running (~600 MB each on a GPU machine;
+    issue 21, item 8): they now end with it."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", LOADER_THEN_WAIT, str(vp9_shards)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2  # the two decode workers (and any helper DALI starts)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
