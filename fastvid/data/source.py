@@ -171,14 +171,17 @@ class ShardSource:
                 continue
             name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
             keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
+            length = int(meta["num_frames"]) - (ext == "flow.mp4")  # the frames drawn from: checked on opening
             if self.decode == "pyav" and ext == "mp4":
-                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta))
+                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta),
+                                       length=length)
                 self.to_rgb(draw, planes.full_range)
                 media += [planes.luma, planes.chroma]
             elif self.decode == "pyav":  # flow frames: u | v side by side in the luma, chroma neutral
-                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False).grey())
+                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False,
+                                           length=length).grey())
             else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
-                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where)
+                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where, length=length)
                 media.append(np.frombuffer(cut, np.uint8))
         return tuple([draw[n] for n in self.draws] + media)
 

@@ -140,4 +140,4 @@ class DataConfig:
     prefetch: int = 2
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = "raise"
-    verify: bool = False  # check each member read against the CRC-32 `fastvid shard` recorded
+    verify: bool = True  # check each member read against the CRC-32 `fastvid shard` recorded (~0.1-0.4% of decoding)

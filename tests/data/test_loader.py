@@ -332,10 +332,10 @@ def test_undecodable_member_names_shard_and_key_or_is_skipped(codec, request, tm
     data[mp4.offset_data + 64: mp4.offset_data + mp4.size] = b"\x00" * (mp4.size - 64)
     tar.write_bytes(bytes(data))
     key = mp4.name.split(".")[0]
-    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]  # unverified: the decoder finds it
     with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}"):
-        list(build_loader(cfg(out, batch_size=2, drop_last=False), views))
-    loader = build_loader(cfg(out, batch_size=1, on_error="skip"), views)
+        list(build_loader(cfg(out, batch_size=2, drop_last=False, verify=False), views))
+    loader = build_loader(cfg(out, batch_size=1, on_error="skip", verify=False), views)
     with pytest.warns(UserWarning, match=rf"train-000000\.tar:{key}: undecodable \(.*cannot decode.*\); replaced"):
         got = [i for b in loader for i in b["index"].tolist()]
     assert loader.undecodable == {f"train-000000.tar:{key}"} and loader.skipped == [f"train-000000.tar:{key}"]
@@ -406,3 +406,32 @@ def test_decode_workers_end_when_the_loader_process_is_killed(vp9_shards):
         proc.wait()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+@pytest.mark.parametrize("claim", [1, 0])
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_key_json_frame_count_that_is_not_the_videos_is_named(codec, claim, request, tmp_path):
+    """A KEY.json claiming 1 frame of a 40-frame video trained on frame 0 repeated, `num_frames: 0` failed
+    with a ZeroDivisionError naming no sample (issue 21, item 6): both are the sample's error, or its named
+    skip. data.verify=false, so that the member's checksum does not catch the change first."""
+    out = tmp_path / "claims"
+    shutil.copytree(request.getfixturevalue(f"{codec}_shards"), out)
+    tar = Path(read_manifest(out)["shards"][0]["tar"])
+    data = bytearray(tar.read_bytes())
+    with tarfile.open(tar) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(".json"))
+    text = bytes(data[member.offset_data:member.offset_data + member.size])
+    frames = json.loads(text)["num_frames"]
+    old = f'"num_frames": {frames}'.encode()
+    new = f'"num_frames": {claim}'.encode().ljust(len(old))  # the same size: the index still fits
+    data[member.offset_data:member.offset_data + member.size] = text.replace(old, new)
+    tar.write_bytes(bytes(data))
+    key = member.name.split(".")[0]
+    reason = f"KEY.json says 1 frames, the video holds {frames}" if claim else "num_frames 0 is too few"
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}.*{reason}"):
+        list(build_loader(cfg(out, batch_size=2, drop_last=False, verify=False), views))
+    loader = build_loader(cfg(out, batch_size=1, on_error="skip", verify=False), views)
+    with pytest.warns(UserWarning, match=rf"train-000000\.tar:{key}: undecodable \(.*{reason}"):
+        got = [i for b in loader for i in b["index"].tolist()]
+    assert loader.skipped == [f"train-000000.tar:{key}"] and len(got) == 6 and key not in loader.key_index
