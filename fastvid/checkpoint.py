@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import zlib
@@ -134,10 +135,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             shutil.rmtree(path)
         os.replace(partial, path)
         _fsync(path.parent)
+    except (OSError, SafetensorError) as err:  # a full disk, a quota: one line naming the checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _write_error(path, err, "the checkpoints before it are kept") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError | SafetensorError, kept: str) -> OSError:
+    """A write that failed (safetensors reports the OS error inside its own message), as one line."""
+    found = re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", str(err))
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else found.group(1) if found else str(err)
+    return OSError(f"writing {path}: {reason}; nothing partial is left and {kept}")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -258,6 +269,9 @@ def save_encoders(path: str | Path, meta: dict[str, Any], encoders: dict[str, di
         save_file(tensors, partial, metadata={"fastvid": info, "crc32": _tensors_crc(info, tensors)})
         _fsync(partial)
         os.replace(partial, path)
+    except (OSError, SafetensorError) as err:
+        partial.unlink(missing_ok=True)
+        raise _write_error(path, err, "the run's checkpoints are kept") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -274,6 +288,11 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
     """{"method", "config", "step", "encoders": {name: {"arch", "in_channels", "state_dict"}}} from a file
     written by `save_encoders`. A pickle (a `torch.save` file) is refused, unread: unpickling can run code."""
     path = Path(path)
+    if path.is_dir():  # the run folder, or one of its training checkpoints
+        hint = (f"pass {path / 'encoders.pt'}" if (path / "encoders.pt").is_file() else
+                "a training checkpoint: pass the encoders.pt its run writes at the end" if (path / STATE).is_file()
+                else "pass the encoders.pt a training run writes at the end")
+        raise CheckpointError(f"{path}: a folder, not an encoders file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such encoders file")
     if not _is_safetensors(path):

@@ -355,10 +355,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         if accelerator.device.type != "cuda":
             accelerator.print("sync_bn: SyncBatchNorm needs CUDA; each process keeps its own BN statistics")
         method = with_sync_bn(method, world, accelerator.device.type)
-    try:
-        loader = build_loader(cfg.data, views, rank=rank, world_size=world, device=accelerator.device)
-    except json.JSONDecodeError as err:
-        raise RunError(f"--data {cfg.data.shards}: dataset.json is not valid JSON ({err})") from None
+    loader = build_loader(cfg.data, views, rank=rank, world_size=world, device=accelerator.device)
     if len(loader) == 0:
         raise RunError(f"--data {cfg.data.shards}: {loader.samples()} samples per process is less than one batch "
                        f"of data.batch_size={cfg.data.batch_size}; lower --batch-size")

@@ -325,9 +325,23 @@ def read_manifest(path: str | Path) -> dict:
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
-    manifest = json.loads(file.read_text())
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not UTF-8 text (byte {err.start}); not the dataset.json `fastvid shard` "
+                         "writes") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: " + ("empty" if not err.doc.strip() else f"not valid JSON ({err.msg}, line "
+                         f"{err.lineno} column {err.colno})") + "; rerun `fastvid shard` to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{file}: a JSON {type(manifest).__name__}, not the mapping `fastvid shard` writes")
     if manifest.get("version") != 1:
         raise ValueError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
+    shards = manifest.get("shards")
+    if not (isinstance(shards, list) and all(isinstance(s, dict) and {"tar", "index", "split", "samples"} <= set(s)
+                                             for s in shards)):
+        raise ValueError(f"{file}: no `shards` list of {{tar, index, split, samples, ...}} entries; rerun "
+                         "`fastvid shard` to rewrite it")
     base = file.parent.resolve()
     for shard in manifest["shards"]:
         shard["tar"], shard["index"] = str(base / shard["tar"]), str(base / shard["index"])
