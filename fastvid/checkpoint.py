@@ -4,7 +4,7 @@ unpickles anything, so a crafted file cannot run code.
 A training checkpoint is a folder with two files:
     state.json           {"format": "fastvid-checkpoint", "version": 1, "tensors": {"bytes", "crc32"},
                           "state": the saved structure, each tensor replaced by {"__tensor__": name},
-                          "crc32": of the rest of the file (`_json_crc`)}
+                          "crc32": of the rest of the file (`json_checksum`)}
     tensors.safetensors  every tensor of the structure, by name
 `save_checkpoint` writes the folder as `NAME.partial` and renames it once both files are on disk, so a
 folder without the suffix is complete; the CRC-32s in state.json catch either file damaged later (one
@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from fastvid.checksum import json_checksum
 
 FORMAT, VERSION = "fastvid-checkpoint", 1
 STATE, TENSORS = "state.json", "tensors.safetensors"
@@ -92,12 +94,6 @@ def _crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
-def _json_crc(header: dict[str, Any]) -> str:
-    """CRC-32 of a state.json's content without its own "crc32", in one canonical spelling."""
-    body = {k: v for k, v in header.items() if k != "crc32"}
-    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
-
-
 def _tensors_crc(info: str, tensors: dict[str, torch.Tensor]) -> str:
     """CRC-32 of an encoders file's metadata text and its tensors' bytes, by name."""
     crc = zlib.crc32(info.encode())
@@ -128,7 +124,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         _fsync(partial / TENSORS)
         header = {"format": FORMAT, "version": VERSION, "state": encoded,
                   "tensors": {"bytes": (partial / TENSORS).stat().st_size, "crc32": _crc32(partial / TENSORS)}}
-        header["crc32"] = _json_crc(header)
+        header["crc32"] = json_checksum(header)
         (partial / STATE).write_text(json.dumps(header))
         _fsync(partial / STATE)
         if path.exists():  # the same step saved again (e.g. a resumed run stopped at once)
@@ -146,7 +142,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 def _write_error(path: Path, err: OSError | SafetensorError, kept: str) -> OSError:
     """A write that failed (safetensors reports the OS error inside its own message), as one line."""
-    found = re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", str(err))
+    found = re.search(r"I/O error: (.+?)(?: \(os error \d+\)|$)", str(err))
     reason = err.strerror if isinstance(err, OSError) and err.strerror else found.group(1) if found else str(err)
     return OSError(f"writing {path}: {reason}; nothing partial is left and {kept}")
 
@@ -167,7 +163,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / STATE}: not JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise CheckpointError(f"{path / STATE}: not a fastvid checkpoint (format {FORMAT} {VERSION})")
-    if "crc32" in header and (crc := _json_crc(header)) != header["crc32"]:
+    if "crc32" in header and (crc := json_checksum(header)) != header["crc32"]:
         raise CheckpointError(f"{path / STATE}: checksum {crc}, the file says {header['crc32']!r:.20} (damaged)")
     file, recorded = path / TENSORS, header.get("tensors")
     if not (isinstance(recorded, dict) and _is_int(recorded.get("bytes")) and isinstance(recorded.get("crc32"), str)):

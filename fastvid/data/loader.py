@@ -54,8 +54,9 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
     for t, shard in enumerate(shards):
         try:
             lines = Path(shard["index"]).read_text().splitlines()
-        except OSError as err:
-            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({err.strerror}); rerun the "
+        except (OSError, UnicodeDecodeError) as err:
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror
+            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({why}); rerun the "
                               "`fastvid shard` command to rewrite it") from None
         if (problem := index_problem(shard, lines)) is not None:
             raise LoaderError(f"{shard['index']}: {problem}; rerun the `fastvid shard` command to rewrite it")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fastvid.checksum import json_checksum
 from fastvid.config import ConfigError, to_dict
 from fastvid.lock import lock_folder
 from fastvid.shard.config import ShardConfig
@@ -81,25 +82,40 @@ class ShardSummary:
         return "\n".join(lines)
 
 
+def _journal_line(entry: dict) -> str:
+    """A journal line: the entry and the CRC-32 of its content, so that a changed byte is seen, not trusted."""
+    return json.dumps({**entry, "crc32": json_checksum(entry)}, sort_keys=True) + "\n"
+
+
 def _load_journal(out: Path, options: dict) -> list[dict]:
-    """Committed shard records of an earlier run with the same options (a torn last line is ignored)."""
+    """Committed shard records of an earlier run with the same options (a torn last line is ignored: that
+    run was killed while appending it). A damaged line (not the last, or failing its checksum) stops the
+    run: the shards it lists cannot be trusted."""
     path = out / JOURNAL
     if not path.exists():
-        path.write_text(json.dumps({"options": options}, sort_keys=True) + "\n")
+        path.write_text(_journal_line({"options": options}))
         return []
-    lines = path.read_text().splitlines()
-    header = json.loads(lines[0]) if lines else {}
+    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    entries = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) > 1:
+                break
+            entry = None
+        if not isinstance(entry, dict) or ("crc32" in entry and json_checksum(entry) != entry["crc32"]):
+            raise ValueError(f"{path}: line {n} is damaged, so the shards it records cannot be trusted; move "
+                             f"{out} aside and run the command again into an empty OUT")
+        entries.append(entry)
+    header = entries[0] if entries else {}
     if header.get("options") != options:
         old = header.get("options", {})
         diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
         raise ConfigError(f"{out} holds shards made with other options (differing: {', '.join(diff)}); "
                           "rerun with the same options or use an empty OUT")
     records: dict[str | int, dict] = {}  # tar name (or line number for failures only) -> its latest record
-    for n, line in enumerate(lines[1:]):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # killed while appending: that shard is redone
+    for n, record in enumerate(entries[1:]):
         records.pop(record["tar"] or n, None)  # a redone shard's record supersedes (and follows) the old one
         records[record["tar"] or n] = record
     return list(records.values())
@@ -203,7 +219,7 @@ class _Roller:
 
     def _record(self, record: dict) -> None:
         record["errors"], self.errors = self.errors, []
-        self.journal.write(json.dumps(record, sort_keys=True) + "\n")
+        self.journal.write(_journal_line(record))
         self.journal.flush()
         os.fsync(self.journal.fileno())
         self.records.append(record)
@@ -301,6 +317,7 @@ def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: lis
     manifest = {"version": 1, "shards": shards, "classes": classes, "splits": dict(sorted(splits.items())),
                 "samples": sum(splits.values()), "frames": sum(s["frames"] for s in shards), "options": to_dict(cfg)}
     errors = [{"key": None, **e, "kept": False} for e in unusable] + [e for r in records for e in r["errors"]]
+    manifest["crc32"] = json_checksum(manifest)
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _write_atomic(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     return ShardSummary(out=out, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
@@ -337,6 +354,9 @@ def read_manifest(path: str | Path) -> dict:
         raise ValueError(f"{file}: a JSON {type(manifest).__name__}, not the mapping `fastvid shard` writes")
     if manifest.get("version") != 1:
         raise ValueError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
+    if "crc32" in manifest and (crc := json_checksum(manifest)) != manifest["crc32"]:  # absent: an older fastvid's
+        raise ValueError(f"{file}: checksum {crc}, the file says {manifest['crc32']!r:.20} (damaged or edited); "
+                         "rerun `fastvid shard` to rewrite it")
     shards = manifest.get("shards")
     if not (isinstance(shards, list) and all(isinstance(s, dict) and {"tar", "index", "split", "samples"} <= set(s)
                                              for s in shards)):
