@@ -5,7 +5,8 @@ checkpoints; shards listed by a run that did not make them). The process that us
 exclusive `flock` on FOLDER/.lock; a second one gets one line naming the folder and the holder's pid. The
 kernel drops the lock with the process (kill -9 included), so no stale lock is ever left to clean up; the
 file itself stays (deleting it would let a third process lock a new file while the second holds the old).
-Processes forked while the lock is held share it and end with their parent (they die with it).
+A process forked while the lock is held (a decode or transcode worker) closes its copy at once: a flock
+belongs to the open file, so a worker still exiting after its parent's kill -9 would otherwise hold it.
 """
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ class FolderLock:
 # Folders this process holds: locking one again from the same process (a resumed run in a test, a library
 # user) returns the same lock instead of refusing the process itself.
 _held: weakref.WeakValueDictionary[Path, FolderLock] = weakref.WeakValueDictionary()
+
+
+def _close_in_child() -> None:
+    for lock in list(_held.values()):
+        if lock._fd is not None:
+            os.close(lock._fd)  # the child's copy only: the parent's descriptor keeps the lock
+            lock._fd = None
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_folder(folder: str | Path, user: str) -> FolderLock:

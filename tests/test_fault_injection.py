@@ -163,12 +163,18 @@ def test_kill9_during_shard_writes_then_a_rerun_gives_the_same_shards(src: Path,
     """`fastvid shard` killed at a random moment, then run again: byte-identical shards, each sample once."""
     argv = ["shard", str(src), "OUT", "--short-side", "32", "--gop", "4", "--workers", "1", "--max-samples", "2",
             "--no-progress"]
+    def start(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", RUN, *[str(out) if a == "OUT" else a for a in argv]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    began = time.monotonic()
+    assert start(tmp_path / "whole").wait() == 0
+    whole = time.monotonic() - began  # on this machine, now: the kills fall inside such a run
     rng = random.Random("kill-shard")
     for trial in range(TRIALS):
         out = tmp_path / f"t{trial}"
-        proc = subprocess.Popen([sys.executable, "-c", RUN, *[str(out) if a == "OUT" else a for a in argv]],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 6.0))  # from imports to the last shard on this machine
+        proc = start(out)
+        time.sleep(rng.uniform(0.3, 1.0) * whole)
         os.kill(proc.pid, signal.SIGKILL)
         finished = proc.wait() == 0
         summary = shard_dataset(ShardConfig(src=str(src), out=str(out), **SHARD))

@@ -80,3 +80,21 @@ def test_second_training_run_into_a_held_folder_is_one_line(shards: str, tmp_pat
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no config.yaml, no tb/
     finally:
         kill9(proc)
+
+
+def test_a_forked_worker_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """Workers are forked while the folder is held; one still alive (or still exiting after its parent's
+    kill -9) must not keep others out once its parent let go."""
+    import multiprocessing
+    import time
+
+    folder = tmp_path / "out"
+    lock = lock_folder(folder, "a test")
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    try:
+        lock.release()
+        kill9(holder(folder))  # another process takes the folder while the forked child lives
+    finally:
+        child.kill()
+        child.join()
