@@ -26,7 +26,7 @@ from fastvid.models import Encoder
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, checked for the keys evaluation needs."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFile(f"{path}: no such checkpoint")
     ckpt = load_encoders(path)
     for name, entry in ckpt["encoders"].items():

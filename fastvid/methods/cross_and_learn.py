@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvid.config import ConfigError
 from fastvid.data import ViewSpec
 from fastvid.data.views import CrossAndLearnViews, cross_and_learn_views
 from fastvid.kernels.frame_diff import frame_diff
 from fastvid.losses import cross_and_learn_loss
 from fastvid.methods.base import Method
 from fastvid.models import Encoder
+from fastvid.models.caffenet import CaffeNetBN
 
 
 @dataclass
@@ -44,6 +46,11 @@ class CrossAndLearnConfig:
     # second modality y ("flow" or "sod"), stack lengths, 224 crops of frames rescaled to height 256,
     # flow-magnitude-weighted pair sampling
     views: CrossAndLearnViews = field(default_factory=CrossAndLearnViews)
+
+    def __post_init__(self) -> None:  # at load time: not at the first step, after the run folder is written
+        if self.arch == "caffenet_bn" and self.views.size < CaffeNetBN.MIN_SIZE:
+            raise ConfigError(f"model.views.size: CaffeNet needs crops of at least "
+                              f"{CaffeNetBN.MIN_SIZE} px, got {self.views.size}")
 
 
 class CrossAndLearn(Method):
