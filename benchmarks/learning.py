@@ -66,10 +66,11 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from fastvid.checkpoint import load_encoders
 from fastvid.config import from_dict
 from fastvid.data.sample import CLIPS, SampleOptions, cache_root, clip_dir, sample_dataset
 from fastvid.eval.api import shard_videos
-from fastvid.eval.encoders import embed, load_encoder, pick_encoder, read_checkpoint
+from fastvid.eval.encoders import embed, load_encoder, pick_encoder
 from fastvid.eval.metrics import cosine_neighbours, wilson_interval
 from fastvid.eval.probe import MOTIONS, ClipSpec, ProbeConfig, decode_video, make_clip, make_probe_set, score_probe
 from fastvid.methods import METHODS, Method, get_method
@@ -373,7 +374,7 @@ def run_one(method_name: str, seed: int, args: argparse.Namespace, sets: ClipSet
     last = train(cfg, overwrite=True)
     pretrain_s = time.perf_counter() - t0
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~GBs; the benchmark needs only encoders.pt
-    ckpt = read_checkpoint(run_dir / "encoders.pt")
+    ckpt = load_encoders(run_dir / "encoders.pt")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, features_s, probes_s = [], 0.0, 0.0
     for spec in eval_inputs(method, ckpt):

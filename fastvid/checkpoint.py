@@ -3,21 +3,26 @@ unpickles anything, so a crafted file cannot run code.
 
 A training checkpoint is a folder with two files:
     state.json           {"format": "fastvid-checkpoint", "version": 1, "tensors": {"bytes", "crc32"},
-                          "state": the saved structure, each tensor replaced by {"__tensor__": name}}
+                          "state": the saved structure, each tensor replaced by {"__tensor__": name},
+                          "crc32": of the rest of the file (`json_checksum`)}
     tensors.safetensors  every tensor of the structure, by name
 `save_checkpoint` writes the folder as `NAME.partial` and renames it once both files are on disk, so a
-folder without the suffix is complete; the CRC-32 in state.json catches a file damaged later.
+folder without the suffix is complete; the CRC-32s in state.json catch either file damaged later (one
+changed digit in state.json would resume at another step). Files written before state.json had its own
+CRC-32 load unchecked.
 `newest_checkpoint` tries the folders from the newest and names every one it skips, with the reason.
 
 An encoders file (`encoders.pt`, the name `fastvid eval` has always taken) is one safetensors file: the
 weights as `ENCODER/PARAM` and, in its metadata, {"method", "config", "step", "encoders": {name: {"arch",
-"in_channels"}}}. It too is written to a temporary name and renamed.
+"in_channels"}}} and the CRC-32 of that metadata and every tensor's bytes (a flipped bit in a weight
+would otherwise evaluate without a word). It too is written to a temporary name and renamed.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import zlib
@@ -29,7 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from fastvid.errors import MissingFile, UserError
+from fastvid.checksum import json_checksum
+from fastvid.errors import MissingFile, UserError, WriteFailed
 
 FORMAT, VERSION = "fastvid-checkpoint", 1
 STATE, TENSORS = "state.json", "tensors.safetensors"
@@ -89,6 +95,14 @@ def _crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
+def _tensors_crc(info: str, tensors: dict[str, torch.Tensor]) -> str:
+    """CRC-32 of an encoders file's metadata text and its tensors' bytes, by name."""
+    crc = zlib.crc32(info.encode())
+    for name in sorted(tensors):
+        crc = zlib.crc32(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -111,16 +125,27 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         _fsync(partial / TENSORS)
         header = {"format": FORMAT, "version": VERSION, "state": encoded,
                   "tensors": {"bytes": (partial / TENSORS).stat().st_size, "crc32": _crc32(partial / TENSORS)}}
+        header["crc32"] = json_checksum(header)
         (partial / STATE).write_text(json.dumps(header))
         _fsync(partial / STATE)
         if path.exists():  # the same step saved again (e.g. a resumed run stopped at once)
             shutil.rmtree(path)
         os.replace(partial, path)
         _fsync(path.parent)
+    except (OSError, SafetensorError) as err:  # a full disk, a quota: one line naming the checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _write_error(path, err, "the checkpoints before it are kept") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError | SafetensorError, kept: str) -> WriteFailed:
+    """A write that failed (safetensors reports the OS error inside its own message), as one line."""
+    found = re.search(r"I/O error: (.+?)(?: \(os error \d+\)|$)", str(err))
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else found.group(1) if found else str(err)
+    return WriteFailed(f"writing {path}: {reason}; nothing partial is left and {kept}")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -137,6 +162,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / STATE}: not JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise CheckpointError(f"{path / STATE}: not a fastvid checkpoint (format {FORMAT} {VERSION})")
+    if "crc32" in header and (crc := json_checksum(header)) != header["crc32"]:
+        raise CheckpointError(f"{path / STATE}: checksum {crc}, the file says {header['crc32']!r:.20} (damaged)")
     file, recorded = path / TENSORS, header.get("tensors")
     if not (isinstance(recorded, dict) and _is_int(recorded.get("bytes")) and isinstance(recorded.get("crc32"), str)):
         raise CheckpointError(f"{path / STATE}: its \"tensors\" entry is not {{\"bytes\": int, \"crc32\": str}} "
@@ -230,12 +257,16 @@ def save_encoders(path: str | Path, meta: dict[str, Any], encoders: dict[str, di
     path = Path(path)
     tensors = {f"{name}/{key}": t.detach().cpu().contiguous().clone()
                for name, entry in encoders.items() for key, t in entry["state_dict"].items()}
-    info = {**meta, "encoders": {n: {"arch": e["arch"], "in_channels": e["in_channels"]} for n, e in encoders.items()}}
+    info = json.dumps({**meta, "encoders": {n: {"arch": e["arch"], "in_channels": e["in_channels"]}
+                                            for n, e in encoders.items()}})
     partial = path.with_name(path.name + PARTIAL)
     try:
-        save_file(tensors, partial, metadata={"fastvid": json.dumps(info)})
+        save_file(tensors, partial, metadata={"fastvid": info, "crc32": _tensors_crc(info, tensors)})
         _fsync(partial)
         os.replace(partial, path)
+    except (OSError, SafetensorError) as err:
+        partial.unlink(missing_ok=True)
+        raise _write_error(path, err, "the run's checkpoints are kept") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -252,6 +283,11 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
     """{"method", "config", "step", "encoders": {name: {"arch", "in_channels", "state_dict"}}} from a file
     written by `save_encoders`. A pickle (a `torch.save` file) is refused, unread: unpickling can run code."""
     path = Path(path)
+    if path.is_dir():  # the run folder, or one of its training checkpoints
+        hint = (f"pass {path / 'encoders.pt'}" if (path / "encoders.pt").is_file() else
+                "a training checkpoint: pass the encoders.pt its run writes at the end" if (path / STATE).is_file()
+                else "pass the encoders.pt a training run writes at the end")
+        raise CheckpointError(f"{path}: a folder, not an encoders file; {hint}")
     if not path.is_file():
         raise MissingFile(f"{path}: no such encoders file")
     if not _is_safetensors(path):
@@ -259,10 +295,13 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
                               "fastvid?); it is not loaded, since unpickling can run code")
     try:
         with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {})["fastvid"])
+            metadata = f.metadata() or {}
+            info = json.loads(metadata["fastvid"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable encoders file ({err})") from None
+    if "crc32" in metadata and (crc := _tensors_crc(metadata["fastvid"], tensors)) != metadata["crc32"]:
+        raise CheckpointError(f"{path}: checksum {crc}, the file says {metadata['crc32']!r:.20} (damaged)")
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: its metadata is a {type(info).__name__}, not a mapping")
     if not isinstance(info.get("encoders"), dict) or not info["encoders"]:

@@ -81,6 +81,10 @@ def _run_shard(args: argparse.Namespace) -> int:
         progress=not args.no_progress)
     summary = shard_dataset(cfg)
     print(summary.format())
+    if not summary.samples:
+        print(f"fastvid shard: error: no file of {cfg.src} could be sharded (see {summary.out / 'errors.jsonl'})",
+              file=sys.stderr)
+        return 1
     if cfg.strict and summary.num_rejected:
         print(f"--strict: {summary.num_rejected} file(s) rejected", file=sys.stderr)
         return 1

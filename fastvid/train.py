@@ -51,6 +51,7 @@ from fastvid.data import DataConfig
 from fastvid.data.loader import VideoLoader, build_loader
 from fastvid.data.sample import holdout
 from fastvid.errors import Interrupted, NonFiniteLossError, RunError
+from fastvid.lock import FolderLock, lock_folder
 from fastvid.methods import METHODS, Method, OptimConfig, get_method
 from fastvid.plot import CURVES, METRICS, plot_run
 from fastvid.validation import Validation, build_validation, validate
@@ -330,6 +331,7 @@ class Run:
     progress: Progress
     total_steps: int  # the schedule's length
     stop: int  # the step this invocation ends at (train.max_steps)
+    lock: FolderLock | None = None  # the main process's lock on out_dir, held while this object lives
 
     def objects(self) -> dict[str, Any]:
         """What is checkpointed beside the weights."""
@@ -356,10 +358,7 @@ def build_data(cfg: RunConfig, method: Method, accelerator: Accelerator
             sample = sample_dataset(audio=any(v.modality == "audio" for v in method.views()))
         cfg = replace(cfg, data=replace(cfg.data, shards=str(sample)))
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    try:
-        loader = build_loader(cfg.data, method.views(), rank=rank, world_size=world, device=device)
-    except json.JSONDecodeError as err:
-        raise RunError(f"--data {cfg.data.shards}: dataset.json is not valid JSON ({err})") from None
+    loader = build_loader(cfg.data, method.views(), rank=rank, world_size=world, device=device)
     held_out = None  # the demo's validation clips: the end of each source clip, and no clip overlapping them
     if cfg.data.val_split == "holdout":
         train_keys, held_out = holdout(loader.key_index, cfg.data.val_clips)
@@ -401,7 +400,10 @@ def setup(cfg: RunConfig, resume: bool, overwrite: bool) -> Run:
     if resume:  # the newest checkpoint that loads (nothing in it is unpickled), found before a file is written
         ckpt, state, skipped = newest_checkpoint(out_dir / "checkpoints")
     accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
+    run_lock = None
     if accelerator.is_main_process:
+        run_lock = lock_folder(out_dir, "fastvid train")  # held till the run ends; a second run stops here
+        check_output(out_dir, resume, overwrite)  # again: a run that ended since the first check is seen now
         write_run_folder(cfg, out_dir, overwrite)
     optimizer = build_optimizer(method, cfg.optim)
     # Stepped by hand once per optimiser step: Accelerate's prepared scheduler would step once per process and
@@ -409,7 +411,8 @@ def setup(cfg: RunConfig, resume: bool, overwrite: bool) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, total_steps))
     model, optimizer = accelerator.prepare(method, optimizer)
     run = Run(cfg, out_dir, accelerator, accelerator.unwrap_model(model), model, optimizer, scheduler, loader,
-              feature_loader, validation, Progress(), total_steps, min(total_steps, cfg.train.max_steps or total_steps))
+              feature_loader, validation, Progress(), total_steps, min(total_steps, cfg.train.max_steps or total_steps),
+              run_lock)
     if resume:
         for reason in skipped:
             accelerator.print(f"skipped checkpoint {reason}")

@@ -168,6 +168,7 @@ def test_a_state_json_with_a_bad_tensors_entry_is_a_checkpoint_error(tmp_path: P
 
     path = save_checkpoint(tmp_path / "step_00000001", {"w": torch.ones(2)})
     header = json.loads((path / STATE).read_text())
+    del header["crc32"]  # as files written before state.json had its own checksum: their entries are checked
     if tensors is None:
         del header["tensors"]
     else:
@@ -214,3 +215,33 @@ def test_processes_beyond_the_saved_ones_get_distinct_deterministic_rngs() -> No
     assert draws(0) == first and draws(2) == third and draws(3) == fourth  # deterministic
     assert len({first, second, third, fourth}) == 4
     assert all(a != b for a, b in zip(third, first)) and all(a != b for a, b in zip(fourth, third))
+
+
+@pytest.mark.parametrize("damage", ["a digit", "a key"])
+def test_a_changed_state_json_is_damage_and_the_previous_checkpoint_is_taken(tmp_path: Path, damage: str) -> None:
+    """One character changed in state.json (issue 21, item 5): step 6 -> 7 used to resume at step 7, a
+    damaged key to fail with a traceback; both are now a checksum mismatch, skipped with one line."""
+    folder = tmp_path / "checkpoints"
+    for step in (5, 6):
+        save_checkpoint(folder / f"step_{step:08d}", {"progress": {"step": step}, "w": torch.full((2,), float(step))})
+    state = folder / "step_00000006" / STATE
+    text = state.read_text()
+    changed = text.replace('"step": 6', '"step": 7') if damage == "a digit" else text.replace('"progress"', '"progresz"')
+    assert changed != text and len(changed) == len(text)
+    state.write_text(changed)
+    path, loaded, skipped = newest_checkpoint(folder)
+    assert path.name == "step_00000005" and loaded["progress"] == {"step": 5}
+    assert len(skipped) == 1 and skipped[0].startswith(f"{state}: checksum ") and skipped[0].endswith("(damaged)")
+    assert "\n" not in skipped[0]
+
+
+def test_a_flipped_bit_in_a_weight_of_encoders_pt_is_refused(tmp_path: Path) -> None:
+    """A bit flipped in encoders.pt that makes a weight 1e37 (issue 21, item 5) used to evaluate silently."""
+    path = save_encoders(tmp_path / "encoders.pt", {"method": "gdt", "config": {}, "step": 3},
+                         {"audio": Encoder("resnet9", in_channels=1).export()})
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x7E  # a high byte of the last float32 weight: its exponent jumps
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"^{path}: checksum [0-9a-f]{{8}}, the file says '[0-9a-f]{{8}}' "
+                                              r"\(damaged\)$"):
+        load_encoders(path)

@@ -43,7 +43,7 @@ USER_ERRORS = {  # name: (arguments, what the one line says)
     "no config file": (["--method", "gdt", "--config", "/nonexistent.yaml"],
                        r"/nonexistent\.yaml: no such config file"),
     "resume of nothing": (["--method", "gdt", "--resume", "--output", "none"], r"--resume: none holds no run"),
-    "broken dataset.json": (["--method", "gdt", "--data", "{broken}"], r"dataset\.json is not valid JSON"),
+    "broken dataset.json": (["--method", "gdt", "--data", "{broken}"], r"dataset\.json: not valid JSON"),
     "a member missing": (["--method", "gdt", "--data", "{shards}"], r"has no \.flac member"),
     "batch bigger than the data": (["--method", "video_simclr", "--data", "{shards}", "--batch-size", "1000"],
                                    r"53 samples per process is less than one batch of data\.batch_size=1000"),

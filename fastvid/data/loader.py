@@ -28,13 +28,15 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.errors import UserError
+from fastvid.lifetime import children_end_with_this_process
 from fastvid.shard import read_manifest
 from fastvid.shard.flow import dequantise
-from fastvid.shard.writer import split_name
+from fastvid.shard.writer import INDEX_VERSION, split_name
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
+BLOCK = 512  # tar block: every member's data starts on one, after its 512-byte header
 
 
 class LoaderError(UserError, RuntimeError):
@@ -48,16 +50,20 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
     Returns the table of where the members of the samples to read lie, key -> dataset position
     (stable: skipped samples keep their numbers free), and the skipped "shard:key" names (incomplete, or
     in `undecodable`, when on_error="skip"). Raises LoaderError naming shard and key for the first
-    incomplete sample, and naming the shard when the tar is shorter than its index says."""
+    incomplete sample, and naming the shard when the tar is shorter than its index says, or the index when
+    it disagrees with dataset.json (`index_problem`)."""
     rows, key_index, skipped, position = [], {}, [], 0
     for t, shard in enumerate(shards):
         try:
             lines = Path(shard["index"]).read_text().splitlines()
-        except OSError as err:
-            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({err.strerror}); rerun the "
+        except (OSError, UnicodeDecodeError) as err:
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror
+            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({why}); rerun the "
                               "`fastvid shard` command to rewrite it") from None
+        if (problem := index_problem(shard, lines)) is not None:
+            raise LoaderError(f"{shard['index']}: {problem}; rerun the `fastvid shard` command to rewrite it")
         recorded = shard.get("members", {})  # name -> [size, crc32] (shards written by fastvid >= issue 14)
-        end = 0
+        end, tar_name = 0, Path(shard["tar"]).name
         for line in lines[1:]:
             fields = line.split()  # per member: ext offset size name
             members = {e: (int(o), int(z)) for e, o, z in zip(fields[0::4], fields[1::4], fields[2::4])}
@@ -68,7 +74,7 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
             if missing and on_error == "raise":
                 raise LoaderError(f"{shard['tar']}: sample {key!r} has no {', '.join('.' + m for m in missing)} "
                                   f"member (the views need {', '.join(exts)})")
-            name = f"{Path(shard['tar']).name}:{key}"
+            name = f"{tar_name}:{key}"
             if missing or name in undecodable:
                 skipped.append(name)
                 rows.append(None)
@@ -81,6 +87,42 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
             raise LoaderError(f"{shard['tar']}: " + ("missing" if size < 0 else
                               f"{size} bytes, its index needs {end}: truncated or damaged; re-run `fastvid shard`"))
     return SampleTable.build(rows, exts), key_index, skipped
+
+
+def index_problem(shard: dict, lines: list[str]) -> str | None:
+    """Why a shard's index (its lines) cannot be the one of the tar dataset.json describes, or None: its
+    header and its sample lines must count dataset.json's samples, each member once; each member it lists
+    must be one dataset.json records, with that size (where recorded: shards of fastvid >= issue 14); and
+    members must follow each other in the tar (each after the previous one's data and a 512-byte header).
+    An empty, cut or swapped index would otherwise train on part of the data without a word. Checked on
+    all members of the shard at once (about 1/10 of the loader's own scan of the index)."""
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or header[0] != INDEX_VERSION or header[1] != str(len(lines) - 1):
+        return f"its header {' '.join(header) or '(none)'} does not count its {max(len(lines) - 1, 0)} sample lines"
+    if len(lines) - 1 != shard["samples"]:
+        return f"it lists {len(lines) - 1} samples, dataset.json says {shard['samples']}"
+    fields = " ".join(lines[1:]).split()  # per member: ext offset size name; lines hold whole members
+    names = fields[3::4]
+    try:
+        offsets, sizes = np.array(fields[1::4], np.int64), np.array(fields[2::4], np.int64)
+    except ValueError:
+        offsets = sizes = np.empty(0, np.int64)
+    if len(fields) % 4 or len(offsets) != len(names):
+        return "a sample line is not `ext offset size name` per member"
+    if len(set(names)) != len(names):
+        return "a member is listed twice"
+    recorded = shard.get("members")
+    if recorded is not None:
+        expected = np.array([recorded.get(n, (-1,))[0] for n in names], np.int64)
+        if (bad := np.flatnonzero(expected != sizes)).size:
+            name, size = names[bad[0]], sizes[bad[0]]
+            return (f"member {name}: {size} bytes, dataset.json records {recorded[name][0]}" if name in recorded
+                    else f"member {name} is not one dataset.json records for {Path(shard['tar']).name}")
+    starts = np.concatenate([[0], offsets[:-1] + sizes[:-1] + BLOCK])  # the earliest each member can start
+    if (bad := np.flatnonzero((offsets % BLOCK != 0) | (offsets < starts))).size:
+        return (f"member {names[bad[0]]} at offset {offsets[bad[0]]} overlaps the one before it or is off a "
+                "512-byte block")
+    return None
 
 
 class VideoLoader:
@@ -235,7 +277,8 @@ class VideoLoader:
         gc.collect()
         gc.freeze()
         try:
-            pipe.build()
+            with children_end_with_this_process():  # kill -9 of this process takes its decode workers along
+                pipe.build()
         finally:
             gc.unfreeze()
         self._pipe = pipe

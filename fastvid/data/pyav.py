@@ -80,21 +80,24 @@ def plan_runs(frames: Sequence[int], keyframes: Sequence[int]) -> list[tuple[int
 
 
 def decode_frames(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
-                  where: str = "", box: tuple[int, int, int, int] | None = None, chroma: bool = True) -> Planes:
+                  where: str = "", box: tuple[int, int, int, int] | None = None, chroma: bool = True,
+                  length: int | None = None) -> Planes:
     """The frames at the sorted, distinct indices `frames`, cut to `box` = (x0, y0, x1, y1) (even
     coordinates; None: whole frames), as 4:2:0 planes (luma only unless `chroma`).
 
     `keyframes`: frame indices where decoding may start; `fps`: the rate the frames are stamped at
-    (frame i has presentation time i / fps). Raises ValueError naming `where` when the member does not
-    decode or lacks a frame."""
+    (frame i has presentation time i / fps); `length`: the frames KEY.json says the member holds (None: not
+    checked). Raises ValueError naming `where` when the member does not decode, lacks a frame, or holds
+    another number of frames than `length` (frames drawn from a wrong count would repeat or go unread)."""
     try:
-        return decode_runs(data, np.asarray(frames, np.int64), keyframes, fps, box, chroma)[0]
+        return decode_runs(data, np.asarray(frames, np.int64), keyframes, fps, box, chroma, length)[0]
     except (av.FFmpegError, ValueError) as err:
         raise ValueError(f"{where + ': ' if where else ''}cannot decode: {err}") from err
 
 
 def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
-                box: tuple[int, int, int, int] | None = None, chroma: bool = True) -> tuple[Planes, int]:
+                box: tuple[int, int, int, int] | None = None, chroma: bool = True,
+                length: int | None = None) -> tuple[Planes, int]:
     """`decode_frames` without the error context, and the number of frames the decoder produced."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     slot = {int(f): k for k, f in enumerate(frames.tolist())}
@@ -102,6 +105,7 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
     got = produced = 0
     with av.open(io.BytesIO(raw)) as container:
         stream = container.streams.video[0]
+        check_length(stream, length)
         stream.codec_context.thread_count = 1  # parallelism comes from the workers, not from threads
         # pts per frame, as a float: Fraction arithmetic per packet cost a millisecond per clip
         ticks = float(1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base))
@@ -136,6 +140,13 @@ def decode_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequenc
 _PLANAR_420 = ("yuv420p", "yuvj420p")  # limited- and full-range 4:2:0 with three planes
 
 
+def check_length(stream: av.video.stream.VideoStream, length: int | None) -> None:
+    """Raise ValueError when the container's frame count (the mp4 sample table `fastvid shard` writes;
+    read without decoding) is known and is not `length`: the video's own count wins over KEY.json's."""
+    if length is not None and stream.frames and stream.frames != length:
+        raise ValueError(f"KEY.json says {length} frames, the video holds {stream.frames}")
+
+
 def _planes_for(count: int, box: tuple[int, int, int, int], chroma: bool, full_range: bool) -> Planes:
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
@@ -144,17 +155,17 @@ def _planes_for(count: int, box: tuple[int, int, int, int], chroma: bool, full_r
 
 
 def cut_member(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int], fps: float,
-               where: str = "") -> tuple[bytes, np.ndarray]:
+               where: str = "", length: int | None = None) -> tuple[bytes, np.ndarray]:
     """`cut_runs` with errors naming `where`, and indices as int32 (DALI's `frames` argument)."""
     try:
-        cut, new = cut_runs(data, np.asarray(frames, np.int64), keyframes, fps)
+        cut, new = cut_runs(data, np.asarray(frames, np.int64), keyframes, fps, length)
     except (av.FFmpegError, ValueError) as err:
         raise ValueError(f"{where + ': ' if where else ''}cannot cut: {err}") from err
     return cut, new.astype(np.int32)
 
 
 def cut_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[int],
-             fps: float) -> tuple[bytes, np.ndarray]:
+             fps: float, length: int | None = None) -> tuple[bytes, np.ndarray]:
     """A shorter mp4 holding only the GOPs that cover the sorted, distinct `frames`, and their indices in it.
 
     For decoders that read a clip from its first frame (DALI's): packets are copied, not decoded, so the
@@ -167,6 +178,7 @@ def cut_runs(data: bytes | np.ndarray, frames: np.ndarray, keyframes: Sequence[i
     buffer = io.BytesIO()
     with av.open(io.BytesIO(raw)) as source, av.open(buffer, "w", format="mp4") as out:
         stream = source.streams.video[0]
+        check_length(stream, length)
         target = out.add_stream_from_template(stream)
         ticks = float(1 / (Fraction(fps).limit_denominator(1_000_000) * stream.time_base))
         offset = 0  # frames of the cut clip before this run

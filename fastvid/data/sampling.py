@@ -179,6 +179,8 @@ class SampleDrawer:
         """All draws of the sample described by its shard json `meta`, at dataset position `index`."""
         rng = self.rng(index)
         n = int(meta["num_frames"])
+        if n < 1 + any(v.modality == "flow" for v in self.video):  # a flow frame needs two video frames
+            raise ValueError(f"num_frames {n} is too few for these views")
         magnitude = (meta.get("flow") or {}).get("magnitude")
         anchors: dict[str, int] = {}
         parities: dict[str, int] = {}  # per anchor: which half of 2m frames the drop views of phase 0 keep

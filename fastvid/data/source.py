@@ -25,6 +25,7 @@ import numpy as np
 from fastvid.data.pyav import cut_member, decode_frames, yuv_to_rgb
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
+from fastvid.lifetime import die_with_parent
 from fastvid.shard.integrity import verify_member
 
 YUV_TO_RGB = {full: yuv_to_rgb(full) for full in (False, True)}  # by range: computed once, used per sample
@@ -124,9 +125,16 @@ class ShardSource:
         self.names = self.draws + media_outputs(self.media, decode)
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
         self._files: dict[int, int] = {}
+        self.parent = os.getpid()  # the loader's process: the workers end with it
 
     def __getstate__(self) -> dict:  # sent to spawned workers: no open files, no cached orders
         return {**self.__dict__, "_orders": {}, "_files": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        """In a spawned worker: it ends with the loader's process (forked ones: `children_end_with_this_process`)."""
+        self.__dict__.update(state)
+        if os.getpid() != self.parent:
+            die_with_parent(self.parent)
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         order, epoch = self._order(info.epoch_idx)
@@ -163,14 +171,17 @@ class ShardSource:
                 continue
             name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
             keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
+            length = int(meta["num_frames"]) - (ext == "flow.mp4")  # the frames drawn from: checked on opening
             if self.decode == "pyav" and ext == "mp4":
-                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta))
+                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta),
+                                       length=length)
                 self.to_rgb(draw, planes.full_range)
                 media += [planes.luma, planes.chroma]
             elif self.decode == "pyav":  # flow frames: u | v side by side in the luma, chroma neutral
-                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False).grey())
+                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False,
+                                           length=length).grey())
             else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
-                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where)
+                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where, length=length)
                 media.append(np.frombuffer(cut, np.uint8))
         return tuple([draw[n] for n in self.draws] + media)
 

@@ -151,7 +151,7 @@ class DataConfig:
     prefetch: int = 2
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = "raise"
-    verify: bool = False  # check each member read against the CRC-32 `fastvid shard` recorded
+    verify: bool = True  # check each member read against the CRC-32 `fastvid shard` recorded (~0.1-0.4% of decoding)
     # Validation while training (`fastvid.validation`, every train.val_every steps): held-out clips.
     # auto: the shards' "val" split, else "test", else none; "none": no validation; "holdout" (the demo): the end
     # of each source clip of the embedded sample, and no training clip that shares a frame with it

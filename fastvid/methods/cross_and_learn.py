@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvid.config import ConfigError
 from fastvid.data import ViewSpec
 from fastvid.data.views import CrossAndLearnViews, cross_and_learn_views
 from fastvid.kernels.frame_diff import frame_diff
 from fastvid.losses import cross_and_learn_loss
 from fastvid.methods.base import Method, require
 from fastvid.models import Encoder
+from fastvid.models.caffenet import CaffeNetBN
 
 
 @dataclass
@@ -49,6 +51,9 @@ class CrossAndLearnConfig:
         require(self.eps > 0, "eps", "must be > 0", self.eps)
         require(self.objective == "concat" or self.use_cross or self.use_div, "use_div",
                 "use_cross and use_div both off leave no loss", self.use_div)
+        if self.arch == "caffenet_bn" and self.views.size < CaffeNetBN.MIN_SIZE:
+            raise ConfigError(f"model.views.size: CaffeNet needs crops of at least "
+                              f"{CaffeNetBN.MIN_SIZE} px, got {self.views.size}")
 
 
 class CrossAndLearn(Method):

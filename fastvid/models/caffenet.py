@@ -27,6 +27,8 @@ def _conv_relu_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: 
 class CaffeNetBN(nn.Module):
     """CaffeNet-BN classifier; `classifier[:3]` (dropout -> fc6 -> ReLU) is the representation."""
 
+    MIN_SIZE = 67  # px: conv1 (11, stride 4) and three 3x3 stride-2 pools leave pool5 empty below it
+
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
         pool = lambda: nn.MaxPool2d(kernel_size=3, stride=2)  # noqa: E731 - Caffe's overlapping pooling

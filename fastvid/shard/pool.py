@@ -8,15 +8,15 @@ the order of the inputs, at most `2 * workers` ahead of the consumer.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import TypeVar
+
+from fastvid.lifetime import die_with_parent
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -31,7 +31,7 @@ def _serve(work: Callable, conn: Connection, parent_pid: int) -> None:
     the workers forked after this one, so the pipe alone would not tell. Ctrl-C is the parent's to handle:
     it stops the workers, without a traceback from each."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent(parent_pid)
     while True:
         while not conn.poll(1.0):
             if os.getppid() != parent_pid:
@@ -40,13 +40,6 @@ def _serve(work: Callable, conn: Connection, parent_pid: int) -> None:
             return
         index, item = task
         conn.send((index, work(item)))
-
-
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill this process when its parent dies, even mid-video."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Worker:

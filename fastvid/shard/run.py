@@ -26,12 +26,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fastvid.checksum import json_checksum
 from fastvid.config import ConfigError, to_dict
 from fastvid.errors import InputError, MissingFile, WriteFailed
+from fastvid.lock import lock_folder
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import check_flow_method
 from fastvid.shard.pool import run_isolated
-from fastvid.shard.sources import Source, plan_sources
+from fastvid.shard.sources import Plan, Source, plan_sources
 from fastvid.shard.transcode import Failure, Sample, process
 from fastvid.shard.integrity import verify_tar
 from fastvid.shard.writer import ShardWriter, dali_index
@@ -81,25 +83,40 @@ class ShardSummary:
         return "\n".join(lines)
 
 
+def _journal_line(entry: dict) -> str:
+    """A journal line: the entry and the CRC-32 of its content, so that a changed byte is seen, not trusted."""
+    return json.dumps({**entry, "crc32": json_checksum(entry)}, sort_keys=True) + "\n"
+
+
 def _load_journal(out: Path, options: dict) -> list[dict]:
-    """Committed shard records of an earlier run with the same options (a torn last line is ignored)."""
+    """Committed shard records of an earlier run with the same options (a torn last line is ignored: that
+    run was killed while appending it). A damaged line (not the last, or failing its checksum) stops the
+    run: the shards it lists cannot be trusted."""
     path = out / JOURNAL
     if not path.exists():
-        path.write_text(json.dumps({"options": options}, sort_keys=True) + "\n")
+        path.write_text(_journal_line({"options": options}))
         return []
-    lines = path.read_text().splitlines()
-    header = json.loads(lines[0]) if lines else {}
+    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    entries = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) > 1:
+                break
+            entry = None
+        if not isinstance(entry, dict) or ("crc32" in entry and json_checksum(entry) != entry["crc32"]):
+            raise InputError(f"{path}: line {n} is damaged, so the shards it records cannot be trusted; move "
+                             f"{out} aside and run the command again into an empty OUT")
+        entries.append(entry)
+    header = entries[0] if entries else {}
     if header.get("options") != options:
         old = header.get("options", {})
         diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
         raise ConfigError(f"{out} holds shards made with other options (differing: {', '.join(diff)}); "
                           "rerun with the same options or use an empty OUT")
     records: dict[str | int, dict] = {}  # tar name (or line number for failures only) -> its latest record
-    for n, line in enumerate(lines[1:]):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # killed while appending: that shard is redone
+    for n, record in enumerate(entries[1:]):
         records.pop(record["tar"] or n, None)  # a redone shard's record supersedes (and follows) the old one
         records[record["tar"] or n] = record
     return list(records.values())
@@ -171,8 +188,8 @@ class _Roller:
         if result.split != self.split or redoing is not self.redoing:
             self.close()
             self.split, self.redoing = result.split, redoing
-            if redoing is not None:
-                self.errors = list(redoing["errors"])
+            if redoing is not None:  # its failures; the redone samples bring their notes again
+                self.errors = [e for e in redoing["errors"] if not e["kept"]]
         if isinstance(result, Failure):
             self.errors.append({"key": result.key, "path": result.rel, "kind": result.kind,
                                 "reason": result.reason, "kept": False})
@@ -203,7 +220,7 @@ class _Roller:
 
     def _record(self, record: dict) -> None:
         record["errors"], self.errors = self.errors, []
-        self.journal.write(json.dumps(record, sort_keys=True) + "\n")
+        self.journal.write(_journal_line(record))
         self.journal.flush()
         os.fsync(self.journal.fileno())
         self.records.append(record)
@@ -224,10 +241,15 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     """Turn cfg.src into shards under cfg.out (resuming an interrupted run); see the module docstring."""
     start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.flow:
         check_flow_method(cfg.flow)
-    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)
+    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)  # before OUT is made
+    with lock_folder(out, "fastvid shard"):  # a second run into OUT stops here
+        return _shard_into(cfg, out, plan, start)
+
+
+def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardSummary:
+    """`shard_dataset` once OUT is made and locked."""
     journaled = _load_journal(out, cfg.output_options())
     for stale in out.glob("*.partial"):
         stale.unlink()
@@ -240,8 +262,10 @@ def shard_dataset(cfg: ShardConfig) -> ShardSummary:
         else:
             records.append(record)
             redone += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
-    # A damaged shard's failures stay failed (they come back with its record); its samples are redone.
-    done = {k for r in records for k in r["keys"]} | {e["key"] for r in journaled for e in r["errors"]}
+    # A damaged shard's failures stay failed (they come back with its record); its samples are redone,
+    # the repaired ones too (a note with kept=True names a sample of the shard, not a failure).
+    done = ({k for r in records for k in r["keys"]}
+            | {e["key"] for r in journaled for e in r["errors"] if not e["kept"]})
     # The damaged shards' samples first, shard by shard, then what no shard holds yet, in plan order.
     todo = sorted((s for s in plan.sources if s.key not in done),
                   key=lambda s: (s.key not in redo, redo[s.key]["tar"] if s.key in redo else ""))
@@ -294,6 +318,7 @@ def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: lis
     manifest = {"version": 1, "shards": shards, "classes": classes, "splits": dict(sorted(splits.items())),
                 "samples": sum(splits.values()), "frames": sum(s["frames"] for s in shards), "options": to_dict(cfg)}
     errors = [{"key": None, **e, "kept": False} for e in unusable] + [e for r in records for e in r["errors"]]
+    manifest["crc32"] = json_checksum(manifest)
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _write_atomic(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     return ShardSummary(out=out, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
@@ -318,9 +343,26 @@ def read_manifest(path: str | Path) -> dict:
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
         raise MissingFile(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
-    manifest = json.loads(file.read_text())
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{file}: not UTF-8 text (byte {err.start}); not the dataset.json `fastvid shard` "
+                         "writes") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{file}: " + ("empty" if not err.doc.strip() else f"not valid JSON ({err.msg}, line "
+                         f"{err.lineno} column {err.colno})") + "; rerun `fastvid shard` to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{file}: a JSON {type(manifest).__name__}, not the mapping `fastvid shard` writes")
     if manifest.get("version") != 1:
         raise InputError(f"{file}: unsupported manifest version {manifest.get('version')!r}")
+    if "crc32" in manifest and (crc := json_checksum(manifest)) != manifest["crc32"]:  # absent: an older fastvid's
+        raise InputError(f"{file}: checksum {crc}, the file says {manifest['crc32']!r:.20} (damaged or edited); "
+                         "rerun `fastvid shard` to rewrite it")
+    shards = manifest.get("shards")
+    if not (isinstance(shards, list) and all(isinstance(s, dict) and {"tar", "index", "split", "samples"} <= set(s)
+                                             for s in shards)):
+        raise InputError(f"{file}: no `shards` list of {{tar, index, split, samples, ...}} entries; rerun "
+                         "`fastvid shard` to rewrite it")
     base = file.parent.resolve()
     for shard in manifest["shards"]:
         shard["tar"], shard["index"] = str(base / shard["tar"]), str(base / shard["index"])

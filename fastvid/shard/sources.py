@@ -24,6 +24,8 @@ VALID_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 MAX_KEY = 80  # keeps `KEY.flow.mp4` under the 100-character ustar name limit that every tar reader knows
 HMDB_SPLIT = re.compile(r"^(?P<label>.+)_test_split\d+\.txt$")
+# What `fastvid shard` writes into OUT (besides hidden files): never a source, where OUT lies inside SRC.
+OUTPUT_FILE = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.(tar|idx)|dataset\.json|errors\.jsonl)(\.partial)?$")
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ def printable(path: str) -> str:
 
 
 def _folder_rows(root: Path, out: Path) -> tuple[list[dict], list[dict]]:
-    """Every non-hidden regular file under `root` (OUT excluded, folder symlinks followed); the parent
-    folder names the class. Also one rejection ({"path", "kind", "reason"}) per entry that cannot be
+    """Every non-hidden regular file under `root` (the shards in OUT excluded, folder symlinks followed);
+    the parent folder names the class. Any other file in OUT is an error: a video that shares its folder
+    with the shards would be lost with them (OUT is where reruns write and users delete). Also one rejection ({"path", "kind", "reason"}) per entry that cannot be
     read as a video: a folder that cannot be listed, a symlink loop or a broken link, a fifo, socket or
     device, a name that is not UTF-8."""
     out = out.resolve()
@@ -110,15 +113,16 @@ def _folder_rows(root: Path, out: Path) -> tuple[list[dict], list[dict]]:
                 continue
             if stat.S_ISDIR(mode):
                 real = path.resolve()
-                if real == out:
-                    continue
                 if real in ancestors:
                     reject(entry_rel, "symlink-loop", f"links back to its own parent folder {printable(str(real))}")
                     continue
                 walk(path, entry_rel, ancestors | {real})
             elif not stat.S_ISREG(mode):
                 reject(entry_rel, "not-a-file", "a fifo, socket or device, not a video file")
-            elif path.resolve().parent != out:
+            elif not (path.resolve().parent == out and OUTPUT_FILE.match(entry.name)):
+                if out == path.resolve().parent or out in path.resolve().parents:
+                    raise ConfigError(f"OUT {printable(str(out))} holds {printable(entry_rel)}, a file of SRC "
+                                      f"{printable(str(root))}: choose an OUT that holds no video of SRC")
                 label = entry_rel.rsplit("/", 2)[-2] if "/" in entry_rel else None
                 rows.append({"path": entry_rel, "label": label})
 
@@ -233,5 +237,9 @@ def plan_sources(src: str, out: str, split_files: list[str], default_split: str,
         part = sorted((s for s in sources if s.split == split), key=lambda s: s.key)
         random.Random(f"{seed}:{split}").shuffle(part)
         ordered += part
+    if not sources:
+        why = [f"{n} {what}" for n, what in ((len(rows), "file(s) found"), (unlisted, "not in the split lists"),
+                                             (len(rejected), "entries unreadable")) if n]
+        raise ConfigError(f"SRC {src}: no video to shard ({', '.join(why) or 'it is empty'})")
     classes = sorted({s.label for s in sources if s.label is not None})
     return Plan(sources=ordered, classes=classes, unlisted=unlisted, rejected=rejected)

@@ -137,6 +137,11 @@ def _without_keyframes(shards: Path, out: Path) -> Path:
                     m.size = len(data)
                 t.addfile(m, io.BytesIO(data))
         Path(shard["index"]).write_text(dali_index(tar))
+    manifest = json.loads((out / "dataset.json").read_text())  # nor, then, members' sizes and checksums
+    del manifest["crc32"]
+    for shard in manifest["shards"]:
+        del shard["members"]
+    (out / "dataset.json").write_text(json.dumps(manifest))
     return out
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -331,10 +334,10 @@ def test_undecodable_member_names_shard_and_key_or_is_skipped(codec, request, tm
     data[mp4.offset_data + 64: mp4.offset_data + mp4.size] = b"\x00" * (mp4.size - 64)
     tar.write_bytes(bytes(data))
     key = mp4.name.split(".")[0]
-    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]
+    views = [ViewSpec("v", temporal=TemporalSpec(frames=2), spatial=PLAIN)]  # unverified: the decoder finds it
     with pytest.raises(LoaderError, match=rf"train-000000\.tar:{key}"):
-        list(build_loader(cfg(out, batch_size=2, drop_last=False), views))
-    loader = build_loader(cfg(out, batch_size=1, on_error="skip"), views)
+        list(build_loader(cfg(out, batch_size=2, drop_last=False, verify=False), views))
+    loader = build_loader(cfg(out, batch_size=1, on_error="skip", verify=False), views)
     with pytest.warns(UserWarning, match=rf"train-000000\.tar:{key}: undecodable \(.*cannot decode.*\); replaced"):
         got = [i for b in loader for i in b["index"].tolist()]
     assert loader.undecodable == {f"train-000000.tar:{key}"} and loader.skipped == [f"train-000000.tar:{key}"]
@@ -348,3 +351,76 @@ def test_undecodable_member_names_shard_and_key_or_is_skipped(codec, request, tm
 def test_empty_split_is_an_error(vp9_shards):
     with pytest.raises(LoaderError, match="no shards of split 'val'"):
         build_loader(cfg(vp9_shards, split="val"), [ViewSpec("v")])
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut", "swapped", "shifted"])
+def test_damaged_index_is_an_error_not_less_data(vp9_shards, tmp_path, damage):
+    """An index that disagrees with dataset.json (issue 21, item 3) stops the loader at its start, naming
+    the index: before, an empty or cut one trained on 3 or 4 of the 6 clips, a swapped one on the wrong
+    members, without a word."""
+    out = tmp_path / "shards"
+    shutil.copytree(vp9_shards, out)
+    idx = out / "train-000000.idx"
+    lines = idx.read_text().splitlines(keepends=True)
+    if damage == "empty":
+        idx.write_text("")
+    elif damage == "cut":
+        idx.write_text(lines[0])  # the header still counts 3
+    elif damage == "swapped":
+        shutil.copy(out / "train-000001.idx", idx)  # another shard's: 3 samples too
+    fields = lines[2].split()
+    if damage == "shifted":  # a member moved into the middle of its neighbour
+        fields[1] = str(int(fields[1]) - 512)
+        idx.write_text("".join(lines[:2] + [" ".join(fields) + "\n"] + lines[3:]))
+    reason = {"empty": r"its header \(none\) does not count its 0 sample lines",
+              "cut": "its header v1.2 3 does not count its 0 sample lines",
+              "swapped": "member .* is not one dataset.json records for train-000000.tar",
+              "shifted": rf"member {fields[3]} at offset {fields[1]} overlaps the one before it"}[damage]
+    for on_error in ("raise", "skip"):
+        with pytest.raises(LoaderError, match=rf"^{idx}: {reason}.*; rerun the `fastvid shard` command"):
+            build_loader(cfg(out, on_error=on_error), [ViewSpec("v")])
+
+
+LOADER_THEN_WAIT = {
+    # DALI's pool of decode workers, forked while the loader builds its pipeline
+    "fork": """
+import sys, time
+from fastvid.data import DataConfig, TemporalSpec, ViewSpec, build_loader
+loader = build_loader(DataConfig(shards=sys.argv[1], batch_size=2, threads=1, workers=2, shuffle_buffer=4),
+                      [ViewSpec("v", temporal=TemporalSpec(frames=2))])
+next(iter(loader))
+print("ready", flush=True)
+time.sleep(120)
+""",
+    # a spawned worker (the loader spawns once CUDA is initialised, as on a GPU machine) unpickles the source
+    "spawn": """
+import multiprocessing, sys, time
+from fastvid.data import DataConfig, ViewSpec, build_loader
+source = build_loader(DataConfig(shards=sys.argv[1]), [ViewSpec("v")]).source()
+worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+worker.source = source  # pickled with the process object, unpickled in the worker
+worker.start()
+time.sleep(5)  # the worker has imported fastvid and unpickled the source
+print("ready", flush=True)
+time.sleep(120)
+""",
+}
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_decode_workers_end_when_the_loader_process_is_killed(vp9_shards, start):
+    """kill -9 of a trainer used to leave its decode workers running (~600 MB each on a GPU machine;
+    issue 21, item 8): they now end with it."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", LOADER_THEN_WAIT[start], str(vp9_shards)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= (2 if start == "fork" else 1)  # the decode workers (and any helper DALI starts)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]

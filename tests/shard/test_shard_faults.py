@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -107,3 +108,45 @@ def test_full_disk_one_line_no_partial_files_then_resume(videos: Path, tmp_path:
     finally:
         if how == "tmpfs":
             subprocess.run(["umount", str(out)], check=False)
+
+
+@pytest.mark.parametrize("where", ["class-folder", "src-itself"])
+def test_out_holding_videos_of_src_is_refused_before_writing(videos: Path, tmp_path: Path, where: str,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """`fastvid shard src src/c` and `fastvid shard flat flat`: one line naming OUT and a video in it, nothing
+    written (their videos would be in no shard, or lost with OUT) (issue 21, item 2)."""
+    src = tmp_path / "src"
+    shutil.copytree(videos, src)
+    if where == "src-itself":
+        src = src / "c"
+    out = src / "c" if where == "class-folder" else src
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["shard", str(src), str(out), *ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fastvid shard: error: OUT {out} holds ") and "\n" not in err, err
+    assert "v0.mp4" in err.split(", a file of SRC")[0]
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_new_out_inside_src_shards_every_video_and_reruns_alike(videos: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(videos, src)
+    out = src / "shards"
+    assert main(["shard", str(src), str(out), *ARGS]) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert read_manifest(out)["samples"] == 4 and len(first) == 4
+    assert main(["shard", str(src), str(out), *ARGS]) == 0  # its own shards are not taken for videos
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first and read_manifest(out)["samples"] == 4
+
+
+def test_src_without_video_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    assert main(["shard", str(src), str(out), *ARGS]) == 2
+    assert capsys.readouterr().err.strip() == f"fastvid shard: error: SRC {src}: no video to shard (it is empty)"
+    assert not out.exists()
+    (src / "readme.txt").write_text("not a video")
+    assert main(["shard", str(src), str(out), *ARGS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"fastvid shard: error: no file of {src} could be sharded (see {out / 'errors.jsonl'})"
+    assert json.loads((out / "errors.jsonl").read_text())["path"] == "readme.txt"

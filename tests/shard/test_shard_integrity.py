@@ -191,3 +191,21 @@ def test_redo_after_an_interrupted_run_numbers_new_shards_after_the_last(referen
     assert check(out) == [] and summary.samples == 6
     assert json.loads((out / "dataset.json").read_text())["shards"] == \
         json.loads((reference / "dataset.json").read_text())["shards"]
+
+
+def test_redone_shard_keeps_its_repaired_samples(tmp_path: Path) -> None:
+    """A repaired sample (kept with a note) of a damaged shard is redone like any other, not taken for a
+    failure that stays failed: all samples come back, each note listed once (issue 21, item 1)."""
+    src = tmp_path / "src"
+    for i in range(4):  # v1, v3: an odd frame size, made even (a repair)
+        write_marked_clip(src / "c" / f"v{i}.mkv", 6, height=48 + i % 2, width=64 + i % 2, codec="ffv1")
+    reference, out = tmp_path / "ref", tmp_path / "out"
+    shard(src, reference, max_samples=2)
+    shutil.copytree(reference, out)
+    (out / "train-000001.tar").unlink()
+    summary = shard(src, out, max_samples=2)
+    assert summary.samples == 4 and summary.repaired == {"odd-size": 2}
+    for name in ("train-000000.tar", "train-000001.tar"):
+        assert_identical_shards(out / name, reference / name)
+    assert (out / "errors.jsonl").read_text() == (reference / "errors.jsonl").read_text()
+    assert check(out) == [] and verify(out) == []
