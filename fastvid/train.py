@@ -78,9 +78,9 @@ class TrainConfig:
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError(f"train: set exactly one of steps ({self.steps}) and epochs ({self.epochs}) > 0 "
                               f"(e.g. train.steps=N train.epochs=0)", "train")
-        if self.checkpoint_minutes < 0:
-            raise ConfigError(f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}",
-                              "train.checkpoint_minutes")
+        for name in ("checkpoint_minutes", "keep_checkpoints", "val_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}", f"train.{name}")
 
 
 @dataclass
