@@ -82,9 +82,9 @@ class TrainConfig:
                               f"(e.g. train.steps=N train.epochs=0)", "train")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes: must be > 0, got {self.max_minutes}", "train.max_minutes")
-        if self.checkpoint_minutes < 0:
-            raise ConfigError(f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}",
-                              "train.checkpoint_minutes")
+        for name in ("checkpoint_minutes", "keep_checkpoints", "val_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}", f"train.{name}")
 
 
 @dataclass

@@ -82,7 +82,7 @@ def rgb_encoder(method: Method) -> str | None:
 
 
 def _batches(data: DataConfig, views: list[ViewSpec], keys: list[str], batch: int, count: int, rank: int,
-             world: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+             world: int, device: torch.device | str) -> list[dict[str, torch.Tensor]]:
     """`count` batches of `batch` of the samples `keys` (this process's share), read once in shard order."""
     loader = build_loader(replace(data, batch_size=batch, shuffle=False, drop_last=True), views, rank=rank,
                           world_size=world, device=device)
@@ -100,7 +100,7 @@ def spread_keys(loader: VideoLoader, n: int) -> list[str]:
 
 
 def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader, held_out: list[str] | None,
-                     rank: int, world: int, device: torch.device) -> Validation | None:
+                     rank: int, world: int, device: torch.device | str) -> Validation | None:
     """The validation batches: of `held_out` keys of the training split when given (the demo), else of
     `val_split(data)`; None when there is no split to validate on or data.val_clips is 0."""
     split = data.split if held_out is not None else val_split(data)

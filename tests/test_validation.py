@@ -4,6 +4,8 @@ and `fastvid plot` draws what the run logged."""
 import json
 import math
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from fastvid.checkpoint import load_checkpoint
-from fastvid.data.loader import build_loader
+from fastvid.data.loader import LoaderError, build_loader
 from fastvid.data.sample import SampleOptions, holdout
 from fastvid.methods import get_method
 from fastvid.plot import CURVES, METRICS, plot_run, read_metrics
@@ -161,3 +163,27 @@ def test_fastvid_plot_command(tmp_path, capsys):
     (tmp_path / METRICS).write_text(json.dumps({"step": 1, "loss/loss": 2.0, "val/loss": 2.1}) + "\n")
     assert main(["plot", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / CURVES) and (tmp_path / CURVES).is_file()
+
+
+def test_with_data_the_val_split_is_read_and_named(shards, tmp_path):
+    """--data: data.val_split=auto finds the shards' "val" split and reads val_clips of it spread over the split;
+    none turns validation off; a split the shards lack is a one-line LoaderError naming the splits there are."""
+    manifest = json.loads(open(shards).read())
+    folder = Path(shards).parent
+    val = [dict(s, split="val") for s in manifest["shards"]]
+    for s in manifest["shards"]:
+        for name in (s["tar"], s["index"]):
+            (tmp_path / name).symlink_to(folder / name)
+    manifest |= {"shards": manifest["shards"] + val, "splits": {"train": 53, "val": 53}}
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    cfg = load_config("video_simclr", None, [f"data.shards={tmp_path}", *CPU, *TINY["video_simclr"],
+                                             "data.val_clips=4", "data.val_gallery=8"])
+    model = get_method("video_simclr")(cfg.model)
+    loader = build_loader(cfg.data, model.views())
+    got = build_validation(cfg.data, model, loader, None, 0, 1, torch.device("cpu"))
+    assert got.source == "split 'val'" and len(got.pretext) == 1 and len(got.gallery) == 2
+    positions = sorted(loader.key_index.values())  # the val split holds the same samples in the same order
+    assert got.pretext[0]["index"].tolist() == [positions[i] for i in (0, 17, 35, 52)]  # 4 spread over 53
+    assert build_validation(replace(cfg.data, val_split="none"), model, loader, None, 0, 1, "cpu") is None
+    with pytest.raises(LoaderError, match=r"no shards of split 'valid' \(splits: \['train', 'val'\]\)"):
+        build_validation(replace(cfg.data, val_split="valid"), model, loader, None, 0, 1, "cpu")
