@@ -161,10 +161,13 @@ def load_config(method: str, path: str | Path | None = None, overrides: list[str
     if demo and apply_overrides(raw, overrides).get("data", {}).get("shards") == "sample":
         given = {_key(o) for o in overrides}
         merged = {_key(o): o for o in DEMO_COMMON + DEMO[method]}  # the method's value wins over the common one
-        # The learning rate follows the batch: linear scaling, the rule behind the configs' own values.
-        batch = apply_overrides({"data": {"batch_size": paper.data.batch_size}}, [merged["data.batch_size"],
-                                                                                   *overrides])["data"]["batch_size"]
-        if isinstance(batch, int) and not isinstance(batch, bool):  # else _build below names the bad value
+        # SGD's learning rate follows the batch (linear scaling, the rule behind the configs' SGD values) unless the
+        # demo sets one; Adam's is kept: its step size does not grow with the batch.
+        chosen = apply_overrides({"data": {"batch_size": paper.data.batch_size}, "optim": {"name": paper.optim.name}},
+                                 [o for k, o in merged.items() if k in ("data.batch_size", "optim.name")] + overrides)
+        batch = chosen["data"]["batch_size"]
+        if chosen["optim"]["name"] == "sgd" and "optim.lr" not in merged and isinstance(batch, int) \
+                and not isinstance(batch, bool):  # else _build below names the bad value
             merged["optim.lr"] = f"optim.lr={paper.optim.lr * batch / paper.data.batch_size:.3g}"
         applied = [o for key, o in merged.items() if key not in given]
         overrides = applied + [f"demo={json.dumps(applied)}"] + overrides
