@@ -386,7 +386,7 @@ LOADER_THEN_WAIT = {
     "fork": """
 import sys, time
 from fastvid.data import DataConfig, TemporalSpec, ViewSpec, build_loader
-loader = build_loader(DataConfig(shards=sys.argv[1], batch_size=2, threads=1, workers=2, shuffle_buffer=4),
+loader = build_loader(DataConfig(shards=sys.argv[1], batch_size=2, threads=1, workers=2, shuffle=True),
                       [ViewSpec("v", temporal=TemporalSpec(frames=2))])
 next(iter(loader))
 print("ready", flush=True)
