@@ -33,7 +33,10 @@ VERSIONS = ("torch", "torchvision", "triton", "nvidia-dali-cuda130", "nvidia-dal
 def cycle(src: Path, dst: Path, copies: int) -> dict:
     """`copies` copies of every sample of the shard set `src`, keys prefixed `cNN_` (in the index, the tar and
     the json member, which the drawer looks keys up by), as the shard set `dst`: an epoch as long as a real
-    dataset's from the few clips that travel. Returns dst's manifest."""
+    dataset's from the few clips that travel; copy 0 is the "val" split, so the training step also runs
+    validation (its clips repeat training ones: it times the pass, it does not measure generalisation).
+    Returns dst's manifest."""
+    from fastvid.checksum import json_checksum
     from fastvid.shard import read_manifest
     from fastvid.shard.transcode import Sample
     from fastvid.shard.writer import ShardWriter, split_name
@@ -48,14 +51,15 @@ def cycle(src: Path, dst: Path, copies: int) -> dict:
                 key, ext = split_name(member.name)
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
         for c in range(copies):
+            split = "val" if c == 0 else shard["split"]
             writer = ShardWriter(dst, f"c{c:03d}_{Path(shard['tar']).stem}")
             for key, files in samples.items():
                 meta = json.loads(files["json"])
                 meta["key"] = f"c{c:03d}_{key}"
-                writer.add(Sample(meta["key"], shard["split"], meta.get("path", key),
+                writer.add(Sample(meta["key"], split, meta.get("path", key),
                                   {**files, "json": json.dumps(meta).encode()}, meta["num_frames"]))
             writer.commit()
-            shards.append({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": shard["split"],
+            shards.append({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": split,
                            "samples": len(writer.keys), "frames": writer.frames, "bytes": writer.bytes,
                            "members": writer.members})
     splits = Counter()
@@ -63,6 +67,7 @@ def cycle(src: Path, dst: Path, copies: int) -> dict:
         splits[s["split"]] += s["samples"]
     out = {**manifest, "shards": shards, "splits": dict(splits), "samples": sum(splits.values()),
            "frames": sum(s["frames"] for s in shards), "options": {**manifest["options"], "out": str(dst)}}
+    out["crc32"] = json_checksum(out)  # read_manifest checks it: the source's no longer matches
     (dst / "dataset.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     return out
 

@@ -82,7 +82,7 @@ CYCLE=128  # copies of them the loader and training steps read: 8,192 clips, an 
 CARRIED="av webdataset braceexpand astunparse gast optree makefun libcst nvtx"
 
 # The training step's overrides (key=value, fastvid train's syntax); later ones win.
-TRAIN_OVERRIDES=(train.log_every=10 train.mixed_precision=bf16)
+TRAIN_OVERRIDES=(train.log_every=10 train.mixed_precision=bf16 train.val_every=50 data.val_clips=64)
 TRAIN_ARGS=(--max-steps 100 --batch-size 64 --device cuda)
 # 16 workers first, decode=cpu first: the rows that matter most come before any cut.
 LOADER_ARGS=(--workers 16 4 --batch 32 --batches 6 --repeats 2 --row-seconds 6 --loaders fastvid fastvid-plain pyav
