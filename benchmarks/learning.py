@@ -453,11 +453,8 @@ def merge(report: dict, other: dict, where: str) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # the GPU machine may lack it: the JSON has everything
-        say("matplotlib missing: no PNG")
-        return
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
