@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from fastvid.checksum import json_checksum
 from fastvid.checkpoint import load_checkpoint
 from fastvid.data.loader import LoaderError, build_loader
 from fastvid.data.sample import SampleOptions, holdout
@@ -175,6 +176,7 @@ def test_with_data_the_val_split_is_read_and_named(shards, tmp_path):
         for name in (s["tar"], s["index"]):
             (tmp_path / name).symlink_to(folder / name)
     manifest |= {"shards": manifest["shards"] + val, "splits": {"train": 53, "val": 53}}
+    manifest["crc32"] = json_checksum(manifest)  # an edited dataset.json is refused unless its checksum follows
     (tmp_path / "dataset.json").write_text(json.dumps(manifest))
     cfg = load_config("video_simclr", None, [f"data.shards={tmp_path}", *CPU, *TINY["video_simclr"],
                                              "data.val_clips=4", "data.val_gallery=8"])
