@@ -6,9 +6,13 @@ The held-out clips are a split of the shards (`data.val_split`: "val", else "tes
 of each source clip of the embedded sample (`fastvid.data.sample.holdout`: no frame shared with a training
 clip). Their batches are decoded once, when the run starts, and kept: every evaluation sees the same clips
 with the same views, drawn from the loader's seed (`data.seed`), so values compare across steps and with
-step 0, and the loader costs nothing after that. The model runs in eval mode (BN uses its running
-statistics; MoCo's queue takes no keys) under no_grad and a forked RNG, so a run trains the same with or
-without validation.
+step 0, and the loader costs nothing after that. The model runs in eval mode (no dropout; MoCo's queue takes
+no keys) under no_grad and a forked RNG, so a run trains the same with or without validation. For the
+pretext loss its BN layers normalise with each validation batch's own statistics, as the training loss does,
+and leave their running statistics alone: with running statistics, step 0 would score the untrained
+statistics (mean 0, variance 1) rather than the untrained weights, and the values would fall as those
+statistics settle whether or not the weights learn anything. kNN reads the frozen encoder as `fastvid eval`
+does: in eval mode.
 
 kNN top-1 (shards with labels only): each validation clip's centre crop is embedded by the method's first
 RGB encoder and classified by the vote of its 10 nearest training clips (centre crops of up to
@@ -18,11 +22,14 @@ the training data, which held-out clips are not in: it validates kNN only.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastvid.data.loader import VideoLoader, build_loader
 from fastvid.data.spec import DataConfig, ViewSpec
@@ -128,6 +135,26 @@ def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader
                       gallery=gallery, encoder=encoder, num_classes=classes, source=source)
 
 
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """`module`'s BN layers normalise with the batch's statistics, as in training, without moving their running
+    statistics (momentum 0; the batch counter restored)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in layers]
+    for m in layers:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(layers, saved):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 @torch.no_grad()
 def validate(method: Method, val: Validation, accelerator: Any) -> dict[str, float]:
     """{"loss", <term>, "acc"...: the means over the validation batches, "knn_top1", "seconds"}, the same on
@@ -141,7 +168,7 @@ def validate(method: Method, val: Validation, accelerator: Any) -> dict[str, flo
         with torch.random.fork_rng(devices=devices):
             sums: dict[str, torch.Tensor] = {}
             for batch in val.pretext:
-                with accelerator.autocast():
+                with accelerator.autocast(), batch_statistics(method):
                     out = method(batch)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0) + v.detach().float()

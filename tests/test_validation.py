@@ -19,7 +19,7 @@ from fastvid.data.sample import SampleOptions, holdout
 from fastvid.methods import get_method
 from fastvid.plot import CURVES, METRICS, plot_run, read_metrics
 from fastvid.train import load_config, train
-from fastvid.validation import KNN_VIEW, Validation, build_validation, validate
+from fastvid.validation import KNN_VIEW, Validation, batch_statistics, build_validation, validate
 from tests.train_helpers import CPU, TINY
 
 SEGMENT, HOP = SampleOptions.segment, SampleOptions.hop
@@ -103,13 +103,15 @@ def test_validation_metrics_equal_a_direct_computation_and_leave_training_state_
     val = Validation(pretext, pretext, gallery, "video", 3, "test")
     method.train()
     rng = torch.get_rng_state()
+    running = [b.clone() for n, b in method.named_buffers() if "running" in n]  # BN's, which validation keeps
     got = validate(method, val, Accelerator(cpu=True))
     assert method.training and method.want_metrics and torch.equal(torch.get_rng_state(), rng)
 
     method.eval()
     with torch.no_grad():
-        direct = [nt_xent_by_hand(method.embed(b["clip_i"]), method.embed(b["clip_j"]), cfg.model.temperature)
-                  for b in pretext]
+        with batch_statistics(method):  # the pretext loss: BN on the batch's own statistics, as in training
+            both = [method.embed(torch.cat([b["clip_i"], b["clip_j"]])) for b in pretext]  # one pass, as forward
+        direct = [nt_xent_by_hand(z[:4], z[4:], cfg.model.temperature) for z in both]
         q = torch.cat([method.encoder(b[KNN_VIEW]) for b in pretext])
         g = torch.cat([method.encoder(b[KNN_VIEW]) for b in gallery])
     labels = torch.cat([b["label"] for b in gallery]).tolist()
@@ -119,6 +121,7 @@ def test_validation_metrics_equal_a_direct_computation_and_leave_training_state_
     assert got["acc"] == pytest.approx(sum(d[1] for d in direct) / 2)
     assert got["knn_top1"] == pytest.approx(sum(p == t for p, t in zip(predicted, truth)) / len(truth))
     assert got["seconds"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(running, [b for n, b in method.named_buffers() if "running" in n]))
 
 
 def test_a_resumed_run_validates_to_the_same_numbers(sample_cache, tmp_path, monkeypatch):
