@@ -76,7 +76,7 @@ from fastvid.eval.probe import MOTIONS, ClipSpec, ProbeConfig, decode_video, mak
 from fastvid.methods import METHODS, Method, get_method
 from fastvid.models import Encoder
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
-from fastvid.shard.flow import dequantise, flow_estimator, quantise
+from fastvid.shard.flow import dequantise, flow_estimator, quantise, unpack
 from fastvid.shard.sources import derive_key
 from fastvid.train import RunConfig, load_config, train
 
@@ -335,7 +335,8 @@ def features(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Meth
     encoder.eval().to(device)
     out = []
     for i in range(0, len(inputs), batch):
-        flow = torch.from_numpy(np.stack([[dequantise(f) for f in stack] for stack in inputs[i:i + batch]]))
+        flow = torch.from_numpy(np.stack([[dequantise(unpack(f).astype(np.float32)) for f in stack]
+                                          for stack in inputs[i:i + batch]]))  # (n, T, H, W, 2)
         if spec.flow_mean:
             flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # (n, T, H, W, 2): each frame's mean motion
         x = method.second_modality({"flow": flow.permute(0, 4, 1, 2, 3).to(device)})  # (n, 2T, H, W)
