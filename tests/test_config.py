@@ -112,3 +112,11 @@ def test_a_method_config_check_blames_the_override():
         load_config("video_moco", None, ["model.temperature=0.1", "model.bn_splits=0", "train.max_steps=3"])
     assert str(err.value) == "override model.bn_splits=0: model.bn_splits: must be >= 1, got 0"
     assert err.value.key == "model.bn_splits"
+
+
+def test_an_inverted_crop_range_names_its_override():
+    from fastvid.train import load_config
+
+    with pytest.raises(ConfigError, match=r"^override model\.views\.crop_scale=\[0\.9,0\.2\]: .*0 < low <= high <= 1"):
+        load_config("video_simclr", None, ["model.views.crop_scale=[0.9,0.2]"])
+    assert load_config("video_simclr", None, ["model.views.crop_scale=[0.5,1.0]"]).model.views.crop_scale == (0.5, 1.0)

@@ -85,6 +85,8 @@ class SpatialSpec:
         if not 0.0 <= self.hue <= 0.5:  # torchvision's bound: more than half a turn would wrap around
             raise ValueError(f"hue {self.hue} is a fraction of a full turn (torchvision's unit) and must be in "
                              "[0, 0.5]")
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"scale {tuple(self.scale)}: a crop-area range (low, high) with 0 < low <= high <= 1")
         if self.short_side_jitter < 1.0:
             raise ValueError(f"short_side_jitter {self.short_side_jitter} must be >= 1 (the largest short side "
                              "over the smallest)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from fastvid.config import ConfigError
 from fastvid.data.spec import AudioSpec, Dtype, SpatialSpec, TemporalSpec, ViewSpec
 
 # The thesis's spatial transformation (sec. 3): "a random cropping ... resizing ..., a random horizontal flip,
@@ -62,6 +63,12 @@ class VideoContrastViews:
     frame_wise: bool = False  # thesis Table 3: a new spatial draw per frame
     crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area range, sec. 5.1: "[0.08, 1] uniform in area"
     dtype: Dtype = "float32"
+
+    def __post_init__(self) -> None:  # at config load, so the override is named, not a sample at read time
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ConfigError(f"model.views.crop_scale: a crop-area range [low, high] with 0 < low <= high <= 1, "
+                              f"got {list(self.crop_scale)}", "model.views.crop_scale")
 
 
 def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewSpec]:
