@@ -19,7 +19,9 @@ Pretraining: `fastvid.train.train` with the demo's settings (`load_config(..., d
 model and loss, the demo's batch, clip size and optimiser), `data.shards` = A, `train.seed` = `data.seed` =
 the seed, `train.max_minutes` = --minutes. `train.steps` lies far beyond the budget, so the run ends on the
 clock and the learning-rate schedule has barely started (constant and step schedules: no change; cosine:
-its first steps). Only the run's encoders.pt is kept (its checkpoints are deleted).
+its first steps). With `--steps N` the run is N steps instead, its schedule over them: N is what fits the
+budget on an idle machine, so a busy machine takes longer but trains the same. Only the run's encoders.pt
+is kept (its checkpoints are deleted).
 
 Evaluation of each encoder, "trained" (the run's encoders.pt) against "random" (the same network at the
 run's initial weights: the trainer's seed and construction), on the same clips of B:
@@ -347,10 +349,12 @@ def features(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Meth
 # ---- one run -------------------------------------------------------------------------------------------
 
 
-def run_config(method: str, seed: int, minutes: float, output: Path) -> RunConfig:
-    """The demo's settings for `method` (its data.shards still "sample"), seeded, ending on the clock."""
-    return load_config(method, None, [f"output={output}", f"train.seed={seed}", f"data.seed={seed}",
-                                      f"train.steps={SCHEDULE_STEPS}", f"train.max_minutes={minutes}",
+def run_config(method: str, seed: int, minutes: float, output: Path, steps: int | None = None) -> RunConfig:
+    """The demo's settings for `method` (its data.shards still "sample"), seeded, ending on the clock or, with
+    `steps`, after that many steps (its schedule then runs to its end, and the machine's load does not change
+    what is trained)."""
+    budget = [f"train.steps={steps}"] if steps else [f"train.steps={SCHEDULE_STEPS}", f"train.max_minutes={minutes}"]
+    return load_config(method, None, [f"output={output}", f"train.seed={seed}", f"data.seed={seed}", *budget,
                                       "train.checkpoint_minutes=0", f"train.checkpoint_every={SCHEDULE_STEPS}",
                                       "train.keep_checkpoints=1", "train.log_every=10",
                                       "train.val_every=0"], demo=True)  # footage B scores it: no minute on validation
@@ -367,11 +371,12 @@ def initial_encoders(cfg: RunConfig) -> tuple[Method, dict[str, Encoder]]:
 def run_one(method_name: str, seed: int, args: argparse.Namespace, sets: ClipSets, a_paths: Callable[[bool], Path],
             machine: dict) -> dict:
     run_dir = Path(args.output) / "learning" / "runs" / f"{method_name}-seed{seed}"
-    cfg = run_config(method_name, seed, args.minutes, run_dir)
+    cfg = run_config(method_name, seed, args.minutes, run_dir, args.steps)
     method, init = initial_encoders(cfg)
     footage = a_paths(any(v.modality == "audio" for v in method.views()))  # GDT: the pieces with sound
     cfg = replace(cfg, data=replace(cfg.data, shards=str(footage)))
-    say(f"\n== {method_name}, seed {seed}: pretraining on {cfg.data.shards} for {args.minutes:g} min")
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    say(f"\n== {method_name}, seed {seed}: pretraining on {cfg.data.shards} for {budget}")
     t0 = time.perf_counter()
     last = train(cfg, overwrite=True)
     pretrain_s = time.perf_counter() - t0
@@ -503,6 +508,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--minutes", type=float, default=10.0, help="pretraining wall-clock budget per method and seed")
+    ap.add_argument("--steps", type=int, help="pretrain this many steps instead (the number that fits --minutes on "
+                                              "an idle machine: the result then does not depend on the load)")
     ap.add_argument("--footage", help="footage B: a folder of videos or a shard set (default: the sample "
                                       "clips' held-out last third)")
     ap.add_argument("--max-videos", type=int, default=16, help="videos of B read from --footage")
@@ -544,8 +551,9 @@ def main() -> None:
         f"  machine    {machine['cpu']}, {machine['cpus']} cores, GPU: {machine['gpu'] or 'none'}; "
         f"torch {machine['torch']}, commit {commit()}",
         f"  methods    {' '.join(args.methods)}; seeds {' '.join(map(str, args.seeds))}",
-        f"  pretrain   {args.minutes:g} min per method and seed (train.max_minutes), the demo's settings, "
-        f"train.steps={SCHEDULE_STEPS} (the run ends on the clock)",
+        (f"  pretrain   {args.steps} steps per method and seed (the demo's settings, its schedule over them)"
+         if args.steps else f"  pretrain   {args.minutes:g} min per method and seed (train.max_minutes), the demo's "
+         f"settings, train.steps={SCHEDULE_STEPS} (the run ends on the clock)"),
         f"  footage A  {a_desc}",
         f"  footage B  {footage.description}: {len(footage.videos)} videos, "
         f"{sum(len(v) for v in footage.videos)} frames (decoded in {footage_s:.1f} s)",

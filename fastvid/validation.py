@@ -6,9 +6,10 @@ The held-out clips are a split of the shards (`data.val_split`: "val", else "tes
 of each source clip of the embedded sample (`fastvid.data.sample.holdout`: no frame shared with a training
 clip). Their batches are decoded once, when the run starts, and kept: every evaluation sees the same clips
 with the same views, drawn from the loader's seed (`data.seed`), so values compare across steps and with
-step 0, and the loader costs nothing after that. The model runs in eval mode (no dropout; MoCo's queue takes
-no keys) under no_grad and a forked RNG, so a run trains the same with or without validation. For the
-pretext loss its BN layers normalise with each validation batch's own statistics, as the training loss does,
+step 0, and the loader costs nothing after that. The model runs in eval mode (no dropout; MoCo contrasts
+with the batch's keys, not its queue) under no_grad and a forked RNG seeded alike at every evaluation (MoCo's
+key shuffle draws from it), so a run trains the same with or without validation. For the pretext loss its
+BN layers normalise with each validation batch's own statistics, as the training loss does,
 and leave their running statistics alone: with running statistics, step 0 would score the untrained
 statistics (mean 0, variance 1) rather than the untrained weights, and the values would fall as those
 statistics settle whether or not the weights learn anything. kNN reads the frozen encoder as `fastvid eval`
@@ -16,8 +17,8 @@ does: in eval mode.
 
 kNN top-1 (shards with labels only): each validation clip's centre crop is embedded by the method's first
 RGB encoder and classified by the vote of its 10 nearest training clips (centre crops of up to
-`data.val_gallery` of them, `fastvid.eval.metrics.knn_votes`). Vi2CLR's pretext loss needs the clusters of
-the training data, which held-out clips are not in: it validates kNN only.
+`data.val_gallery` of them, `fastvid.eval.metrics.knn_votes`). Held-out clips are in none of Vi2CLR's
+clusters of the training data: its pretext loss there is the instance part of its loss (`Vi2CLR.forward`).
 """
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ VAL_SPLITS = ("val", "test")  # what data.val_split=auto looks for, in this orde
 
 @dataclass
 class Validation:
-    """The held-out batches, decoded once. `pretext`: batches of the method's views (empty when the method
-    cannot score held-out clips); `queries`/`gallery`: centre crops (KNN_VIEW) of the validation and of
-    training clips, empty without labels."""
+    """The held-out batches, decoded once. `pretext`: batches of the method's views (with the centre crops when
+    kNN runs); `queries`/`gallery`: centre crops (KNN_VIEW) of the validation and of training clips, empty
+    without labels."""
 
     pretext: list[dict[str, torch.Tensor]]
     queries: list[dict[str, torch.Tensor]]
@@ -59,9 +60,8 @@ class Validation:
     source: str  # where the clips come from, for the banner
 
     def describe(self) -> str:
-        clips = sum(len(b["index"]) for b in (self.pretext or self.queries))
-        parts = [f"{clips} clips per process ({self.source}), fixed views"]
-        parts += ["pretext loss and top-1"] if self.pretext else []
+        clips = sum(len(b["index"]) for b in self.pretext)
+        parts = [f"{clips} clips per process ({self.source}), fixed views", "pretext loss and top-1"]
         parts += [f"kNN top-1 ({self.encoder} encoder, {sum(len(b['index']) for b in self.gallery)} training "
                   f"clips)"] if self.gallery else []
         return ", ".join(parts)
@@ -120,9 +120,9 @@ def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader
     per_process = len(held_out) // world
     classes = len(read_manifest(data.shards).get("classes", []))
     encoder = rgb_encoder(method) if classes >= 2 and data.val_gallery else None
-    views = ([] if method.needs_feature_pass else method.views()) + ([knn_view(method.views())] if encoder else [])
-    if per_process == 0 or not views:
+    if per_process == 0:
         return None
+    views = method.views() + ([knn_view(method.views())] if encoder else [])
     batch = min(data.batch_size, per_process)  # the same batch count on every process: methods gather
     queries = _batches(val_data, views, held_out, batch, per_process // batch, rank, world, device)
     gallery = []
@@ -131,8 +131,8 @@ def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader
         size = min(data.batch_size, len(keys) // world)
         gallery = _batches(data, [knn_view(method.views())], keys, size, len(keys) // world // size, rank, world,
                            device) if size else []
-    return Validation(pretext=[] if method.needs_feature_pass else queries, queries=queries if gallery else [],
-                      gallery=gallery, encoder=encoder, num_classes=classes, source=source)
+    return Validation(pretext=queries, queries=queries if gallery else [], gallery=gallery, encoder=encoder,
+                      num_classes=classes, source=source)
 
 
 @contextmanager
@@ -166,6 +166,7 @@ def validate(method: Method, val: Validation, accelerator: Any) -> dict[str, flo
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)  # the same draws (MoCo's key shuffle) at every evaluation
             sums: dict[str, torch.Tensor] = {}
             for batch in val.pretext:
                 with accelerator.autocast(), batch_statistics(method):

@@ -20,6 +20,8 @@ others of its cluster in its batch (`clustering.mined_order`); a shuffled batch 
 two of thousands of clusters. The feature pass embeds the videos unaugmented (`feature_views`: centre clip
 and its middle frame, centre crop), as R_J = f_VI(X) reads. `center_acc`, `video_acc`, `img_acc`: pretext
 top-1, how often a sample's nearest centroid is its own, or its nearest other row is of its cluster.
+Held-out clips (validation, eval mode) belong to no cluster: they are scored on VideoNCE + ImgNCE with each
+clip's other temporal crop as its only positive (instance discrimination), without CenterNCE.
 
 Not in the paper: when the clustering finds a single cluster (possible with an untrained network, whose
 features are nearly identical), that epoch uses one cluster per sample instead, with a warning.
@@ -177,21 +179,31 @@ class Vi2CLR(Method):
         clips = torch.cat([batch["clip1"], batch["clip2"]])  # (2B, 3, T, H, W) two temporal crops per video
         frames = torch.cat([batch["frame1"], batch["frame2"]])  # (2B, 3, H', W') their middle frames
         r_v, r_i, r_j = self.embed(clips, frames)  # (2B, d) each
-        ids = self.assignments(batch["index"]).repeat(2)  # (2B,) a crop's positives include its twin
-        center = center_nce(r_j, ids, self.centroids, self.concentration)  # per sample against all k
+        ids = self.assignments(batch["index"]) if self.training else self.instances(batch["index"])
+        ids = ids.repeat(2)  # (2B,) a crop's positives include its twin
         ids_all = gather(ids, grad=False)  # negatives from every process's batch
         r_v_all, r_i_all = gather(r_v, grad=True), gather(r_i, grad=True)  # (2B W, d)
         video = mil_nce(r_v_all, ids_all, self.cfg.temperature)
         image = mil_nce(r_i_all, ids_all, self.cfg.temperature)
         w_c, w_v, w_i = self.cfg.loss_weights
-        out = {"loss": w_c * center + w_v * video + w_i * image,
-               "center_nce": center, "video_nce": video, "img_nce": image}
+        out = {"loss": w_v * video + w_i * image, "video_nce": video, "img_nce": image}
+        if self.training:  # held-out clips are in no cluster: no CenterNCE for them
+            out["center_nce"] = center_nce(r_j, ids, self.centroids, self.concentration)  # against all k
+            out["loss"] = out["loss"] + w_c * out["center_nce"]
         if self.want_metrics:
-            clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
-            out["center_acc"] = top1_accuracy(r_j, self.centroids, ids, clusters, beta=1.0 / self.concentration)
+            if self.training:
+                clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
+                out["center_acc"] = top1_accuracy(r_j, self.centroids, ids, clusters,
+                                                   beta=1.0 / self.concentration)
             out["video_acc"] = top1_accuracy(r_v_all, r_v_all, ids_all, ids_all, exclude_diag=True)
             out["img_acc"] = top1_accuracy(r_i_all, r_i_all, ids_all, ids_all, exclude_diag=True)
         return out
+
+    @staticmethod
+    def instances(index: Tensor) -> Tensor:
+        """(B,) -> (B,) one id per clip, distinct across processes: held-out clips (validation, eval mode) are
+        scored on the instance part of eq. (4), each crop's only positive being its twin."""
+        return torch.arange(index.shape[0], device=index.device) + world()[0] * index.shape[0]
 
     def _resize_cluster_state(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
                               *args: Any) -> None:

@@ -20,6 +20,11 @@ encoder: within the process, and with several processes across all of them. So a
 another set of clips than its query's, on one GPU too. `bn: sync` uses SyncBatchNorm in both encoders
 instead (no shuffle, no split).
 `acc` is the pretext top-1: how often a query's positive key beats every queue entry.
+
+Held-out clips (validation, eval mode): the dictionary is the batch's own keys (of every process), not the
+queue. The queue holds keys of training clips encoded by earlier weights, and before the first step it is
+random noise that no query resembles: InfoNCE against it starts near 0 and would rise as training fills it.
+The batch's other keys are negatives drawn like the positive, by the same weights, at every evaluation.
 """
 from __future__ import annotations
 
@@ -126,6 +131,8 @@ class VideoMoCo(Method):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         q = self.head(self.encoder(batch["query"]))  # (N, D)
         k = self.keys(batch["key"])  # (N, D), no gradient
+        if not self.training:
+            return self.held_out(q, k)
         # The loss reads the queue as it was before this batch's keys join it.
         queue = self.queue.clone()  # (K, D)
         loss = info_nce_queue(q, k, queue, self.cfg.temperature)
@@ -134,6 +141,17 @@ class VideoMoCo(Method):
             ids = torch.arange(q.shape[0], device=q.device)  # (N,)
             queue_ids = ids.new_full((queue.shape[0],), -1)  # (K,) never a positive
             out["acc"] = top1_accuracy(q, torch.cat([k.float(), queue]), ids, torch.cat([ids, queue_ids]))
-        if self.training:
-            self.enqueue(k)
+        self.enqueue(k)
+        return out
+
+    def held_out(self, q: torch.Tensor, k: torch.Tensor) -> dict[str, torch.Tensor]:
+        """InfoNCE and top-1 of held-out queries q: (N, D) against every process's keys of the batch, query n's
+        positive being its own key; the queue is neither read nor filled."""
+        keys = gather(k, grad=False).float()  # (world * N, D)
+        ids = torch.arange(q.shape[0], device=q.device) + world()[0] * q.shape[0]  # (N,) own key's row
+        logits = F.normalize(q.float(), dim=1) @ F.normalize(keys, dim=1).T / self.cfg.temperature  # (N, world N)
+        loss = F.cross_entropy(logits, ids)
+        out = {"loss": loss, "info_nce": loss.detach()}
+        if self.want_metrics:
+            out["acc"] = top1_accuracy(q, keys, ids, torch.arange(keys.shape[0], device=q.device))
         return out

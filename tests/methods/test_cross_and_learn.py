@@ -45,9 +45,9 @@ def test_flow_stack_order_tuples_and_loss_eqs_1_to_4():
     by_hand = 0.5 * (d(fx[0], gy[0]) + d(fx[2], gy[2])) - 0.5 * (d(fx[0], fx[2]) + d(gy[0], gy[2]))
     by_hand = (by_hand + 0.5 * (d(fx[1], gy[1]) + d(fx[3], gy[3])) - 0.5 * (d(fx[1], fx[3]) + d(gy[1], gy[3]))) / 2
     torch.testing.assert_close(out["loss"].double(), by_hand, rtol=1e-4, atol=1e-5)
-    # acc: each f(x) closer to its own pair's g(y) than to the tuple's other one
-    cos = lambda a, b: F.cosine_similarity(a, b, dim=0)  # noqa: E731
-    hits = [cos(fx[a], gy[a]) > cos(fx[a], gy[b]) for a, b in ((0, 2), (2, 0), (1, 3), (3, 1))]
+    # acc: each f(x) closer to its own pair's g(y) than to every other g(y) of the batch
+    cos = F.normalize(fx, dim=1) @ F.normalize(gy, dim=1).T  # (4, 4)
+    hits = [all(cos[a, a] > cos[a, o] for o in range(4) if o != a) for a in range(4)]
     assert out["acc"].item() == sum(hits) / 4
 
 

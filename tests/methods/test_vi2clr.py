@@ -80,9 +80,11 @@ def test_clustering_state_is_the_clustering_of_r_j(clustered):
     assert method.concentration.mean().item() == pytest.approx(0.08, rel=1e-5)
 
 
-def forward_and_embed(method: Vi2CLR) -> tuple[dict, dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An eval-mode forward on a fixed batch: (batch, outputs, r_V, r_I, r_J, cluster id of each row)."""
-    method.eval()
+def forward_and_embed(method: Vi2CLR, training: bool = True) -> tuple[dict, dict, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor, torch.Tensor]:
+    """A forward on a fixed batch, in training mode (BN on batch statistics; on a copy, so the fixture's
+    running statistics stay) or eval mode: (batch, outputs, r_V, r_I, r_J, cluster id of each row)."""
+    method = copy.deepcopy(method).train(training)
     batch = random_batch([3, 10, 6, 1], seed=4)
     with torch.no_grad():
         out = method(batch)
@@ -90,6 +92,25 @@ def forward_and_embed(method: Vi2CLR) -> tuple[dict, dict, torch.Tensor, torch.T
                                      torch.cat([batch["frame1"], batch["frame2"]]))
     ids = method.cluster_ids[batch["index"]].repeat(2)  # both crops of a video are in its cluster
     return batch, out, r_v, r_i, r_j, ids
+
+
+def test_held_out_clips_are_scored_on_the_instance_part_of_eq4(clustered):
+    """Eval mode (validation): VideoNCE + ImgNCE with each crop's twin as its only positive, no CenterNCE;
+    the clustering state is not read."""
+    method, _ = clustered
+    _, out, r_v, r_i, _, _ = forward_and_embed(method, training=False)
+    twins = torch.arange(4).repeat(2)
+    torch.testing.assert_close(out["video_nce"], reference.mil_nce(r_v, twins, 0.08), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["img_nce"], reference.mil_nce(r_i, twins, 0.08), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["loss"], out["video_nce"] + out["img_nce"])
+    assert "center_nce" not in out and "center_acc" not in out
+    sim = F.normalize(r_v, dim=1) @ F.normalize(r_v, dim=1).T
+    sim.fill_diagonal_(-2.0)
+    assert out["video_acc"].item() == pytest.approx((twins[sim.argmax(1)] == twins).float().mean().item())
+    unclustered = copy.deepcopy(method).eval()
+    unclustered.cluster_ids = torch.empty(0, dtype=torch.long)  # held-out scoring needs no clusters
+    with torch.no_grad():
+        torch.testing.assert_close(unclustered(random_batch([3, 10, 6, 1], seed=4))["loss"], out["loss"])
 
 
 def test_losses_read_the_clustering_state(clustered):
@@ -104,11 +125,10 @@ def test_losses_read_the_clustering_state(clustered):
         torch.testing.assert_close(out[name], value, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["loss"], sum(want.values()), atol=1e-5, rtol=1e-5)  # eq. (4), equal weights
     # the state is what the losses read: other assignments give other losses
-    saved = method.cluster_ids.clone()
-    method.cluster_ids = torch.arange(12)  # every video its own cluster: positives are only the twin crop
+    single_method = copy.deepcopy(method).train()
+    single_method.cluster_ids = torch.arange(12)  # every video its own cluster: positives are only the twin crop
     with torch.no_grad():
-        single = method(batch)
-    method.cluster_ids = saved
+        single = single_method(batch)
     torch.testing.assert_close(single["video_nce"], reference.mil_nce(r_v, torch.arange(4).repeat(2), 0.08),
                                atol=1e-5, rtol=1e-5)
 

@@ -64,6 +64,24 @@ def test_eval_mode_leaves_the_queue_alone():
     assert torch.equal(method.queue, queue0) and method.queue_ptr.item() == 0
 
 
+def test_held_out_clips_contrast_with_the_batch_keys_not_the_queue():
+    """Eval mode: eq. (2) for each query with its own key as k+ and the batch's other keys as the dictionary,
+    whatever the queue holds; top-1 counts queries whose own key scores highest."""
+    method = small().eval()
+    b = batch(4)
+    out = method(b)
+    with torch.no_grad():
+        q = method.head(method.encoder(b["query"]))
+        k = method.key_head(method.key_encoder(b["key"]))
+    expected = torch.stack([reference.info_nce_queue(q[n:n + 1], k[n:n + 1], k[torch.arange(4) != n], 0.07)
+                            for n in range(4)]).mean()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-5)
+    scores = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T
+    assert out["acc"].item() == (scores.argmax(1) == torch.arange(4)).float().mean().item()
+    method.queue.copy_(F.normalize(torch.randn_like(method.queue), dim=1))
+    assert torch.equal(method(b)["loss"], out["loss"])
+
+
 def test_momentum_update_after_a_step():
     method = small(momentum=0.9)
     key0 = [p.clone() for p in method.key_encoder.parameters()]
@@ -148,13 +166,14 @@ def test_too_few_clips_for_the_bn_splits_is_named():
 
 
 def test_pretext_accuracy_counts_queries_whose_key_beats_the_queue():
-    method = small().eval()  # the key encoder starts as a copy of the query encoder
+    method = small()  # training: the queue is the dictionary; the key encoder starts as a copy of the query's
     b = batch(4)
     b["key"] = b["query"].clone()
     assert method(b)["acc"].item() == 1.0  # q = k: cosine 1 beats any queue entry
     b["key"][:2] = batch(2)["key"]  # queries 0 and 1 get other keys...
     with torch.no_grad():
-        method.queue[:2] = F.normalize(method.head(method.encoder(b["query"][:2])), dim=1)  # ...and the queue
+        method.queue.copy_(F.normalize(torch.randn_like(method.queue), dim=1))
+        method.queue[:2] = F.normalize(method.head(method.encoder(b["query"]))[:2], dim=1)  # ...and the queue
     assert method(b)["acc"].item() == 0.5  # holds them exactly: for 0 and 1 a queue entry wins
 
 
