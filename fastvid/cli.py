@@ -78,7 +78,7 @@ def _run_shard(args: argparse.Namespace) -> int:
         crf=args.crf, preset=args.preset, short_side=args.short_side, align=args.align, fps=args.fps, gop=args.gop,
         audio=not args.no_audio, audio_rate=args.audio_rate, flow=args.flow, shard_size=args.shard_size,
         max_samples=args.max_samples, seed=args.seed, workers=args.workers, timeout=args.timeout, strict=args.strict,
-        progress=not args.no_progress)
+        progress=not args.no_progress, ray=args.ray)
     summary = shard_dataset(cfg)
     print(summary.format())
     if not summary.samples:
@@ -131,6 +131,11 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds one video may take before it is stopped and rejected (default 1800; 0: no limit)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any file is rejected")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="transcode as Ray tasks, one per video, on the cluster at ADDRESS (host:6379, "
+                        "ray://host:10001, auto), or without ADDRESS on a cluster started here for the run with "
+                        "--workers CPUs; same shards as without (needs `pip install 'fastvid[ray]'`; default: "
+                        "this machine's worker processes)")
     p.set_defaults(run=_run_shard)
 
 

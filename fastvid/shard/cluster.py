@@ -1,0 +1,110 @@
+"""Transcoding on a Ray cluster (`fastvid shard --ray`), with the contract of `pool.run_isolated`: `work(item)`
+for every item, results in input order, a lost item replaced by `lost(item, kind, reason)`. run.py plans,
+rolls shards, journals, resumes and records errors the same way for both; only where `work` runs differs.
+
+One Ray task per video, and the sample's bytes come back to the driver, which writes the shards:
+- A shard closes at `shard_size` bytes, so where shard k starts is known only once every sample before it
+  is transcoded: a task per shard would wait for the one before it. Tasks per video run in any order on any
+  node and the driver rolls their results in plan order, so the shards are a local run's, byte for byte,
+  whatever the cluster's size; a killed driver resumes from its journal as a local run does.
+- A task never writes: OUT is whatever the driver reaches, and a task that lingers after its driver was
+  killed cannot touch a shard. The bytes cross the network once, to the driver (at short side 128 about
+  10 kB per second of video: a 10 Gbit/s driver keeps up with ~10^5 cores; see benchmarks/RESULTS.md).
+- A video that crashes its worker (FFmpeg segfault), raises, or loses its node costs only itself: Ray runs
+  its task again up to `RETRIES` times, then the video is recorded as "crashed". A task still running
+  `timeout` seconds after submission (retries included) is cancelled, its worker killed, and the video
+  recorded as "timeout".
+- At most `slots` tasks run (the cluster's CPUs, or fewer when `workers` says so) and at most `2 * slots`
+  results wait for the driver, so memory stays bounded whatever the input's size.
+Every node needs fastvid and the same PyAV (its bundled encoders make the bytes) as the driver.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from fastvid.errors import RunError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+RETRIES = 2  # runs after the first of a task whose worker or node died or that raised
+LOCAL = "local"  # the address that starts a cluster on this machine for the run
+
+
+def _call(work: Callable[[Item], Result], item: Item) -> Result:
+    """The task's body: `work` arrives once per worker from the object store, the item with the task."""
+    return work(item)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _connect(address: str, workers: int) -> bool:
+    """Join the cluster at `address`, or start one on this machine (`LOCAL`, `workers` CPUs, 0: all cores).
+    True when this call started Ray in this process, which then stops it."""
+    try:
+        import ray
+    except ImportError:
+        raise RunError("--ray needs Ray on this machine: pip install 'fastvid[ray]'") from None
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # the progress bar stays readable
+    try:
+        if address == LOCAL:  # Ray's own word for "start one", even beside a cluster running here
+            ray.init(address=LOCAL, num_cpus=workers or None, include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise RunError(f"Ray cluster at {address}: cannot connect ({_one_line(err)})") from None
+    return True
+
+
+def run_on_ray(work: Callable[[Item], Result], items: list[Item], address: str, workers: int,
+               timeout: float | None, lost: Callable[[Item, str, str], Result]) -> Iterator[Result]:
+    """`work(item)` for every item, in order, as Ray tasks on the cluster at `address` (see the module
+    docstring); `lost(item, kind, reason)` stands in for an item whose task failed ("crashed") or ran past
+    `timeout` seconds ("timeout"; None: no limit)."""
+    if not items:
+        return
+    started = _connect(address, workers)
+    import ray
+
+    running: dict[ray.ObjectRef, tuple[int, float]] = {}  # task -> (item index, submission time)
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        slots = max(1, min(workers, cpus) if workers else cpus)
+        task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=True)(_call)
+        shared = ray.put(work)  # the config and class list once, not with every task
+        ready: dict[int, Result] = {}
+        given = yielded = 0
+        while yielded < len(items):
+            while len(running) < slots and given < min(len(items), yielded + 2 * slots):
+                running[task.remote(shared, items[given])] = (given, time.monotonic())
+                given += 1
+            wait_s = None if timeout is None else max(0.0, min(t for _, t in running.values()) + timeout
+                                                      - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            for ref in done:
+                index, _ = running.pop(ref)
+                try:
+                    ready[index] = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    ready[index] = lost(items[index], "crashed",
+                                        f"its Ray task failed {RETRIES + 1} times ({_one_line(err)})")
+            for ref, (index, since) in list(running.items()):
+                if timeout is not None and time.monotonic() - since > timeout:
+                    ray.cancel(ref, force=True)  # kills the worker: a decoder that spins stops
+                    del running[ref]
+                    ready[index] = lost(items[index], "timeout", f"still running after {timeout:g} s; stopped")
+            while yielded in ready:
+                yield ready.pop(yielded)
+                yielded += 1
+    finally:
+        for ref in running:  # an error or Ctrl-C in the driver: nothing keeps transcoding for nobody
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
