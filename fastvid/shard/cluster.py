@@ -88,6 +88,8 @@ def run_on_ray(work: Callable[[Item], Result], items: list[Item], address: str, 
             wait_s = None if timeout is None else max(0.0, min(t for _, t in running.values()) + timeout
                                                       - time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            if done:  # and every other finished task: one pass over `running` per batch, not per result
+                done, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             for ref in done:
                 index, _ = running.pop(ref)
                 try:
