@@ -8,15 +8,17 @@ One Ray task per video, and the sample's bytes come back to the driver, which wr
   node and the driver rolls their results in plan order, so the shards are a local run's, byte for byte,
   whatever the cluster's size; a killed driver resumes from its journal as a local run does.
 - A task never writes: OUT is whatever the driver reaches, and a task that lingers after its driver was
-  killed cannot touch a shard. The bytes cross the network once, to the driver (at short side 128 about
-  10 kB per second of video: a 10 Gbit/s driver keeps up with ~10^5 cores; see benchmarks/RESULTS.md).
+  killed cannot touch a shard. The bytes cross the network once, to the driver (at short side 128 a few
+  tens of kB per second of video, benchmarks/RESULTS.md: one driver's network is not the limit).
 - A video that crashes its worker (FFmpeg segfault), raises, or loses its node costs only itself: Ray runs
   its task again up to `RETRIES` times, then the video is recorded as "crashed". A task still running
-  `timeout` seconds after submission (retries included) is cancelled, its worker killed, and the video
+  `timeout` seconds after it started (retries included) is cancelled, its worker killed, and the video
   recorded as "timeout".
-- At most `slots` tasks run (the cluster's CPUs, or fewer when `workers` says so) and at most `2 * slots`
-  results wait for the driver, so memory stays bounded whatever the input's size.
-Every node needs fastvid and the same PyAV (its bundled encoders make the bytes) as the driver.
+- Twice as many tasks as the cluster has CPUs are submitted, so a worker finds its next video waiting
+  rather than idling while the driver hears of its last one and submits; no task is submitted further
+  ahead of the driver's writing, so memory stays bounded whatever the input's size.
+Every node needs fastvid and the same PyAV (its bundled encoders make the bytes) as the driver, and SRC at
+the same path.
 """
 from __future__ import annotations
 
@@ -65,28 +67,30 @@ def _connect(address: str, workers: int) -> bool:
 
 def run_on_ray(work: Callable[[Item], Result], items: list[Item], address: str, workers: int,
                timeout: float | None, lost: Callable[[Item, str, str], Result]) -> Iterator[Result]:
-    """`work(item)` for every item, in order, as Ray tasks on the cluster at `address` (see the module
-    docstring); `lost(item, kind, reason)` stands in for an item whose task failed ("crashed") or ran past
-    `timeout` seconds ("timeout"; None: no limit)."""
+    """`work(item)` for every item, in order, as Ray tasks on the cluster at `address` (`workers`: the CPUs
+    of one started for the run; see the module docstring); `lost(item, kind, reason)` stands in for an item
+    whose task failed ("crashed") or ran past `timeout` seconds ("timeout"; None: no limit)."""
     if not items:
         return
-    started = _connect(address, workers)
+    owns_ray = _connect(address, workers)
     import ray
 
-    running: dict[ray.ObjectRef, tuple[int, float]] = {}  # task -> (item index, submission time)
+    # task -> [item index, when its clock started (None: queued behind `cpus` older tasks)], oldest first
+    running: dict[ray.ObjectRef, list] = {}
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        slots = max(1, min(workers, cpus) if workers else cpus)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=True)(_call)
         shared = ray.put(work)  # the config and class list once, not with every task
         ready: dict[int, Result] = {}
         given = yielded = 0
         while yielded < len(items):
-            while len(running) < slots and given < min(len(items), yielded + 2 * slots):
-                running[task.remote(shared, items[given])] = (given, time.monotonic())
+            while given < min(len(items), yielded + 2 * cpus):
+                running[task.remote(shared, items[given])] = [given, None]
                 given += 1
-            wait_s = None if timeout is None else max(0.0, min(t for _, t in running.values()) + timeout
-                                                      - time.monotonic())
+            for entry in list(running.values())[:cpus]:  # Ray starts a driver's tasks in order: these run
+                entry[1] = entry[1] or time.monotonic()
+            clocks = [since for _, since in running.values() if since is not None]
+            wait_s = None if timeout is None or not clocks else max(0.0, min(clocks) + timeout - time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
             if done:  # and every other finished task: one pass over `running` per batch, not per result
                 done, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
@@ -98,7 +102,7 @@ def run_on_ray(work: Callable[[Item], Result], items: list[Item], address: str, 
                     ready[index] = lost(items[index], "crashed",
                                         f"its Ray task failed {RETRIES + 1} times ({_one_line(err)})")
             for ref, (index, since) in list(running.items()):
-                if timeout is not None and time.monotonic() - since > timeout:
+                if timeout is not None and since is not None and time.monotonic() - since > timeout:
                     ray.cancel(ref, force=True)  # kills the worker: a decoder that spins stops
                     del running[ref]
                     ready[index] = lost(items[index], "timeout", f"still running after {timeout:g} s; stopped")
@@ -108,5 +112,5 @@ def run_on_ray(work: Callable[[Item], Result], items: list[Item], address: str, 
     finally:
         for ref in running:  # an error or Ctrl-C in the driver: nothing keeps transcoding for nobody
             ray.cancel(ref, force=True)
-        if started:
+        if owns_ray:
             ray.shutdown()
