@@ -5,9 +5,12 @@ several values measure how the cost grows with the input), scale to short side 1
 preset/CRF, a keyframe every 16 frames and no MB-tree, yuv420p, audio to mono FLAC at 24 kHz, and run
 `--workers` videos at a time (default: all cores; ffmpeg keeps its own default threading, as a user would
 run it). fastvid's time includes writing the tars, the DALI indexes and dataset.json. `fastvid-ray` runs on
-a local Ray cluster of `--workers` CPUs started before the clocks (its start-up is reported apart; joining it
-is timed). The tools take turns, `--repeats` times, so a change in the shared machine's load hits all of
-them; the median is reported. Prints a table; writes shard.json and shard.png to --output.
+a local Ray cluster of `--workers` CPUs (held by a child process, as a cluster elsewhere would be), joined
+once by this process as the driver of every turn. Not timed, reported apart: the cluster's start-up, the
+join, and the first run of each size, which also starts the cluster's worker processes for this driver (a
+`fastvid shard --ray` command pays the join and the workers' start once per run). The tools take turns,
+`--repeats` times, so a change in the shared machine's load hits all of them; the median is reported.
+Prints a table; writes shard.json and shard.png to --output.
 
     python benchmarks/shard.py [--copies 4] [--tools fastvid fastvid-ray ffmpeg] [--workers N] [--output DIR]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -170,6 +174,9 @@ def main() -> None:
 
         holder, address, report["ray_startup_s"] = start_ray_cluster(args.workers)
         report["ray"] = ray.__version__
+        start = time.perf_counter()
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        report["ray_join_s"] = round(time.perf_counter() - start, 3)
     rows = []
     try:
         for copies in args.copies:
@@ -178,6 +185,8 @@ def main() -> None:
                 megabytes = sum(p.stat().st_size for p in paths) / 1e6
                 seconds_of_video = sum(duration(p) for p in paths)
                 runs = {tool: [] for tool in args.tools}
+                if "fastvid-ray" in args.tools:  # starts the workers of this driver
+                    first = run_fastvid(Path(tmp) / "clips", Path(tmp) / "shards", args.workers, address)["seconds"]
                 for _ in range(args.repeats):
                     for tool in args.tools:
                         if tool == "ffmpeg":
@@ -195,6 +204,8 @@ def main() -> None:
                            "videos_per_s": round(len(paths) / seconds, 2)}
                     if frames is not None:
                         row["frames_per_s"] = round(frames / seconds, 1)
+                    if tool == "fastvid-ray":
+                        row["first_run_s"] = round(first, 3)
                     if tool != "ffmpeg":
                         row["output_bytes_per_video_second"] = round(measured[0]["bytes"] / seconds_of_video)
                         row["driver_cpu_ms_per_video"] = round(
@@ -213,8 +224,8 @@ def main() -> None:
                         for x in rows if x["tool"] == a for y in rows if y["tool"] == b and y["videos"] == x["videos"]
                         for n in [x["videos"]]}
     print(f"{report['cpu']}, {os.cpu_count()} cores, {args.workers} workers, median of {args.repeats} turn(s)"
-          + (f"; Ray {report['ray']} local cluster started in {report['ray_startup_s']:.1f} s (not timed)"
-             if holder is not None else ""))
+          + (f"; Ray {report['ray']} local cluster started in {report['ray_startup_s']:.1f} s, joined in "
+             f"{report['ray_join_s']:.2f} s (not timed)" if holder is not None else ""))
     print(f"{'tool':<13}{'videos':>7}{'seconds':>9}{'videos/s':>10}{'frames/s':>10}{'driver ms/video':>17}")
     for r in rows:
         print(f"{r['tool']:<13}{r['videos']:>7}{r['seconds']:>9.2f}{r['videos_per_s']:>10.2f}"
@@ -223,6 +234,9 @@ def main() -> None:
         if "worker_cpu_s_per_video_second" in r:
             print(f"fastvid workers at {r['videos']} videos: {r['worker_cpu_s_per_video_second']:.3f} CPU s per second "
                   f"of video, output {r['output_bytes_per_video_second'] / 1e3:.1f} kB per second of video")
+    for r in rows:
+        if "first_run_s" in r:
+            print(f"fastvid-ray at {r['videos']} videos: first run (starting the workers, untimed) {r['first_run_s']:.2f} s")
     for name, ratio in report["ratios"].items():
         print(f"{name}: {ratio:.2f}x")
     (args.output / "shard.json").write_text(json.dumps(report, indent=1) + "\n")
