@@ -23,6 +23,7 @@ the same path.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -34,6 +35,7 @@ Result = TypeVar("Result")
 
 RETRIES = 2  # runs after the first of a task whose worker or node died or that raised
 LOCAL = "local"  # the address that starts a cluster on this machine for the run
+CONNECT_TIMEOUT = 10.0  # seconds for the cluster's head to answer
 
 
 def _call(work: Callable[[Item], Result], item: Item) -> Result:
@@ -54,6 +56,13 @@ def _connect(address: str, workers: int) -> bool:
         raise RunError("--ray needs Ray on this machine: pip install 'fastvid[ray]'") from None
     if ray.is_initialized():
         return False
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # Ray itself would retry a dead address for minutes
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+        except OSError as err:
+            raise RunError(f"Ray cluster at {address}: nothing answers ({err.strerror or err}); start one there "
+                           "(`ray start --head`) or give its head's address") from None
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # the progress bar stays readable
     try:
         if address == LOCAL:  # Ray's own word for "start one", even beside a cluster running here

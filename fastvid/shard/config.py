@@ -32,11 +32,12 @@ class ShardConfig:
     gop: a keyframe exactly every `gop` frames, so random access decodes at most gop-1 extra frames.
     shard_size: bytes after which a shard is closed; max_samples: samples after which it is closed.
     seed: orders the samples inside each split (so a shard mixes classes); same seed, same shards.
-    workers: transcoding processes, 0 = all cores.
+    workers: transcoding processes, 0 = all cores (with `ray`: the CPUs of a cluster started for the run; a
+    running cluster's CPUs all take tasks).
     timeout: seconds one video may take before its worker is stopped and the file rejected; 0 = no limit.
-    ray: None transcodes in this machine's worker processes; a Ray cluster's address (`host:6379`,
-    `ray://host:10001`, `auto`) or "local" (a cluster started for this run, `workers` CPUs) runs one task
-    per video there instead (fastvid/shard/cluster.py). Same bytes either way, so a run may resume on the other.
+    ray: None transcodes in this machine's worker processes; a Ray cluster's address (`host:6379`, `auto`)
+    or "local" (a cluster started for this run, `workers` CPUs) runs one task per video there instead
+    (fastvid/shard/cluster.py). Same bytes either way, so a run may resume on the other.
     """
 
     src: str
@@ -86,7 +87,7 @@ class ShardConfig:
         if self.timeout < 0:
             raise ConfigError(f"timeout: must be >= 0 seconds (0 = no limit), got {self.timeout}")
         if self.ray is not None and not self.ray.strip():
-            raise ConfigError("ray: a Ray cluster's address (host:port, ray://host:port, auto) or \"local\", got ''")
+            raise ConfigError(f"ray: a Ray cluster's address (host:port, auto) or 'local', got {self.ray!r}")
         if not self.default_split.replace("_", "").isalnum():
             raise ConfigError(f"default_split: letters, digits and _ only, got {self.default_split!r}")
 

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fastvid.cli import main
 from fastvid.config import ConfigError
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.cluster import RETRIES
@@ -188,3 +190,12 @@ def test_damaged_video_crash_and_hang_are_recorded(cluster: str, tmp_path: Path)
 def test_ray_address_must_not_be_empty(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ray"):
         ShardConfig(src=str(tmp_path), out=str(tmp_path / "out"), ray=" ")
+
+
+def test_no_cluster_at_the_address_is_one_line(videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    assert main(["shard", str(videos), str(tmp_path), "--no-progress", "--ray", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fastvid shard: error: Ray cluster at {address}: nothing answers") and "\n" not in err, err
