@@ -5,8 +5,9 @@ several values measure how the cost grows with the input), scale to short side 1
 preset/CRF, a keyframe every 16 frames and no MB-tree, yuv420p, audio to mono FLAC at 24 kHz, and run
 `--workers` videos at a time (default: all cores; ffmpeg keeps its own default threading, as a user would
 run it). fastvid's time includes writing the tars, the DALI indexes and dataset.json. `fastvid-ray` runs on
-a local Ray cluster of `--workers` CPUs (held by a child process, as a cluster elsewhere would be), joined
-once by this process as the driver of every turn. Not timed, reported apart: the cluster's start-up, the
+a local Ray cluster of `--workers` CPUs (held by a child process, as a cluster elsewhere would be; its
+workers at nice 0 like the ones `--ray` starts: Ray's default 15 would measure the machine's other load),
+joined once by this process as the driver of every turn. Not timed, reported apart: the cluster's start-up, the
 join, and the first run of each size, which also starts the cluster's worker processes for this driver (a
 `fastvid shard --ray` command pays the join and the workers' start once per run). The tools take turns,
 `--repeats` times, so a change in the shared machine's load hits all of them; the median is reported.
@@ -107,7 +108,8 @@ def run_fastvid(src: Path, out: Path, workers: int, ray: str | None) -> dict:
 def start_ray_cluster(cpus: int) -> tuple[subprocess.Popen, str, float]:
     """A local Ray cluster held by a child process (this process only joins it, as a driver on another
     machine would): the holder, the address, the start-up seconds."""
-    code = ("import sys, ray; ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False); "
+    code = ("import sys, ray; from fastvid.shard.cluster import LOCAL_SYSTEM_CONFIG as c; "
+            "ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, _system_config=c); "
             "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()")
     start = time.perf_counter()
     holder = subprocess.Popen([sys.executable, "-c", code, str(cpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

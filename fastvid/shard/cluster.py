@@ -36,6 +36,10 @@ Result = TypeVar("Result")
 RETRIES = 2  # runs after the first of a task whose worker or node died or that raised
 LOCAL = "local"  # the address that starts a cluster on this machine for the run
 CONNECT_TIMEOUT = 10.0  # seconds for the cluster's head to answer
+# Ray starts its workers at nice 15; local worker processes run at the user's nice. On a busy machine that
+# gave a started-for-the-run cluster ~0.8x the local pool's videos/s (benchmarks/RESULTS.md). A cluster
+# that exists keeps its own settings.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def _call(work: Callable[[Item], Result], item: Item) -> Result:
@@ -66,7 +70,8 @@ def _connect(address: str, workers: int) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # the progress bar stays readable
     try:
         if address == LOCAL:  # Ray's own word for "start one", even beside a cluster running here
-            ray.init(address=LOCAL, num_cpus=workers or None, include_dashboard=False, **quiet)
+            ray.init(address=LOCAL, num_cpus=workers or None, include_dashboard=False, **quiet,
+                     _system_config=LOCAL_SYSTEM_CONFIG)
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as err:
