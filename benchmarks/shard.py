@@ -137,7 +137,7 @@ def plot(rows: list[dict], path: Path) -> None:
                         xytext=(0, 5), ha="center", fontsize=8)
     ax.set_xlabel("videos in the run")
     ax.set_ylabel("videos / s (median)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.2 * max(r["videos_per_s"] for r in rows))
     ax.set_title(f"transcode to short side {SHORT_SIDE}, x264 {PRESET} crf {CRF}, gop {GOP}", fontsize=9)
     ax.legend()
     fig.tight_layout()
