@@ -78,7 +78,7 @@ def _run_shard(args: argparse.Namespace) -> int:
         crf=args.crf, preset=args.preset, short_side=args.short_side, align=args.align, fps=args.fps, gop=args.gop,
         audio=not args.no_audio, audio_rate=args.audio_rate, flow=args.flow, shard_size=args.shard_size,
         max_samples=args.max_samples, seed=args.seed, workers=args.workers, timeout=args.timeout, strict=args.strict,
-        progress=not args.no_progress)
+        progress=not args.no_progress, ray=args.ray)
     summary = shard_dataset(cfg)
     print(summary.format())
     if not summary.samples:
@@ -126,11 +126,18 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None,
                    help="close a shard at this many samples (default: no limit)")
     p.add_argument("--seed", type=int, default=0, help="orders samples within each split (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="transcoding processes (default 0: all cores)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="transcoding processes (default 0: all cores); with --ray and no ADDRESS, the CPUs of "
+                        "the cluster started for the run")
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds one video may take before it is stopped and rejected (default 1800; 0: no limit)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any file is rejected")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="transcode as Ray tasks, one per video, on the cluster at ADDRESS (its head's host:6379, "
+                        "or auto: the one `ray start` began on this machine), or without ADDRESS on a cluster "
+                        "started here for the run with --workers CPUs; same shards as without (needs `pip install "
+                        "'fastvid[ray]'`; default: this machine's worker processes)")
     p.set_defaults(run=_run_shard)
 
 

@@ -14,7 +14,7 @@ FlowMethod = Literal["tvl1", "dis", "farneback"]
 DEFAULT_CRF = {"h264": 23, "vp9": 32, "mjpeg": 3}
 
 # Fields that do not change the bytes written; a resumed run may change them freely.
-RUNTIME_FIELDS = ("out", "workers", "timeout", "progress", "strict")
+RUNTIME_FIELDS = ("out", "workers", "timeout", "progress", "strict", "ray")
 
 
 @dataclass
@@ -32,8 +32,12 @@ class ShardConfig:
     gop: a keyframe exactly every `gop` frames, so random access decodes at most gop-1 extra frames.
     shard_size: bytes after which a shard is closed; max_samples: samples after which it is closed.
     seed: orders the samples inside each split (so a shard mixes classes); same seed, same shards.
-    workers: transcoding processes, 0 = all cores.
+    workers: transcoding processes, 0 = all cores (with `ray`: the CPUs of a cluster started for the run; a
+    running cluster's CPUs all take tasks).
     timeout: seconds one video may take before its worker is stopped and the file rejected; 0 = no limit.
+    ray: None transcodes in this machine's worker processes; a Ray cluster's address (`host:6379`, `auto`)
+    or "local" (a cluster started for this run, `workers` CPUs) runs one task per video there instead
+    (fastvid/shard/cluster.py). Same bytes either way, so a run may resume on the other.
     """
 
     src: str
@@ -57,6 +61,7 @@ class ShardConfig:
     timeout: float = 1800.0
     strict: bool = False
     progress: bool = True
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         if self.short_side < 0:
@@ -81,6 +86,8 @@ class ShardConfig:
             raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.timeout < 0:
             raise ConfigError(f"timeout: must be >= 0 seconds (0 = no limit), got {self.timeout}")
+        if self.ray is not None and not self.ray.strip():
+            raise ConfigError(f"ray: a Ray cluster's address (host:port, auto) or 'local', got {self.ray!r}")
         if not self.default_split.replace("_", "").isalnum():
             raise ConfigError(f"default_split: letters, digits and _ only, got {self.default_split!r}")
 

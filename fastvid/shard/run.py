@@ -163,9 +163,15 @@ def _lost(source: Source, kind: str, reason: str) -> tuple[Failure, int]:
 
 def _results(todo: list[Source], cfg: ShardConfig, labels: dict[str, int]) -> Iterator[tuple[Sample | Failure, int]]:
     """Transcoded samples in plan order, from worker processes (even with one worker, so that a video
-    that crashes or hangs FFmpeg costs only itself); workers run ahead while the writer waits."""
+    that crashes or hangs FFmpeg costs only itself) or from Ray tasks (`cfg.ray`); workers run ahead while
+    the writer waits."""
     work = partial(_work, cfg=cfg, labels=labels)
-    yield from run_isolated(work, todo, cfg.num_workers, cfg.timeout or None, _lost)
+    if cfg.ray is None:
+        yield from run_isolated(work, todo, cfg.num_workers, cfg.timeout or None, _lost)
+    else:
+        from fastvid.shard.cluster import run_on_ray  # Ray is an optional extra
+
+        yield from run_on_ray(work, todo, cfg.ray, cfg.workers, cfg.timeout or None, _lost)
 
 
 class _Roller:
