@@ -17,6 +17,7 @@ naming the object (missing, access denied, endpoint unreachable).
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from abc import ABC, abstractmethod
@@ -90,7 +91,7 @@ class Storage(ABC):
 
     @abstractmethod
     def open(self, name: str):
-        """A seekable binary file object over the object (tarfile reads a whole shard through it)."""
+        """A seekable binary file object over the object (tarfile reads a shard through it; use `with`)."""
 
     @abstractmethod
     def publish(self, file: Path, name: str) -> None:
@@ -232,9 +233,10 @@ class ObjectStorage(Storage):
         return bytes(self._call(name, obstore.get_range, name, start=start, end=end))
 
     def open(self, name: str):
-        import obstore
-
-        return self._call(name, obstore.open_reader, name, buffer_size=8 << 20)
+        stat = self.stat(name)
+        if stat is None:
+            raise MissingFile(f"{self.location(name)}: no such object")
+        return io.BufferedReader(_RangeFile(self, name, stat.size), buffer_size=8 << 20)
 
     def publish(self, file: Path, name: str) -> None:
         """Upload as NAME.partial (multipart for big files), then rename (a server-side copy) to NAME."""
@@ -264,6 +266,36 @@ class ObjectStorage(Storage):
         if not names:
             return None
         return "".join(self.read(n).decode("utf-8", "replace") for n in names)
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable file over an object: each read is a byte-range request (buffered above)."""
+
+    def __init__(self, storage: ObjectStorage, name: str, size: int) -> None:
+        self.storage, self.name, self.size, self.position = storage, name, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(base + offset, 0)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        end = min(self.position + len(buffer), self.size)
+        if end <= self.position:
+            return 0
+        data = self.storage.read_range(self.name, self.position, end)
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 def open_storage(location: str | Path) -> Storage:

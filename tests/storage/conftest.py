@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from fastvid.shard import ShardConfig, shard_dataset
+from fastvid import storage
 from fastvid.storage import open_storage
 from tests.clips import write_marked_clip
 from tests.storage.seaweed import SeaweedServer, weed_binary
 
 LENGTHS = {"a/clip0": 40, "a/clip1": 24, "a/clip2": 12, "b/clip3": 48, "b/clip4": 30, "b/clip5": 20}
-OPTIONS = {"codec": "h264", "crf": 16, "short_side": 64, "gop": 4, "workers": 1, "max_samples": 2,
+OPTIONS = {"codec": "h264", "crf": 16, "short_side": 64, "gop": 4, "workers": 1, "max_samples": 1,
            "audio_rate": 24000, "progress": False}
 
 
@@ -62,3 +63,11 @@ def upload(folder: Path, url: str, staging: Path) -> str:
 def s3_shards(s3, local_shards, tmp_path_factory) -> str:
     """The local shards, uploaded to s3://BUCKET/shards."""
     return upload(local_shards, f"s3://{s3.bucket}/shards", tmp_path_factory.mktemp("staging"))
+
+
+@pytest.fixture
+def fresh_clients() -> Iterator[None]:
+    """Storage clients made anew from the environment (a test that changes the AWS variables)."""
+    storage._OPENED.clear()
+    yield
+    storage._OPENED.clear()

@@ -2,18 +2,27 @@
 local folder, and one-line errors for a missing object, a wrong key and a stopped server."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
+import pytest
 import torch
 
-from fastvid.data import AudioSpec, DataConfig, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.data import AudioSpec, DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.errors import MissingFile
 from fastvid.shard import read_manifest
+from fastvid.storage import StorageError, open_storage
 from tests.clips import frame_index
+from tests.storage.conftest import upload
+from tests.storage.seaweed import SeaweedServer
 
 VIEWS = [ViewSpec("v", temporal=TemporalSpec(frames=4), spatial=SpatialSpec(size=(32, 32), normalize=False)),
          ViewSpec("a", modality="audio", audio=AudioSpec(follow="v", seconds=0.4))]
 
 
-def batches(shards: str, **overrides) -> list[dict[str, torch.Tensor]]:
-    cfg = DataConfig(shards=shards, batch_size=2, threads=1, workers=2, drop_last=False, seed=3, **overrides)
+def batches(shards: str, workers: int = 1, **overrides) -> list[dict[str, torch.Tensor]]:
+    cfg = DataConfig(shards=shards, batch_size=2, threads=1, workers=workers, drop_last=False, seed=3, **overrides)
     return list(build_loader(cfg, VIEWS))
 
 
@@ -32,7 +41,7 @@ def test_every_sample_from_the_store_equals_the_local_read(s3_shards, local_shar
     remote = build(DataConfig(shards=s3_shards, batch_size=2, threads=1, workers=2), VIEWS).source()
     for position in range(len(local.table.keys)):
         assert remote.fetch(position) == local.fetch(position)
-    got, want = batches(s3_shards), batches(str(local_shards))
+    got, want = batches(s3_shards, workers=2), batches(str(local_shards), workers=2)  # 2: read-ahead by worker
     assert len(got) == len(want) == 3
     for g, w in zip(got, want):
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in g)
@@ -40,3 +49,39 @@ def test_every_sample_from_the_store_equals_the_local_read(s3_shards, local_shar
     for clip in (c for b in got for c in b["v"]):  # (3, T, H, W) in [0, 1]
         marks = [frame_index(f) for f in clip.permute(1, 2, 3, 0).numpy() * 255.0]
         assert all(b > a for a, b in zip(marks, marks[1:])), marks
+
+
+def test_a_missing_object_is_named_and_skipped_with_on_error_skip(s3, s3_shards, local_shards, tmp_path):
+    url = upload(local_shards, f"s3://{s3.bucket}/one-missing", tmp_path)
+    tar = read_manifest(url)["shards"][1]["tar"]
+    open_storage(url).delete(tar.rsplit("/", 1)[1])
+    with pytest.raises(LoaderError, match=rf"^{re.escape(tar)}: missing$"):
+        batches(url)
+    with pytest.warns(UserWarning, match=rf"{re.escape(tar)}: its tar or index is missing; its 1 samples"):
+        got = batches(url, on_error="skip")
+    keys = sorted(i for b in got for i in b["index"].tolist())
+    assert keys == [0, 2, 3, 4, 5]  # dataset positions: the second shard's one sample is left out
+    with pytest.raises(MissingFile, match=rf"^s3://{s3.bucket}/nothing/dataset.json: no dataset.json"):
+        read_manifest(f"s3://{s3.bucket}/nothing")
+
+
+def test_a_wrong_key_is_one_line(s3, s3_shards, monkeypatch, fresh_clients):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-key")
+    with pytest.raises(StorageError, match=rf"^{s3_shards}/dataset.json: access denied \(SignatureDoesNotMatch\)$"):
+        batches(s3_shards)
+    result = subprocess.run([sys.executable, "-m", "fastvid.cli", "info", s3_shards], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "access denied" in result.stderr
+
+
+def test_a_stopped_server_is_one_line(local_shards, tmp_path, monkeypatch, fresh_clients):
+    """Stopped after the loader started: the first read names the tar and the endpoint, after the retries."""
+    with SeaweedServer(tmp_path / "server") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        url = upload(local_shards, f"s3://{server.bucket}/shards", tmp_path)
+        loader = build_loader(DataConfig(shards=url, batch_size=2, threads=1, workers=1), VIEWS)
+    with pytest.raises(LoaderError) as err:
+        list(loader)
+    assert "\n" not in str(err.value)
+    assert re.search(rf"{url}/train-00000\d\.tar: endpoint {server.endpoint} unreachable after 5 retries "
+                     r"\(Connection refused\)", str(err.value)), str(err.value)
