@@ -272,8 +272,8 @@ class ShardSource:
         size, extra = divmod(batch, workers)
         ends = np.cumsum([size + (k < extra) for k in range(workers)])
         end = int(ends[np.searchsorted(ends, info.idx_in_batch, side="right")])  # this worker's part ends here
-        first = info.idx_in_epoch + 1
-        window = [int(p) for p in order[first:min(first + AHEAD, first + end - info.idx_in_batch - 1, len(order))]]
+        now = info.idx_in_epoch  # this sample (kept if it is on its way already) and the next AHEAD of the part
+        window = [int(p) for p in order[now:min(now + 1 + AHEAD, now + end - info.idx_in_batch, len(order))]]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="fastvid-read")
         self._ahead = {p: self._ahead.get(p) or self._pool.submit(self.fetch, p) for p in window}

@@ -6,13 +6,15 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from fastvid.data import AudioSpec, DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
+from fastvid.data.source import write_order
 from fastvid.errors import MissingFile
 from fastvid.shard import read_manifest
-from fastvid.storage import StorageError, open_storage
+from fastvid.storage import ObjectStorage, StorageError, open_storage
 from tests.clips import frame_index
 from tests.storage.conftest import upload
 from tests.storage.seaweed import SeaweedServer
@@ -85,3 +87,24 @@ def test_a_stopped_server_is_one_line(local_shards, tmp_path, monkeypatch, fresh
     assert "\n" not in str(err.value)
     assert re.search(rf"{url}/train-00000\d\.tar: endpoint {server.endpoint} unreachable after 5 retries "
                      r"\(Connection refused\)", str(err.value)), str(err.value)
+
+
+def test_one_request_per_sample_read_ahead_within_a_workers_part(s3_shards, monkeypatch):
+    """A worker's calls, as DALI's pool hands them out (worker 0: samples 0-2 of a batch of 5, worker 1: 3-4),
+    make one byte-range request per sample (json + mp4 + flac together), none for another worker's part."""
+    from nvidia.dali.types import SampleInfo
+
+    loader = build_loader(DataConfig(shards=s3_shards, batch_size=5, workers=2), VIEWS)  # owns the order folder
+    source = loader.source()
+    source.batch = (5, 2)
+    write_order(source.folder, 0, np.arange(5), 0)
+    requested = []
+    read_range = ObjectStorage.read_range
+    monkeypatch.setattr(ObjectStorage, "read_range",
+                        lambda self, name, a, b: requested.append((name, a)) or read_range(self, name, a, b))
+    for j in range(3):
+        source(SampleInfo(j, j, 0, 0))
+    assert len(requested) == 3 and not source._ahead  # nothing read of worker 1's samples 3 and 4
+    for j in (3, 4):
+        source(SampleInfo(j, j, 0, 0))
+    assert sorted(requested) == sorted(set(requested)) and len(requested) == 5
