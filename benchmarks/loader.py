@@ -420,10 +420,10 @@ def main() -> None:
                                   num_workers=workers, persistent_workers=True, drop_last=True)
                 record(f"{name}+DataLoader", workers, lambda: data)
                 continue
-            for decode, data in [(d, where) for d in args.decode
-                                 for where in [str(shards)] + ([args.data] if args.data and name == "fastvid" else [])]:
-                label = name + ("" if args.decode == ["auto"] else f"[{decode}]") + ("@store" if data == args.data else "")
-                cfg = DataConfig(shards=data, batch_size=args.batch, workers=workers, threads=workers, decode=decode)
+            for decode in args.decode:
+                label = name + ("" if args.decode == ["auto"] else f"[{decode}]")
+                cfg = DataConfig(shards=str(shards), batch_size=args.batch, workers=workers, threads=workers,
+                                 decode=decode)
                 views = video_simclr_views(VIEWS)
                 if name == "fastvid-plain":
                     views = [replace(v, spatial=PLAIN) for v in views]
@@ -436,6 +436,13 @@ def main() -> None:
                 ratio = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
                 record(label, workers, lambda: loader, ratio)
                 loader.close()
+        if args.data:
+            say(f"fastvid from local disk and from {args.data}, {workers} worker(s), one repeat each in turn ...")
+            report["store"].setdefault("pairs", {})[workers] = pair = paired(
+                [str(shards), args.data], workers, args.batch, args.batches, args.repeats, device)
+            results.setdefault("fastvid@store", {})[workers] = pair["store"]
+            say(f"  local {pair['local']['clips_per_s']:.1f}, store {pair['store']['clips_per_s']:.1f} clips/s; "
+                f"store / local per pair {', '.join(f'{r:.2f}' for r in pair['ratios'])}: median {pair['ratio']:.2f}x")
     os.sched_setaffinity(0, cores)
     (out / "loader.json").write_text(json.dumps(report, indent=2))
     say(f"\n{'loader':24s} {'workers':>7s} {'clips/s':>8s} {'CPU ms/clip':>12s} {'decoded/delivered':>18s}")
@@ -448,10 +455,9 @@ def main() -> None:
         others = [by[best]["clips_per_s"] for n, by in results.items() if "DataLoader" in n and best in by]
         if others:
             say(f"fastvid / best baseline at {best} workers: {results['fastvid'][best]['clips_per_s'] / max(others):.2f}x")
-        for w in args.workers if "fastvid@store" in results else []:
-            if w in results["fastvid@store"] and w in results["fastvid"]:
-                say(f"fastvid from {args.data} / from local disk at {w} workers: "
-                    f"{results['fastvid@store'][w]['clips_per_s'] / results['fastvid'][w]['clips_per_s']:.2f}x")
+        for w, pair in report.get("store", {}).get("pairs", {}).items():
+            say(f"fastvid from {args.data} / from local disk at {w} workers: {pair['ratio']:.2f}x (median of "
+                f"{len(pair['ratios'])} pairs run in turn)")
         if len(args.workers) > 1:
             lo = min(args.workers)
             say(f"fastvid {best} workers / {lo}: "
@@ -459,6 +465,27 @@ def main() -> None:
     for note in notes:
         say("note:", note)
     plot(report, out / "loader.png")
+
+
+def paired(data: list[str], workers: int, batch: int, batches: int, repeats: int, device: str) -> dict:
+    """The loader on the local shards and on the store, one timed repeat of each in turn `repeats` times: the
+    ratio of each pair shares the machine's load of the moment (others' jobs on a shared machine move a
+    single run's rate by 2x or more)."""
+    cfg = DataConfig(shards=data[0], batch_size=batch, workers=workers, threads=workers)
+    loaders = [build_loader(replace(cfg, shards=d), video_simclr_views(VIEWS), device=device) for d in data]
+    runs: list[list[dict]] = [[], []]
+    for _ in range(repeats):
+        for k, loader in enumerate(loaders):
+            runs[k].append(measure(lambda: loader, batches, 1))
+    for loader in loaders:
+        loader.close()
+    ratios = [s["clips_per_s"] / loc["clips_per_s"] for loc, s in zip(*runs)]
+
+    def summary(rows: list[dict]) -> dict:
+        return {"clips_per_s": statistics.median(r["clips_per_s"] for r in rows), "decoded_per_delivered": None,
+                "cpu_ms_per_clip": statistics.median(r["cpu_ms_per_clip"] for r in rows),
+                "repeats": [r["clips_per_s"] for r in rows]}
+    return {"local": summary(runs[0]), "store": summary(runs[1]), "ratios": ratios, "ratio": statistics.median(ratios)}
 
 
 def upload_once(shards: Path, url: str) -> None:
