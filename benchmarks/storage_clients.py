@@ -2,7 +2,8 @@
 sample (the loader's pattern), at 1 and several requests in flight.
 
 Starts its own SeaweedFS server (tests/storage/seaweed.py), uploads a shard of the sample dataset and reads
-every sample's members as one range, in a shuffled order, with each client. Prints a table, writes JSON.
+every sample's members as one range, in a shuffled order, with each client. Prints a table, writes JSON and
+a PNG. The server runs on the same cores as the client: the figures bound a client's cost per request, not S3's.
 """
 from __future__ import annotations
 
@@ -114,8 +115,32 @@ def main() -> None:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     mean = sum(b - a for a, b in ranges) / len(ranges)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "tar": str(tar),
+    machine = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                   platform.machine())
+    out.write_text(json.dumps({"machine": machine, "cpus": os.cpu_count(), "tar": str(tar),
                                "bytes_per_request": mean, "rows": rows}, indent=1))
+    plot(rows, args.in_flight, f"{machine}, {os.cpu_count()} cores; {mean / 1e3:.0f} kB per request",
+         out.with_suffix(".png"))
+
+
+def plot(rows: list[dict], in_flight: list[int], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = list(dict.fromkeys(r["client"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    width = 0.8 / len(in_flight)
+    for k, n in enumerate(in_flight):
+        rate = {r["client"]: r["requests_per_s"] for r in rows if r["in_flight"] == n}
+        ax.bar(np.arange(len(clients)) + k * width, [rate.get(c, 0) for c in clients], width, label=f"{n} in flight")
+    ax.set_xticks(np.arange(len(clients)) + width * (len(in_flight) - 1) / 2, clients)
+    ax.set_ylabel("byte-range requests/s")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

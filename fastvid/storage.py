@@ -6,9 +6,11 @@ whole small object (dataset.json, an .idx, the journal), read a byte range (a sa
 next to each other in its tar: one request per sample), `publish` a finished local file under a name
 (only a complete object ever has the final name), append to a log (the shard journal), delete.
 
-Object storage goes through obstore (Rust's `object_store`; `pip install 'fastvid[s3]'`): it read byte
-ranges from a local S3 server 1.7x faster than boto3 at one request in flight and 2.7x at four
-(`benchmarks/storage_clients.py`), releases the GIL while it waits, and speaks S3, GCS and HTTP. S3 settings
+Object storage goes through obstore (Rust's `object_store`; `pip install 'fastvid[s3]'`): it read ~100 kB
+byte ranges from a local S3 server at 1.5-1.7x boto3's rate with one request in flight and 1.7-2.7x with four,
+2.3-3.4x s3fs's (`benchmarks/storage_clients.py`, two runs), releases the GIL while it waits, and speaks S3,
+GCS and HTTP. It is not fork-safe (its runtime's threads do not survive a fork): the loader spawns its
+workers when it reads object storage. S3 settings
 come from the usual AWS variables (`AWS_ENDPOINT_URL` for an S3-compatible store, `AWS_REGION`, keys) and,
 when the variables hold no key and boto3 is installed, from `~/.aws/config` and `~/.aws/credentials`
 (profiles, SSO, instance roles). Requests are retried with exponential backoff on throttling (503), server
@@ -188,9 +190,10 @@ class ObjectStorage(Storage):
         self.root = url.rstrip("/")
         self._store = None
         self._pid = -1
+        self._lines: dict[str, int] = {}  # log -> lines it holds (`append`)
 
     def __getstate__(self) -> dict:
-        return {"root": self.root, "_store": None, "_pid": -1}
+        return {"root": self.root, "_store": None, "_pid": -1, "_lines": {}}
 
     @property
     def store(self):
@@ -258,8 +261,10 @@ class ObjectStorage(Storage):
         """An object cannot grow: each line is its own object LOG/NNNNNNNN, numbered after the last one."""
         import obstore
 
-        count = len(self.list(f"{log}/"))
-        self._call(log, obstore.put, f"{log}/{count:08d}", line.encode())
+        if log not in self._lines:  # listed once per process, then counted here
+            self._lines[log] = len(self.list(f"{log}/"))
+        self._call(log, obstore.put, f"{log}/{self._lines[log]:08d}", line.encode())
+        self._lines[log] += 1
 
     def read_log(self, log: str) -> str | None:
         names = sorted(self.list(f"{log}/"))
