@@ -28,7 +28,7 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.lifetime import die_with_parent
 from fastvid.shard.integrity import verify_member
-from fastvid.storage import LocalStorage, storage_of
+from fastvid.storage import Storage, is_url, open_storage, split
 
 YUV_TO_RGB = {full: yuv_to_rgb(full) for full in (False, True)}  # by range: computed once, used per sample
 CROP_MARGIN = 8  # pixels kept around the views' regions: the resize filter's support at a 4x downscale
@@ -129,13 +129,14 @@ class ShardSource:
         self.names = self.draws + media_outputs(self.media, decode)
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
         self.batch: tuple[int, int] | None = None  # (batch size, workers) of the pipeline: what a worker reads ahead
+        self._storages: dict[str, Storage] = {}  # folder or prefix -> its storage (open files, a client)
         self._fetched: tuple[int, dict[str, bytes]] = (-1, {})  # the last sample's members
         self._ahead: dict[int, Future] = {}  # position -> its members being read
         self._pool: ThreadPoolExecutor | None = None
         self.parent = os.getpid()  # the loader's process: the workers end with it
 
     def __getstate__(self) -> dict:  # sent to spawned workers: no cached orders, reads or threads
-        return {**self.__dict__, "_orders": {}, "_fetched": (-1, {}), "_ahead": {}, "_pool": None}
+        return {**self.__dict__, "_orders": {}, "_storages": {}, "_fetched": (-1, {}), "_ahead": {}, "_pool": None}
 
     def __setstate__(self, state: dict) -> None:
         """In a spawned worker: it ends with the loader's process (forked ones: `children_end_with_this_process`)."""
@@ -247,8 +248,8 @@ class ShardSource:
         """The members the views need of the sample at `position` (ext -> bytes), read from its tar by the
         index's offsets: one read per run of members that lie next to each other (a tar header apart), so
         one byte-range request per sample from object storage. A member past the tar's end comes back short."""
-        t = int(self.table.tar[position])
-        storage, name = storage_of(self.tars[t])
+        root, name = split(self.tars[int(self.table.tar[position])])
+        storage = self._storages.get(str(root)) or self._storages.setdefault(str(root), open_storage(root))
         spans = sorted((int(self.table.offset[e][position]), int(self.table.size[e][position]), e)
                        for e in ["json"] + self.media)
         members, run = {}, [spans[0]]
@@ -266,7 +267,7 @@ class ShardSource:
         """Start reading the samples this worker decodes after `info`'s, up to `AHEAD` in flight: the rest of
         its part of the batch (DALI's pool gives worker k of W samples [kB/W...] of a batch of B: the first
         B % W workers one more), so no request is made for a sample another worker reads."""
-        if self.batch is None or isinstance(storage_of(self.tars[0])[0], LocalStorage):  # a pread takes µs
+        if self.batch is None or not is_url(self.tars[0]):  # a pread takes µs
             return
         batch, workers = self.batch
         size, extra = divmod(batch, workers)
