@@ -12,7 +12,8 @@ import torch
 
 from fastvid.data import AudioSpec, DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
 from fastvid.data.source import write_order
-from fastvid.errors import MissingFile
+from fastvid import storage
+from fastvid.errors import MissingFile, UserError
 from fastvid.shard import read_manifest
 from fastvid.storage import ObjectStorage, StorageError, open_storage
 from tests.clips import frame_index
@@ -108,3 +109,23 @@ def test_one_request_per_sample_read_ahead_within_a_workers_part(s3_shards, monk
     for j in (3, 4):
         source(SampleInfo(j, j, 0, 0))
     assert sorted(requested) == sorted(set(requested)) and len(requested) == 5
+
+
+def test_credentials_and_region_from_aws_config_files(s3, s3_shards, tmp_path, monkeypatch, fresh_clients):
+    """No key in the environment: the profile of ~/.aws/credentials (here AWS_SHARED_CREDENTIALS_FILE) and the
+    region of its config file are used, as by the AWS tools."""
+    env = s3.env()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.delenv(name)
+    (tmp_path / "credentials").write_text(f"[test]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+                                          f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n")
+    (tmp_path / "config").write_text("[profile test]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "test")
+    assert read_manifest(s3_shards)["samples"] == 6
+    monkeypatch.setenv("AWS_PROFILE", "nobody")  # a profile that does not exist: no key at all
+    storage._OPENED.clear()
+    with pytest.raises(UserError, match=r"dataset\.json: .*nobody.* could not be found") as err:
+        read_manifest(s3_shards)
+    assert "\n" not in str(err.value)
