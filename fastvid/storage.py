@@ -368,16 +368,22 @@ def _one_line(location: str | Path, err: Exception) -> UserError:
     from obstore import exceptions as ob
 
     text = str(err)
-    if isinstance(err, ob.NotFoundError) or "404" in text.split("\n")[0]:
+    if isinstance(err, ob.NotFoundError) or re.search(r"status code: 404|<Code>NoSuch", text):
         return MissingFile(f"{location}: no such object")
-    if isinstance(err, (ob.PermissionDeniedError, ob.UnauthenticatedError)) or re.search(r"\b40[13]\b", text):
+    if isinstance(err, (ob.PermissionDeniedError, ob.UnauthenticatedError)) or re.search(r"status code: 40[13]", text):
         code = re.search(r"<Code>(\w+)</Code>", text)
         return StorageError(f"{location}: access denied ({code.group(1) if code else 'check the credentials'})")
-    if re.search(r"error sending request|connect|dns|timed out|timeout", text.split("\n")[0], re.IGNORECASE):
+    retries = re.search(r"after (\d+) retries", text)
+    after = f" after {retries.group(1)} retries" if retries else ""
+    status = re.search(r"status code: (\d{3})|\b(5\d\d) [A-Z]", text)
+    if status:  # throttled (503 SlowDown) or a server error, still so after the retries
+        code = re.search(r"<Code>(\w+)</Code>", text)
+        return StorageError(f"{location}: the server answered {status.group(1) or status.group(2)}"
+                            f"{' ' + code.group(1) if code else ''}{after}")
+    if re.search(r"error sending request|connect|dns error|timed out", text, re.IGNORECASE):
         endpoint = os.environ.get("AWS_ENDPOINT_URL") if str(location).startswith("s3://") else None
-        retries = re.search(r"after (\d+) retries", text)
         return StorageError(f"{location}: {'endpoint ' + endpoint if endpoint else 'the server'} unreachable"
-                            f"{' after ' + retries.group(1) + ' retries' if retries else ''} ({_reason(text)})")
+                            f"{after} ({_reason(text)})")
     return StorageError(f"{location}: {_reason(text)}")
 
 

@@ -2,9 +2,12 @@
 local folder, and one-line errors for a missing object, a wrong key and a stopped server."""
 from __future__ import annotations
 
+import http.client
+import http.server
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -129,3 +132,49 @@ def test_credentials_and_region_from_aws_config_files(s3, s3_shards, tmp_path, m
     with pytest.raises(UserError, match=r"dataset\.json: .*nobody.* could not be found") as err:
         read_manifest(s3_shards)
     assert "\n" not in str(err.value)
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """Answers the first `server.refusals` requests with S3's 503 SlowDown, forwards the others to S3."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.seen.append(self.path)
+        if len(self.server.seen) <= self.server.refusals:
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        connection = http.client.HTTPConnection(self.server.target)
+        connection.request("GET", self.path, headers=dict(self.headers))  # Host kept: the signature covers it
+        reply = connection.getresponse()
+        body = reply.read()
+        self.send_response(reply.status)
+        for name, value in reply.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("refusals", [3, 100])
+def test_throttling_is_retried_with_backoff(refusals, s3, s3_shards, monkeypatch, fresh_clients):
+    """503 SlowDown three times: the read succeeds on the fourth try; throttled for good: one line after 5 retries."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    proxy.seen, proxy.refusals, proxy.target = [], refusals, s3.endpoint.removeprefix("http://")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    try:
+        if refusals == 3:
+            assert read_manifest(s3_shards)["samples"] == 6
+            assert len(proxy.seen) == 4 and len(set(proxy.seen)) == 1
+        else:
+            with pytest.raises(StorageError, match=r"dataset\.json: the server answered 503 SlowDown after 5 retries$") as err:
+                read_manifest(s3_shards)
+            assert "\n" not in str(err.value) and len(proxy.seen) == 6
+    finally:
+        proxy.shutdown()
