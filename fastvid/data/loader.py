@@ -32,6 +32,7 @@ from fastvid.lifetime import children_end_with_this_process
 from fastvid.shard import read_manifest
 from fastvid.shard.flow import dequantise
 from fastvid.shard.writer import INDEX_VERSION, split_name
+from fastvid.storage import is_url, read_location, stat_location
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
@@ -54,12 +55,23 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
     it disagrees with dataset.json (`index_problem`)."""
     rows, key_index, skipped, position = [], {}, [], 0
     for t, shard in enumerate(shards):
+        tar_stat = stat_location(shard["tar"])
         try:
-            lines = Path(shard["index"]).read_text().splitlines()
+            lines = read_location(shard["index"]).decode().splitlines()
         except (OSError, UnicodeDecodeError) as err:
-            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror
-            raise LoaderError(f"{shard['index']}: cannot read the shard's index ({why}); rerun the "
-                              "`fastvid shard` command to rewrite it") from None
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror or str(err)
+            if on_error == "skip" and isinstance(err, FileNotFoundError):
+                tar_stat = None  # the shard cannot be read: left out below
+            else:
+                raise LoaderError(f"{shard['index']}: cannot read the shard's index ({why}); rerun the "
+                                  "`fastvid shard` command to rewrite it") from None
+        if tar_stat is None and on_error == "skip":  # a missing tar or index: its samples are left out
+            warnings.warn(f"{shard['tar']}: its tar or index is missing; its {shard['samples']} samples are "
+                          "skipped", stacklevel=2)
+            skipped.append(f"{Path(shard['tar']).name}:*")
+            rows += [None] * shard["samples"]
+            position += shard["samples"]
+            continue
         if (problem := index_problem(shard, lines)) is not None:
             raise LoaderError(f"{shard['index']}: {problem}; rerun the `fastvid shard` command to rewrite it")
         recorded = shard.get("members", {})  # name -> [size, crc32] (shards written by fastvid >= issue 14)
@@ -82,7 +94,7 @@ def scan_indices(shards: list[dict], exts: list[str], on_error: str,
                 rows.append((t, key, members, sums))
                 key_index[key] = position
             position += 1
-        size = os.path.getsize(shard["tar"]) if os.path.exists(shard["tar"]) else -1
+        size = tar_stat.size if tar_stat is not None else -1
         if size < end:
             raise LoaderError(f"{shard['tar']}: " + ("missing" if size < 0 else
                               f"{size} bytes, its index needs {end}: truncated or damaged; re-run `fastvid shard`"))
@@ -267,7 +279,10 @@ class VideoLoader:
         on_gpu = self.device.type == "cuda" and self.decode != "dali-cpu"
         workers = self.cfg.workers or len(os.sched_getaffinity(0))  # the cores this process may use
         # fork is fast but unsafe once CUDA is initialised in this process: spawn then (the source pickles)
-        start = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
+        # and once this process has read object storage (obstore's runtime does not survive a fork either)
+        start = ("spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() or is_url(self._shards[0]["tar"])
+                 else "fork")
+        source.batch = (self.cfg.batch_size, workers)  # which samples a worker reads next: it reads them ahead
         pipe = views_pipeline(source, self.views, self.audio_rate, "mixed" if on_gpu else "cpu",
                               batch_size=self.cfg.batch_size, num_threads=self.cfg.threads,
                               device_id=(self.device.index or 0) if on_gpu else None, seed=self.cfg.seed,

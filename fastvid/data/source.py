@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,12 @@ from fastvid.data.sampling import SampleDrawer
 from fastvid.data.spec import ViewSpec
 from fastvid.lifetime import die_with_parent
 from fastvid.shard.integrity import verify_member
+from fastvid.storage import Storage, is_url, open_storage, split
 
 YUV_TO_RGB = {full: yuv_to_rgb(full) for full in (False, True)}  # by range: computed once, used per sample
 CROP_MARGIN = 8  # pixels kept around the views' regions: the resize filter's support at a 4x downscale
+AHEAD = 4  # samples whose members a worker reads ahead from object storage: the requests wait while it decodes
+ADJACENT = 4096  # bytes between two members read in one request (a tar header is 512)
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
 
 
@@ -124,11 +128,15 @@ class ShardSource:
         self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
         self.names = self.draws + media_outputs(self.media, decode)
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
-        self._files: dict[int, int] = {}
+        self.batch: tuple[int, int] | None = None  # (batch size, workers) of the pipeline: what a worker reads ahead
+        self._storages: dict[str, Storage] = {}  # folder or prefix -> its storage (open files, a client)
+        self._fetched: tuple[int, dict[str, bytes]] = (-1, {})  # the last sample's members
+        self._ahead: dict[int, Future] = {}  # position -> its members being read
+        self._pool: ThreadPoolExecutor | None = None
         self.parent = os.getpid()  # the loader's process: the workers end with it
 
-    def __getstate__(self) -> dict:  # sent to spawned workers: no open files, no cached orders
-        return {**self.__dict__, "_orders": {}, "_files": {}}
+    def __getstate__(self) -> dict:  # sent to spawned workers: no cached orders, reads or threads
+        return {**self.__dict__, "_orders": {}, "_storages": {}, "_fetched": (-1, {}), "_ahead": {}, "_pool": None}
 
     def __setstate__(self, state: dict) -> None:
         """In a spawned worker: it ends with the loader's process (forked ones: `children_end_with_this_process`)."""
@@ -140,6 +148,7 @@ class ShardSource:
         order, epoch = self._order(info.epoch_idx)
         if info.idx_in_epoch >= len(order):
             raise StopIteration
+        self.read_ahead(order, info)
         for attempt in range(len(order)):
             position = int(order[(info.idx_in_epoch + attempt) % len(order)])
             try:
@@ -217,13 +226,13 @@ class ShardSource:
         return list(range(0, frames, self.gop))
 
     def read(self, position: int, ext: str) -> bytes:
-        """Member `ext` of the sample, read at its offset (one pread; file handles kept per process)."""
+        """Member `ext` of the sample, from the bytes of its members read together (`fetch`)."""
+        if self._fetched[0] != position:
+            ahead = self._ahead.pop(position, None)
+            self._fetched = (position, ahead.result() if ahead is not None else self.fetch(position))
         t = int(self.table.tar[position])
-        offset, size = int(self.table.offset[ext][position]), int(self.table.size[ext][position])
-        fd = self._files.get(t)
-        if fd is None:
-            fd = self._files[t] = os.open(self.tars[t], os.O_RDONLY)
-        data = os.pread(fd, size, offset)
+        size = int(self.table.size[ext][position])
+        data = self._fetched[1][ext]
         if len(data) != size:
             raise ValueError(f"{self.name(position)}.{ext}: the tar ends inside this member "
                              f"({len(data)} of {size} bytes)")
@@ -234,6 +243,41 @@ class ShardSource:
             if reason is not None:
                 raise ValueError(f"{Path(self.tars[t]).name}:{reason}")
         return data
+
+    def fetch(self, position: int) -> dict[str, bytes]:
+        """The members the views need of the sample at `position` (ext -> bytes), read from its tar by the
+        index's offsets: one read per run of members that lie next to each other (a tar header apart), so
+        one byte-range request per sample from object storage. A member past the tar's end comes back short."""
+        root, name = split(self.tars[int(self.table.tar[position])])
+        storage = self._storages.get(str(root)) or self._storages.setdefault(str(root), open_storage(root))
+        spans = sorted((int(self.table.offset[e][position]), int(self.table.size[e][position]), e)
+                       for e in ["json"] + self.media)
+        members, run = {}, [spans[0]]
+        for span in spans[1:] + [None]:
+            if span is not None and span[0] - (run[-1][0] + run[-1][1]) <= ADJACENT:
+                run.append(span)
+                continue
+            start = run[0][0]
+            data = storage.read_range(name, start, run[-1][0] + run[-1][1])
+            members.update((e, data[o - start:o - start + z]) for o, z, e in run)
+            run = [span]
+        return members
+
+    def read_ahead(self, order: np.ndarray, info) -> None:
+        """Start reading the samples this worker decodes after `info`'s, up to `AHEAD` in flight: the rest of
+        its part of the batch (DALI's pool gives worker k of W samples [kB/W...] of a batch of B: the first
+        B % W workers one more), so no request is made for a sample another worker reads."""
+        if self.batch is None or not is_url(self.tars[0]):  # a pread takes µs
+            return
+        batch, workers = self.batch
+        size, extra = divmod(batch, workers)
+        ends = np.cumsum([size + (k < extra) for k in range(workers)])
+        end = int(ends[np.searchsorted(ends, info.idx_in_batch, side="right")])  # this worker's part ends here
+        now = info.idx_in_epoch  # this sample (kept if it is on its way already) and the next AHEAD of the part
+        window = [int(p) for p in order[now:min(now + 1 + AHEAD, now + end - info.idx_in_batch, len(order))]]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="fastvid-read")
+        self._ahead = {p: self._ahead.get(p) or self._pool.submit(self.fetch, p) for p in window}
 
     def _order(self, dali_epoch: int) -> tuple[np.ndarray, int]:
         if dali_epoch not in self._orders:

@@ -7,9 +7,10 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from fastvid.shard.integrity import verify_tar
+from fastvid.shard.integrity import open_tar, verify_tar
 from fastvid.shard.run import read_manifest
 from fastvid.shard.writer import dali_index, split_name
+from fastvid.storage import read_location, split, stat_location
 
 REQUIRED = ("json", "mp4")
 
@@ -40,16 +41,16 @@ def check(out: str | Path) -> list[str]:
     seen: Counter[str] = Counter()
     required = REQUIRED + (("flow.mp4",) if manifest["options"]["flow"] else ())
     for shard in manifest["shards"]:
-        tar_path, idx_path = Path(shard["tar"]), Path(shard["index"])
-        name = tar_path.name
-        if not tar_path.is_file():
+        name, idx_name = split(shard["tar"])[1], split(shard["index"])[1]
+        stat = stat_location(shard["tar"])
+        if stat is None:
             problems.append(f"{name}: missing")
             continue
-        if tar_path.stat().st_size != shard["bytes"]:
-            problems.append(f"{name}: {tar_path.stat().st_size} bytes, dataset.json says {shard['bytes']}")
+        if stat.size != shard["bytes"]:
+            problems.append(f"{name}: {stat.size} bytes, dataset.json says {shard['bytes']}")
         members: dict[str, dict[str, bytes]] = {}
         try:
-            with tarfile.open(tar_path) as tar:
+            with open_tar(shard["tar"]) as tar:
                 for member in tar:
                     key, ext = split_name(member.name)
                     members.setdefault(key, {})[ext] = tar.extractfile(member).read() if ext == "json" else b""
@@ -71,10 +72,11 @@ def check(out: str | Path) -> list[str]:
                     problems.append(f"{name}:{key}.json: not the JSON `fastvid shard` writes")
         if frames != shard["frames"]:
             problems.append(f"{name}: {frames} frames, dataset.json says {shard['frames']}")
-        if not idx_path.is_file():
-            problems.append(f"{idx_path.name}: missing")
-        elif idx_path.read_text() != dali_index(tar_path):
-            problems.append(f"{idx_path.name}: does not match {name}")
+        try:
+            if read_location(shard["index"]).decode("utf-8", "replace") != dali_index(shard["tar"]):
+                problems.append(f"{idx_name}: does not match {name}")
+        except FileNotFoundError:
+            problems.append(f"{idx_name}: missing")
     problems += [f"key {k} is in {n} shards" for k, n in seen.items() if n > 1]
     if sum(seen.values()) != manifest["samples"]:
         problems.append(f"shards hold {sum(seen.values())} samples, dataset.json says {manifest['samples']}")
@@ -86,12 +88,12 @@ def verify(out: str | Path) -> list[str]:
     recorded in dataset.json (`shard.tar:KEY.ext: reason`), or per shard that cannot be checked."""
     problems: list[str] = []
     for shard in read_manifest(out)["shards"]:
-        tar_path = Path(shard["tar"])
+        name = split(shard["tar"])[1]
         if "members" not in shard:
-            problems.append(f"{tar_path.name}: no checksums in dataset.json (sharded by an older fastvid; "
+            problems.append(f"{name}: no checksums in dataset.json (sharded by an older fastvid; "
                             "reshard to verify)")
-        elif not tar_path.is_file():
-            problems.append(f"{tar_path.name}: missing")
+        elif stat_location(shard["tar"]) is None:
+            problems.append(f"{name}: missing")
         else:
-            problems += verify_tar(tar_path, shard["members"])
+            problems += verify_tar(shard["tar"], shard["members"])
     return problems

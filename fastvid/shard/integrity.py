@@ -7,9 +7,13 @@ tars against it; a reader that holds a member's bytes checks them with `verify_m
 """
 from __future__ import annotations
 
+import contextlib
 import tarfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+
+from fastvid.storage import split, storage_of
 
 Sums = dict[str, list]  # member name ("KEY.mp4") -> [size in bytes, CRC-32 as 8 hex digits]
 
@@ -28,15 +32,23 @@ def verify_member(name: str, data: bytes, expected: list) -> str | None:
     return None
 
 
-def verify_tar(tar_path: str | Path, members: Sums) -> list[str]:
-    """One line per bad member of the tar, as `shard.tar:KEY.ext: reason`: damaged, missing (a tar cut
-    short loses its last members), or not recorded. Empty when every recorded member is intact."""
-    tar_path = Path(tar_path)
+@contextlib.contextmanager
+def open_tar(location: str | Path) -> Iterator[tarfile.TarFile]:
+    """A shard's tar for reading, from a folder or from object storage (read in 8 MiB requests)."""
+    storage, name = storage_of(location)
+    with storage.open(name) as f, tarfile.open(fileobj=f) as tar:
+        yield tar
+
+
+def verify_tar(location: str | Path, members: Sums) -> list[str]:
+    """One line per bad member of the tar (a path or URL), as `shard.tar:KEY.ext: reason`: damaged, missing
+    (a tar cut short loses its last members), or not recorded. Empty when every recorded member is intact."""
+    tar_path = Path(split(location)[1])  # for messages: the tar's name
     problems: list[str] = []
     seen: set[str] = set()
     member_cut = False  # a member ended early: the tar's own read error that follows is the same problem
     try:
-        with tarfile.open(tar_path) as tar:
+        with open_tar(location) as tar:
             for member in tar:
                 if not member.isfile():
                     continue

@@ -14,6 +14,7 @@ one, so no name is used twice.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,15 +29,16 @@ from tqdm import tqdm
 
 from fastvid.checksum import json_checksum
 from fastvid.config import ConfigError, to_dict
-from fastvid.errors import InputError, MissingFile, WriteFailed
+from fastvid.errors import InputError, MissingFile, UserError, WriteFailed
 from fastvid.lock import lock_folder
 from fastvid.shard.config import ShardConfig
 from fastvid.shard.flow import check_flow_method
 from fastvid.shard.pool import run_isolated
 from fastvid.shard.sources import Plan, Source, plan_sources
 from fastvid.shard.transcode import Failure, Sample, process
-from fastvid.shard.integrity import verify_tar
+from fastvid.shard.integrity import checksum, verify_tar
 from fastvid.shard.writer import ShardWriter, dali_index
+from fastvid.storage import PARTIAL, Storage, is_url, join, open_storage, read_location, split
 
 JOURNAL = ".progress.jsonl"
 MANIFEST = "dataset.json"
@@ -47,7 +49,7 @@ ERRORS = "errors.jsonl"
 class ShardSummary:
     """What a run produced (counting shards kept from an interrupted earlier run)."""
 
-    out: Path
+    out: str | Path  # a folder, or an object-storage URL
     samples: int
     frames: int
     shards: int
@@ -79,7 +81,7 @@ class ShardSummary:
         if self.unlisted:
             lines.append(f"not in the split lists (skipped): {self.unlisted}")
         if self.rejected or self.repaired:
-            lines.append(f"details: {self.out / ERRORS}")
+            lines.append(f"details: {join(self.out, ERRORS)}")
         return "\n".join(lines)
 
 
@@ -88,15 +90,16 @@ def _journal_line(entry: dict) -> str:
     return json.dumps({**entry, "crc32": json_checksum(entry)}, sort_keys=True) + "\n"
 
 
-def _load_journal(out: Path, options: dict) -> list[dict]:
+def _load_journal(storage: Storage, options: dict) -> list[dict]:
     """Committed shard records of an earlier run with the same options (a torn last line is ignored: that
     run was killed while appending it). A damaged line (not the last, or failing its checksum) stops the
     run: the shards it lists cannot be trusted."""
-    path = out / JOURNAL
-    if not path.exists():
-        path.write_text(_journal_line({"options": options}))
+    out, path = storage.root, storage.location(JOURNAL)
+    text = storage.read_log(JOURNAL)
+    if text is None:
+        storage.append(JOURNAL, _journal_line({"options": options}))
         return []
-    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    lines = text.splitlines()
     entries = []
     for n, line in enumerate(lines, 1):
         try:
@@ -127,30 +130,43 @@ def _shard_number(tar: str) -> int:
     return int(tar.rsplit("-", 1)[1].split(".")[0])
 
 
-def _damage(out: Path, record: dict) -> str | None:
+def _stamp(record: dict) -> str:
+    """The tar's stamp when it was journaled (`mtime_ns` in journals of fastvid before object storage)."""
+    return str(record.get("stamp", record.get("mtime_ns")))
+
+
+def _damage(storage: Storage, record: dict) -> str | None:
     """Why a journaled shard cannot be kept (missing, other size, a member failing its checksum), or None.
-    The members are read only when the tar's mtime differs from the journal's (or was not recorded)."""
-    tar = out / record["tar"]
-    if not tar.is_file():
+    The members are read only when the tar's stamp (mtime, ETag) differs from the journal's (or was not
+    recorded)."""
+    stat = storage.stat(record["tar"])
+    if stat is None:
         return "missing"
-    stat = tar.stat()
-    if stat.st_size != record["bytes"]:
-        return f"{stat.st_size} bytes, the journal says {record['bytes']}"
-    if "members" in record and stat.st_mtime_ns != record.get("mtime_ns"):
-        problems = verify_tar(tar, record["members"])
+    if stat.size != record["bytes"]:
+        return f"{stat.size} bytes, the journal says {record['bytes']}"
+    if "members" in record and stat.stamp != _stamp(record):
+        problems = verify_tar(storage.location(record["tar"]), record["members"])
         if problems:
             return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
     return None
 
 
-def _fix_index(out: Path, record: dict) -> str | None:
-    """Rewrite the `.idx` of an intact tar when it is missing or does not match the tar; says so."""
-    idx, expected = out / record["index"], dali_index(out / record["tar"])  # the tar's headers only: cheap
-    if idx.is_file() and idx.read_text() == expected:
+def _fix_index(storage: Storage, staging: Path, record: dict) -> str | None:
+    """Rewrite the `.idx` of an intact tar when it is missing or does not match the tar; says so. An index
+    with the journaled checksum beside the journaled tar is kept without reading the tar (which, in
+    object storage, would mean downloading it)."""
+    try:
+        index = storage.read(record["index"])
+    except FileNotFoundError:
+        index = None
+    if (index is not None and checksum(index) == record.get("index_crc32")
+            and storage.stat(record["tar"]).stamp == _stamp(record)):
         return None
-    was = "stale" if idx.exists() else "missing"
-    _write_atomic(idx, expected)
-    return f"{idx.name}: rewritten from {record['tar']} (it was {was})"
+    expected = dali_index(storage.location(record["tar"]))  # the tar's headers only
+    if index is not None and index.decode("utf-8", "replace") == expected:
+        return None
+    storage.write(record["index"], expected.encode(), staging)
+    return f"{record['index']}: rewritten from {record['tar']} (it was {'stale' if index is not None else 'missing'})"
 
 
 def _work(source: Source, cfg: ShardConfig, labels: dict[str, int]) -> tuple[Sample | Failure, int]:
@@ -181,8 +197,9 @@ class _Roller:
     `redo` maps the key of each sample of a damaged shard to that shard's journal record: those samples
     (which must come together) go back into one shard of the same name, with the record's failures."""
 
-    def __init__(self, cfg: ShardConfig, out: Path, journal, next_index: Counter, redo: dict[str, dict]) -> None:
-        self.cfg, self.out, self.journal, self.next_index, self.redo = cfg, out, journal, next_index, redo
+    def __init__(self, cfg: ShardConfig, storage: Storage, staging: Path, next_index: Counter,
+                 redo: dict[str, dict]) -> None:
+        self.cfg, self.storage, self.staging, self.next_index, self.redo = cfg, storage, staging, next_index, redo
         self.split: str | None = None
         self.redoing: dict | None = None  # the damaged shard's record while its samples come in
         self.writer: ShardWriter | None = None
@@ -204,31 +221,30 @@ class _Roller:
                         for n in result.notes]
         if self.redoing is not None:  # the samples of one damaged shard: one shard again, whatever its size
             if self.writer is None:
-                self.writer = ShardWriter(self.out, self.redoing["tar"].removesuffix(".tar"))
+                self.writer = ShardWriter(self.staging, self.redoing["tar"].removesuffix(".tar"), self.storage)
             self.writer.add(result)
             return
         if self.writer is not None and self.writer.bytes + result.nbytes > self.cfg.shard_size:
             self._commit()
         if self.writer is None:
-            self.writer = ShardWriter(self.out, f"{self.split}-{self.next_index[self.split]:06d}")
+            self.writer = ShardWriter(self.staging, f"{self.split}-{self.next_index[self.split]:06d}", self.storage)
         self.writer.add(result)
         if self.cfg.max_samples is not None and len(self.writer.keys) >= self.cfg.max_samples:
             self._commit()
 
     def _commit(self) -> None:
-        size = self.writer.commit()  # on a write error the writer stays, for abort() to remove its files
+        size, index_crc = self.writer.commit()  # on a write error the writer stays, for abort() to remove its files
         writer, self.writer = self.writer, None
         if self.redoing is None:
             self.next_index[self.split] += 1
-        self._record({"tar": writer.tar_path.name, "index": writer.idx_path.name, "split": self.split,
+        self._record({"tar": writer.tar_name, "index": writer.idx_name, "split": self.split,
                       "samples": len(writer.keys), "frames": writer.frames, "bytes": size, "keys": writer.keys,
-                      "members": writer.members, "mtime_ns": writer.tar_path.stat().st_mtime_ns})
+                      "members": writer.members, "stamp": self.storage.stat(writer.tar_name).stamp,
+                      "index_crc32": index_crc})
 
     def _record(self, record: dict) -> None:
         record["errors"], self.errors = self.errors, []
-        self.journal.write(_journal_line(record))
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
+        self.storage.append(JOURNAL, _journal_line(record))
         self.records.append(record)
 
     def close(self) -> None:
@@ -246,28 +262,40 @@ class _Roller:
 def shard_dataset(cfg: ShardConfig) -> ShardSummary:
     """Turn cfg.src into shards under cfg.out (resuming an interrupted run); see the module docstring."""
     start = time.time()
-    out = Path(cfg.out)
+    storage = open_storage(cfg.out)
+    staging = staging_folder(cfg.out)
     if cfg.flow:
         check_flow_method(cfg.flow)
-    plan = plan_sources(cfg.src, cfg.out, cfg.split_files, cfg.default_split, cfg.seed)  # before OUT is made
-    with lock_folder(out, "fastvid shard"):  # a second run into OUT stops here
-        return _shard_into(cfg, out, plan, start)
+    plan = plan_sources(cfg.src, str(staging), cfg.split_files, cfg.default_split, cfg.seed)  # before OUT is made
+    with lock_folder(staging, "fastvid shard"):  # a second run into OUT (from this machine) stops here
+        return _shard_into(cfg, storage, staging, plan, start)
 
 
-def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardSummary:
+def staging_folder(out: str) -> Path:
+    """Where shards are written before they are published: OUT itself for a folder (a rename publishes), a
+    folder of the cache for object storage (one per URL, so that a rerun finds its lock and leftovers)."""
+    if not is_url(out):
+        return Path(out)
+    cache = Path(os.environ.get("FASTVID_CACHE", Path.home() / ".cache" / "fastvid"))
+    return cache / "staging" / hashlib.sha1(out.rstrip("/").encode()).hexdigest()[:16]
+
+
+def _shard_into(cfg: ShardConfig, storage: Storage, staging: Path, plan: Plan, start: float) -> ShardSummary:
     """`shard_dataset` once OUT is made and locked."""
-    journaled = _load_journal(out, cfg.output_options())
-    for stale in out.glob("*.partial"):
-        stale.unlink()
+    journaled = _load_journal(storage, cfg.output_options())
+    for stale in {*storage.list(), *(p.name for p in staging.glob("*" + PARTIAL))}:  # a killed run's leftovers
+        if stale.endswith(PARTIAL):
+            storage.delete(stale)
+            (staging / stale).unlink(missing_ok=True)
     records, redo, redone = [], {}, []
     for record in journaled:
-        reason = _damage(out, record) if record["tar"] else None
+        reason = _damage(storage, record) if record["tar"] else None
         if reason is not None:
             redo.update((key, record) for key in record["keys"])
             redone.append(f"{record['tar']}: {reason}; its {record['samples']} samples are redone")
         else:
             records.append(record)
-            redone += [fixed] if record["tar"] and (fixed := _fix_index(out, record)) else []
+            redone += [fixed] if record["tar"] and (fixed := _fix_index(storage, staging, record)) else []
     # A damaged shard's failures stay failed (they come back with its record); its samples are redone,
     # the repaired ones too (a note with kept=True names a sample of the shard, not a failure).
     done = ({k for r in records for k in r["keys"]}
@@ -281,9 +309,9 @@ def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardS
         if record["tar"]:
             next_index[record["split"]] = max(next_index[record["split"]], _shard_number(record["tar"]) + 1)
     frames = megabytes = 0.0
-    with (out / JOURNAL).open("a") as journal, tqdm(total=len(plan.sources), initial=len(plan.sources) - len(todo),
-                                                    unit="video", desc="shard", disable=not cfg.progress) as bar:
-        roller = _Roller(cfg, out, journal, next_index, redo)
+    with tqdm(total=len(plan.sources), initial=len(plan.sources) - len(todo), unit="video", desc="shard",
+              disable=not cfg.progress) as bar:
+        roller = _Roller(cfg, storage, staging, next_index, redo)
         try:
             for result, size in _results(todo, cfg, labels):
                 roller.add(result)
@@ -294,9 +322,12 @@ def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardS
                                 refresh=False)
             roller.close()
             records += roller.records
-            summary = _write_outputs(cfg, out, plan.classes, records, plan.rejected)
+            summary = _write_outputs(cfg, storage, staging, plan.classes, records, plan.rejected)
         except OSError as err:  # a full disk, a quota, an I/O error: one line naming the file, nothing left over
-            where = err.filename or (roller.writer.partial if roller.writer else out)
+            if isinstance(err, UserError):  # object storage's: it names the object already
+                roller.abort()
+                raise
+            where = err.filename or (roller.writer.partial if roller.writer else storage.root)
             roller.abort()
             raise WriteFailed(f"writing {where}: {err.strerror or err}; partial files removed, {len(roller.records)} "
                           "new shard(s) kept: make room and rerun the same command to resume") from None
@@ -310,7 +341,7 @@ def _shard_into(cfg: ShardConfig, out: Path, plan: Plan, start: float) -> ShardS
     return summary
 
 
-def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: list[dict],
+def _write_outputs(cfg: ShardConfig, storage: Storage, staging: Path, classes: list[str], records: list[dict],
                    unusable: list[dict]) -> ShardSummary:
     """OUT/dataset.json and OUT/errors.jsonl from the journal records and the SRC entries that are not
     files (`unusable`, found again by every run); the run's summary."""
@@ -325,32 +356,27 @@ def _write_outputs(cfg: ShardConfig, out: Path, classes: list[str], records: lis
                 "samples": sum(splits.values()), "frames": sum(s["frames"] for s in shards), "options": to_dict(cfg)}
     errors = [{"key": None, **e, "kept": False} for e in unusable] + [e for r in records for e in r["errors"]]
     manifest["crc32"] = json_checksum(manifest)
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _write_atomic(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-    return ShardSummary(out=out, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
+    storage.write(MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), staging)
+    storage.write(ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode(), staging)
+    return ShardSummary(out=storage.root, samples=manifest["samples"], frames=manifest["frames"], shards=len(shards),
                         bytes=sum(s["bytes"] for s in shards), splits=manifest["splits"],
                         rejected=dict(Counter(e["kind"] for e in errors if not e["kept"])),
                         repaired=dict(Counter(e["kind"] for e in errors if e["kept"])))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def read_manifest(path: str | Path) -> dict:
     """OUT/dataset.json's content (given OUT or the json itself), with shard paths made absolute."""
-    path = Path(path)
-    file = path / MANIFEST if path.is_dir() else path
-    if not file.is_file():
-        raise MissingFile(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)")
+    if is_url(path):  # OUT's URL, or dataset.json's
+        file = path if path.endswith(".json") else join(path, MANIFEST)
+    else:
+        path = Path(path)
+        file = path / MANIFEST if path.is_dir() else path
     try:
-        manifest = json.loads(file.read_bytes().decode("utf-8"))
+        data = read_location(file)
+    except FileNotFoundError:
+        raise MissingFile(f"{file}: no dataset.json (run `fastvid shard SRC OUT` first)") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise InputError(f"{file}: not UTF-8 text (byte {err.start}); not the dataset.json `fastvid shard` "
                          "writes") from None
@@ -369,7 +395,7 @@ def read_manifest(path: str | Path) -> dict:
                                              for s in shards)):
         raise InputError(f"{file}: no `shards` list of {{tar, index, split, samples, ...}} entries; rerun "
                          "`fastvid shard` to rewrite it")
-    base = file.parent.resolve()
+    base = split(file)[0] if is_url(file) else file.parent.resolve()
     for shard in manifest["shards"]:
-        shard["tar"], shard["index"] = str(base / shard["tar"]), str(base / shard["index"])
+        shard["tar"], shard["index"] = str(join(base, shard["tar"])), str(join(base, shard["index"]))
     return manifest

@@ -1,19 +1,20 @@
 """Reproducible tar shards and their DALI index.
 
-A shard is written as `NAME.tar.partial` and renamed to `NAME.tar` only once complete (its index
-`NAME.idx` is renamed first), so a `NAME.tar` on disk is always whole. Members are `KEY.ext`, sorted
+A shard is written as `NAME.tar.partial` in a local folder and published as `NAME.tar` only once complete
+(its index `NAME.idx` first): renamed in OUT, or uploaded under a temporary name and then renamed in object
+storage, so a `NAME.tar` is always whole. Members are `KEY.ext`, sorted
 inside each sample, with a fixed mtime, owner and mode: the same samples give byte-identical tars.
 Each member's size and CRC-32 are kept in `members` for the journal and dataset.json (see integrity.py).
 """
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from pathlib import Path
 
-from fastvid.shard.integrity import Sums, checksum
+from fastvid.shard.integrity import Sums, checksum, open_tar
 from fastvid.shard.transcode import Sample
+from fastvid.storage import LocalStorage, Storage
 
 MTIME = 946684800  # 2000-01-01: any fixed value makes tars reproducible
 INDEX_VERSION = "v1.2"  # the format DALI's `wds2idx` writes and `fn.readers.webdataset` reads
@@ -26,10 +27,10 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def dali_index(tar_path: str | Path) -> str:
-    """The text of the DALI index for a tar: `v1.2 N`, then per sample `ext offset size name ...`."""
+    """The text of the DALI index for a tar (a path or URL): `v1.2 N`, then per sample `ext offset size name ...`."""
     samples: list[list[str]] = []
     last = None
-    with tarfile.open(tar_path) as tar:
+    with open_tar(tar_path) as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -43,11 +44,14 @@ def dali_index(tar_path: str | Path) -> str:
 
 
 class ShardWriter:
-    """One shard being written: add samples, then `commit()` (or `abort()`)."""
+    """One shard being written in the local folder `staging`: add samples, then `commit()` (or `abort()`),
+    which publishes it to `storage` (default: the folder itself; or object storage, where `fastvid shard`
+    and a Ray run's driver hand it over the same way)."""
 
-    def __init__(self, out: Path, name: str) -> None:
-        self.tar_path, self.idx_path = out / f"{name}.tar", out / f"{name}.idx"
-        self.partial, self.idx_partial = out / f"{name}.tar.partial", out / f"{name}.idx.partial"
+    def __init__(self, staging: Path, name: str, storage: Storage | None = None) -> None:
+        self.storage = storage if storage is not None else LocalStorage(staging)
+        self.tar_name, self.idx_name = f"{name}.tar", f"{name}.idx"
+        self.partial, self.idx_partial = staging / f"{name}.tar.partial", staging / f"{name}.idx.partial"
         self.tar = tarfile.open(self.partial, "w", format=tarfile.USTAR_FORMAT)
         self.keys: list[str] = []
         self.members: Sums = {}
@@ -67,15 +71,16 @@ class ShardWriter:
         self.frames += sample.frames
         self.bytes += sample.nbytes
 
-    def commit(self) -> int:
-        """Close, index and publish the shard; returns the tar's size in bytes."""
+    def commit(self) -> tuple[int, str]:
+        """Close, index and publish the shard (the index first); returns the tar's size in bytes and the
+        index's CRC-32 (a rerun trusts an index with that checksum beside an unchanged tar)."""
         self.tar.close()
-        with self.partial.open("rb+") as f:
-            os.fsync(f.fileno())
-        self.idx_partial.write_text(dali_index(self.partial))
-        os.replace(self.idx_partial, self.idx_path)
-        os.replace(self.partial, self.tar_path)
-        return self.tar_path.stat().st_size
+        index = dali_index(self.partial)
+        self.idx_partial.write_text(index)
+        size = self.partial.stat().st_size
+        self.storage.publish(self.idx_partial, self.idx_name)
+        self.storage.publish(self.partial, self.tar_name)
+        return size, checksum(index.encode())
 
     def abort(self) -> None:
         """Remove what was written; never raises (it runs while another error, such as a full disk, is raised)."""
