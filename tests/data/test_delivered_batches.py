@@ -5,7 +5,7 @@ A refactor of the loader must leave every byte of every view the same; a change 
 re-records them (`FASTVID_RECORD=1 pytest tests/data/test_delivered_batches.py` rewrites delivered_batches.json).
 
 The hashes are of exact float bytes: DALI's CPU kernels give the same bytes run after run (checked on main:
-three runs agree), but another CPU's instruction set may round differently; the table was recorded on an
+three runs agree), but another CPU's instruction set may round differently; the table was recorded on a
 2-core AMD EPYC (x86_64, AVX-512)."""
 from __future__ import annotations
 
