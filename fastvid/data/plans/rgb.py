@@ -79,7 +79,7 @@ class RGBClipPlan(VideoPlan):
     Member = RGBMember
 
     def typed(self, ctx: DrawContext, spatial: Spatial, **common: Any) -> RGBDraw:
-        return self.Draw(**common, colour=spatial.colours,
+        return RGBDraw(**common, colour=spatial.colours,
                          sigma=np.maximum(spatial.sigmas.astype(np.float32), 1e-3), blur=bool(spatial.sigmas.max() > 0))
 
     def has_colour(self) -> bool:
