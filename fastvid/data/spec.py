@@ -123,15 +123,9 @@ class ViewSpec:
     audio: AudioSpec | None = None
     dtype: Dtype = "float32"
 
-    def __post_init__(self) -> None:
-        if self.modality == "audio" and self.audio is None:
-            raise ValueError(f"view {self.name!r}: an audio view needs an AudioSpec")
-        if self.modality == "frame" and self.temporal.frames != 1:
-            raise ValueError(f"view {self.name!r}: a frame view takes temporal.frames=1")
+    def __post_init__(self) -> None:  # what each modality needs besides is checked by its plan (fastvid.data.plans)
         if self.temporal.frames < 1 or self.temporal.stride < 1:
             raise ValueError(f"view {self.name!r}: frames and stride must be >= 1")
-        if self.modality == "flow" and self.spatial.per_frame:
-            raise ValueError(f"view {self.name!r}: frame-wise crops would give each flow frame its own scale")
 
 
 @dataclass

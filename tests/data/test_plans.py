@@ -67,3 +67,13 @@ def test_a_plan_wiring_an_unknown_field_fails_when_compiled():
 
     with pytest.raises(TypeError, match=r"Misspelt wires \['treshold'\], not fields of RGBDraw"):
         ViewPlans([Misspelt(ViewSpec("v"))])
+
+
+@pytest.mark.parametrize("view, reason", [
+    (ViewSpec("a", "audio"), "an audio view needs an AudioSpec"),
+    (ViewSpec("f", "frame", TemporalSpec(frames=2)), "a frame view takes temporal.frames=1"),
+    (ViewSpec("o", "flow", spatial=SpatialSpec(per_frame=True)), "frame-wise crops would give each flow frame"),
+])
+def test_each_plan_refuses_a_view_it_cannot_make(view, reason):
+    with pytest.raises(ValueError, match=reason):
+        ViewPlans([view])

@@ -29,10 +29,7 @@ def compile_views(views: list[ViewSpec | Plan]) -> list[Plan]:
     if len(set(names)) != len(names) or {"label", "index"} & set(names):
         raise ValueError(f"view names must be unique and not 'label'/'index': {names}")
     for p in plans:
-        p.check()
-        follow = p.view.audio.follow if p.view.audio is not None else None
-        if follow is not None and follow not in names:
-            raise ValueError(f"audio view {p.name!r} follows unknown view {follow!r}")
+        p.check(names)
     return sorted(plans, key=lambda p: p.draw_after)
 
 

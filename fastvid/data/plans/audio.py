@@ -52,6 +52,13 @@ class AudioPlan(Plan):
     Member = AudioMember
     draw_after = 1  # after the video view it follows
 
+    def check(self, names: list[str]) -> None:
+        super().check(names)
+        if self.view.audio is None:
+            raise ValueError(f"view {self.name!r}: an audio view needs an AudioSpec")
+        if self.view.audio.follow not in names:
+            raise ValueError(f"audio view {self.name!r} follows unknown view {self.view.audio.follow!r}")
+
     def draw(self, ctx: DrawContext) -> AudioDraw:
         spec, rng = self.view.audio, ctx.rng
         followed = ctx.draws[spec.follow]

@@ -109,8 +109,9 @@ class Plan(abc.ABC):
     def wire(self, draw: Any, decode: Decode) -> list[np.ndarray]:
         return [np.asarray(getattr(draw, f)) for f in self.wire_fields(decode)]
 
-    def check(self) -> None:
-        """Fail at compile time, not in a DALI worker, when a wired field is not an attribute of `Draw`."""
+    def check(self, names: list[str]) -> None:
+        """Fail at compile time, not in a DALI worker, when a wired field is not an attribute of `Draw` (or,
+        in subclasses, when the view cannot be what the plan makes; `names`: every view of the loader)."""
         known = {f.name for f in fields(self.Draw)} | {n for n in dir(self.Draw) if isinstance(getattr(self.Draw, n), property)}
         for decode in ("pyav", "dali"):
             if missing := set(self.wire_fields(decode)) - known:

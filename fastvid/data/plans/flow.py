@@ -63,6 +63,11 @@ class FlowPlan(VideoPlan):
     Member = FlowMember
     lag = 1
 
+    def check(self, names: list[str]) -> None:
+        super().check(names)
+        if self.view.spatial.per_frame:
+            raise ValueError(f"view {self.name!r}: frame-wise crops would give each flow frame its own scale")
+
     def typed(self, ctx: DrawContext, spatial: Spatial, **common: Any) -> FlowDraw:
         y0, x0, y1, x1 = spatial.roi[0].tolist()
         size = self.view.spatial.size

@@ -130,5 +130,10 @@ class RGBClipPlan(VideoPlan):
 class RGBFramePlan(RGBClipPlan):
     """(N, 3, H, W): a clip of one frame, without its time axis."""
 
+    def check(self, names: list[str]) -> None:
+        super().check(names)
+        if self.view.temporal.frames != 1:
+            raise ValueError(f"view {self.name!r}: a frame view takes temporal.frames=1")
+
     def finish(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         return super().finish(out)[:, :, 0]
