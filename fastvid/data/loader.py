@@ -1,12 +1,11 @@
 """`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
 
-The DALI pipeline (`fastvid.data.dali`) takes the frames the views need, decoded by PyAV in the worker
-processes (`data.decode: cpu`) or by DALI's own decoder (gpu, dali-cpu), applies the geometric and
-photometric draws, normalises and lays out RGB views as (N, C, T, H, W); this module checks the shards up
-front, builds one pipeline for the whole run and, before each epoch, writes the epoch's sample order (its
-seeded shuffle, this rank's block, the batches a resumed run already had left out) for the pipeline's
-workers (`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
-rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
+This module checks the shards up front, compiles the views into plans (`fastvid.data.plans`), builds one
+DALI pipeline for the whole run (`fastvid.data.dali`: the frames the views need, decoded by PyAV in the
+worker processes with `data.decode: cpu`, or by DALI's own decoder with gpu and dali-cpu, then augmented)
+and, before each epoch, writes the epoch's sample order (its seeded shuffle, this rank's block, the batches
+a resumed run already had left out) for the pipeline's workers (`fastvid.data.source`). Each batch is
+finished by the views' plans in torch on the training device.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Declarative loader settings: `DataConfig` (where the shards are, batching, seeds) and `ViewSpec`
 (what one view of a video is: which frames, which spatial and aural augmentation, which output).
 
-A method states its views as a list of `ViewSpec`s; `fastvid.data.sampling` turns them into per-sample
-random draws; worker processes (`fastvid.data.source`) decode only the GOPs the views need with PyAV
-(seeking to keyframes) into 4:2:0 planes, and `fastvid.data.dali` builds the DALI pipeline that augments them.
+A method states its views as a list of `ViewSpec`s; `fastvid.data.plans` compiles each into the plan of its
+modality, which draws it per sample (`fastvid.data.sampling`), has the loader's worker processes
+(`fastvid.data.source`) decode only the GOPs it needs, and builds its part of the DALI pipeline.
 """
 from __future__ import annotations
 
