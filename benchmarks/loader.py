@@ -51,7 +51,7 @@ from torchvision.transforms import v2
 from fastvid.data import DataConfig, LoaderError, SpatialSpec, build_loader
 from fastvid.data.pyav import decode_runs, plan_runs
 from fastvid.data.sample import CLIPS, clip_dir
-from fastvid.data.sampling import SampleDrawer
+from fastvid.data.plans import SampleDrawer
 from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.data.source import write_order
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
@@ -170,7 +170,7 @@ class SimCLRPairs(Dataset):
         data, meta = self.samples[i]
         self.drawer.epoch = int(np.random.randint(1 << 30))
         draw = self.drawer.draw(meta, i)
-        unique, order = draw["frames"], draw["frames.order"]
+        unique, order = draw.selections["mp4"].frames, draw.selections["mp4"].order
         video = self.decode(self.paths[i] if self.paths else data, unique)
         keys = np.asarray(meta["keyframes"])
         produced = int(unique[-1]) - int(keys[keys <= unique[0]].max()) + 1
@@ -235,11 +235,11 @@ def decode_stage(shards: Path, samples: list, count: int, repeats: int) -> dict:
     for p in positions:
         meta = json.loads(source.read(p, "json"))
         source.drawer.epoch = 0
-        draws.append((p, meta, source.drawer.draw(meta, p)))
+        draws.append((p, meta, source.drawer.draw(meta, p).selections["mp4"]))
     produced = delivered = 0
     for p, meta, d in draws:
-        _, n = decode_runs(source.read(p, "mp4"), d["frames"], meta["keyframes"], meta["fps"])
-        produced, delivered = produced + n, delivered + len(d["frames.order"])
+        _, n = decode_runs(source.read(p, "mp4"), d.frames, meta["keyframes"], meta["fps"])
+        produced, delivered = produced + n, delivered + len(d.order)
 
     def ours() -> None:
         for p in positions:
@@ -248,13 +248,13 @@ def decode_stage(shards: Path, samples: list, count: int, repeats: int) -> dict:
     def limit(skipping: bool) -> None:
         for p, meta, d in draws:
             data = source.read(p, "mp4")
-            wanted = set(d["frames"].tolist())
+            wanted = set(d.frames.tolist())
             with av.open(io.BytesIO(data)) as c:
                 stream = c.streams.video[0]
                 codec = stream.codec_context
                 codec.thread_count = 1
                 ticks = 1 / (meta["fps"] * stream.time_base)
-                for start, last in plan_runs(d["frames"].tolist(), meta["keyframes"]):
+                for start, last in plan_runs(d.frames.tolist(), meta["keyframes"]):
                     c.seek(round(start * ticks), stream=stream)
                     done = False
                     for packet in c.demux(stream):

@@ -8,8 +8,7 @@ A training checkpoint is a folder with two files:
     tensors.safetensors  every tensor of the structure, by name
 `save_checkpoint` writes the folder as `NAME.partial` and renames it once both files are on disk, so a
 folder without the suffix is complete; the CRC-32s in state.json catch either file damaged later (one
-changed digit in state.json would resume at another step). Files written before state.json had its own
-CRC-32 load unchecked.
+changed digit in state.json would resume at another step).
 `newest_checkpoint` tries the folders from the newest and names every one it skips, with the reason.
 
 An encoders file (`encoders.pt`, the name `fastvid eval` has always taken) is one safetensors file: the
@@ -162,8 +161,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / STATE}: not JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise CheckpointError(f"{path / STATE}: not a fastvid checkpoint (format {FORMAT} {VERSION})")
-    if "crc32" in header and (crc := json_checksum(header)) != header["crc32"]:
-        raise CheckpointError(f"{path / STATE}: checksum {crc}, the file says {header['crc32']!r:.20} (damaged)")
+    if (crc := json_checksum(header)) != header.get("crc32"):
+        raise CheckpointError(f"{path / STATE}: checksum {crc}, the file says {header.get('crc32')!r:.20} (damaged)")
     file, recorded = path / TENSORS, header.get("tensors")
     if not (isinstance(recorded, dict) and _is_int(recorded.get("bytes")) and isinstance(recorded.get("crc32"), str)):
         raise CheckpointError(f"{path / STATE}: its \"tensors\" entry is not {{\"bytes\": int, \"crc32\": str}} "
@@ -300,8 +299,8 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable encoders file ({err})") from None
-    if "crc32" in metadata and (crc := _tensors_crc(metadata["fastvid"], tensors)) != metadata["crc32"]:
-        raise CheckpointError(f"{path}: checksum {crc}, the file says {metadata['crc32']!r:.20} (damaged)")
+    if (crc := _tensors_crc(metadata["fastvid"], tensors)) != metadata.get("crc32"):
+        raise CheckpointError(f"{path}: checksum {crc}, the file says {metadata.get('crc32')!r:.20} (damaged)")
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: its metadata is a {type(info).__name__}, not a mapping")
     if not isinstance(info.get("encoders"), dict) or not info["encoders"]:

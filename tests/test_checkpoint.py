@@ -13,6 +13,7 @@ import torch
 
 from fastvid.checkpoint import (PARTIAL, STATE, TENSORS, CheckpointError, load_checkpoint, load_encoders,
                                 newest_checkpoint, save_checkpoint, save_encoders)
+from fastvid.checksum import json_checksum
 from fastvid.cli import main
 from fastvid.models import Encoder
 
@@ -168,11 +169,11 @@ def test_a_state_json_with_a_bad_tensors_entry_is_a_checkpoint_error(tmp_path: P
 
     path = save_checkpoint(tmp_path / "step_00000001", {"w": torch.ones(2)})
     header = json.loads((path / STATE).read_text())
-    del header["crc32"]  # as files written before state.json had its own checksum: their entries are checked
     if tensors is None:
         del header["tensors"]
     else:
         header["tensors"] = tensors
+    header["crc32"] = json_checksum(header)  # a well-formed file with a bad entry: the entry is what is named
     (path / STATE).write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match=r"state\.json: its \"tensors\" entry is not") as err:
         load_checkpoint(path)
@@ -245,3 +246,15 @@ def test_a_flipped_bit_in_a_weight_of_encoders_pt_is_refused(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match=rf"^{path}: checksum [0-9a-f]{{8}}, the file says '[0-9a-f]{{8}}' "
                                               r"\(damaged\)$"):
         load_encoders(path)
+
+
+def test_a_state_json_without_its_checksum_is_refused(tmp_path: Path) -> None:
+    """Every state.json fastvid wrote carries its CRC-32: one without it is damaged, not an older format."""
+    import json
+
+    path = save_checkpoint(tmp_path / "step_00000001", {"w": torch.ones(2)})
+    header = json.loads((path / STATE).read_text())
+    del header["crc32"]
+    (path / STATE).write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match=r"state\.json: checksum \w{8}, the file says None \(damaged\)"):
+        load_checkpoint(path)

@@ -1,12 +1,11 @@
 """`build_loader`: shards + view specs -> an iterable of batches (dict of torch tensors on the device).
 
-The DALI pipeline (`fastvid.data.dali`) takes the frames the views need, decoded by PyAV in the worker
-processes (`data.decode: cpu`) or by DALI's own decoder (gpu, dali-cpu), applies the geometric and
-photometric draws, normalises and lays out RGB views as (N, C, T, H, W); this module checks the shards up
-front, builds one pipeline for the whole run and, before each epoch, writes the epoch's sample order (its
-seeded shuffle, this rank's block, the batches a resumed run already had left out) for the pipeline's
-workers (`fastvid.data.source`). It finishes views in torch on the training device: flow de-quantisation and
-rescaling to the crop, mean subtraction and temporal flip, SpecAugment masks, dtype.
+This module checks the shards up front, compiles the views into plans (`fastvid.data.plans`), builds one
+DALI pipeline for the whole run (`fastvid.data.dali`: the frames the views need, decoded by PyAV in the
+worker processes with `data.decode: cpu`, or by DALI's own decoder with gpu and dali-cpu, then augmented)
+and, before each epoch, writes the epoch's sample order (its seeded shuffle, this rank's block, the batches
+a resumed run already had left out) for the pipeline's workers (`fastvid.data.source`). Each batch is
+finished by the views' plans in torch on the training device.
 """
 from __future__ import annotations
 
@@ -23,18 +22,17 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from fastvid.data.dali import output_names, used_draws, views_pipeline
-from fastvid.data.sampling import SampleDrawer
-from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, media_names, write_order
+from fastvid.data.dali import views_pipeline
+from fastvid.data.plans import Plan, SampleDrawer, ViewPlans
+from fastvid.data.plans.base import GraphContext
+from fastvid.data.source import UNDECODABLE, SampleTable, ShardSource, write_order
 from fastvid.data.spec import DataConfig, ViewSpec
 from fastvid.errors import UserError
 from fastvid.lifetime import children_end_with_this_process
 from fastvid.shard import read_manifest
-from fastvid.shard.flow import dequantise
 from fastvid.shard.writer import INDEX_VERSION, split_name
 from fastvid.storage import is_url, read_location, stat_location
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NVDEC_VP9_MIN = 128  # pixels, both sides: DALI's NVDEC check on an H100 (80x64 H.264 decodes there)
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's own CPU video decoder accepts (not H.264)
 BLOCK = 512  # tar block: every member's data starts on one, after its 512-byte header
@@ -145,9 +143,9 @@ class VideoLoader:
     out (missing members, found before reading, and undecodable ones, found while reading, replaced in
     their batch by the next sample of the order and also listed in `undecodable`)."""
 
-    def __init__(self, cfg: DataConfig, views: list[ViewSpec], *, rank: int, world_size: int,
+    def __init__(self, cfg: DataConfig, views: list[ViewSpec | Plan], *, rank: int, world_size: int,
                  device: torch.device | str):
-        self.cfg, self.views = cfg, views
+        self.cfg, self.plans = cfg, ViewPlans(views)
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         manifest = read_manifest(cfg.shards)
@@ -158,7 +156,6 @@ class VideoLoader:
         options = manifest.get("options", {})
         self.codec = options.get("codec", "h264")
         self.audio_rate = int(options.get("audio_rate", 24000))
-        self._gop = int(options.get("gop", 16))
         self._shards = shards
         self.keys: frozenset[str] | None = None  # read only these sample keys (`keep_only`); None: all
         self.undecodable: set[str] = set()  # "shard:key" found undecodable while reading (on_error="skip")
@@ -174,7 +171,6 @@ class VideoLoader:
         if self.decode == "dali-cpu" and self.codec not in CPU_CODECS:
             raise LoaderError(f"{cfg.shards}: DALI's CPU video decoder reads {', '.join(CPU_CODECS)}, not "
                               f"{self.codec}: use decode='cpu' (PyAV)")
-        self.names = output_names(views)
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already yielded
         self._order_fn: Callable[[int], np.ndarray] | None = None  # None: `shuffled` (no cycle through self)
@@ -186,7 +182,7 @@ class VideoLoader:
     def _scan(self) -> None:
         """(Re)read the shard indices, leaving out the samples to skip."""
         self.table, self.key_index, self.skipped = scan_indices(
-            self._shards, ["json"] + media_names(self.views), self.cfg.on_error, frozenset(self.undecodable))
+            self._shards, ["json"] + self.plans.exts, self.cfg.on_error, frozenset(self.undecodable))
         if self.keys is not None:
             self.key_index = {k: p for k, p in self.key_index.items() if k in self.keys}
         if not self.key_index:
@@ -266,11 +262,9 @@ class VideoLoader:
 
     def source(self) -> ShardSource:
         """The pipeline's sample source for this loader's shards, views and settings."""
-        drawer = SampleDrawer(self.views, self.cfg.seed, self.epoch)
-        decode = "pyav" if self.decode == "cpu" else "dali"
-        return ShardSource([s["tar"] for s in self._shards], self.table, drawer, self.views,
-                           Path(self._folder.name), decode, self.cfg.on_error, self._gop,
-                           used_draws(self.views, decode), self.cfg.verify)
+        drawer = SampleDrawer(self.plans, self.cfg.seed, self.epoch)
+        return ShardSource([s["tar"] for s in self._shards], self.table, drawer, Path(self._folder.name),
+                           "pyav" if self.decode == "cpu" else "dali", self.cfg.on_error, self.cfg.verify)
 
     def _build(self) -> None:
         """The run's pipeline: `workers` decode processes feeding DALI's augmentation, on the GPU when the
@@ -283,7 +277,8 @@ class VideoLoader:
         start = ("spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() or is_url(self._shards[0]["tar"])
                  else "fork")
         source.batch = (self.cfg.batch_size, workers)  # which samples a worker reads next: it reads them ahead
-        pipe = views_pipeline(source, self.views, self.audio_rate, "mixed" if on_gpu else "cpu",
+        graph = GraphContext("mixed" if on_gpu else "cpu", source.decode, self.audio_rate)
+        pipe = views_pipeline(source, self.plans, graph,
                               batch_size=self.cfg.batch_size, num_threads=self.cfg.threads,
                               device_id=(self.device.index or 0) if on_gpu else None, seed=self.cfg.seed,
                               prefetch_queue_depth=self.cfg.prefetch, py_num_workers=workers, py_start_method=start)
@@ -297,7 +292,7 @@ class VideoLoader:
         finally:
             gc.unfreeze()
         self._pipe = pipe
-        self._iter = DALIGenericIterator([pipe], self.names, auto_reset=False)
+        self._iter = DALIGenericIterator([pipe], self.plans.output_names, auto_reset=False)
 
     def close(self) -> None:
         """Stop the pipeline and its worker processes (a new iteration builds a new one)."""
@@ -356,19 +351,7 @@ class VideoLoader:
     def _finish(self, out: dict[str, torch.Tensor], real: int) -> dict[str, torch.Tensor]:
         """DALI outputs -> the batch contract: one tensor per view on the device, label, index (the first
         `real` samples: the rest pad the epoch's last batch)."""
-        out = {k: v[:real] for k, v in out.items()}
-        batch = {"label": out["label"].to(self.device).long(), "index": out["index"].to(self.device).long()}
-        for view in self.views:
-            x = out[view.name].to(self.device, non_blocking=True)
-            if view.modality == "audio":
-                aux = out[f"{view.name}.aux"].to(self.device)
-                batch[view.name] = finish_audio(x, aux, view.audio.freq_masks).to(DTYPES[view.dtype])
-            elif view.modality == "flow":
-                aux = out[f"{view.name}.aux"].to(self.device)
-                batch[view.name] = finish_flow(x, aux, view).to(DTYPES[view.dtype])
-            else:
-                batch[view.name] = finish_rgb(x, view)
-        return batch
+        return self.plans.finish({k: v[:real].to(self.device, non_blocking=True) for k, v in out.items()})
 
 
 def _failed_sample(message: str) -> str | None:
@@ -384,50 +367,8 @@ def _reason(message: str) -> str:
     return (named or lines or [message])[-1]
 
 
-def finish_rgb(x: torch.Tensor, view: ViewSpec) -> torch.Tensor:
-    """(N, 3, T, H, W) float from DALI (normalised, channel-split there) -> the view's dtype, and
-    (N, 3, H, W) for a frame view."""
-    x = x.to(DTYPES[view.dtype])
-    return x[:, :, 0] if view.modality == "frame" else x
-
-
-def finish_flow(x: torch.Tensor, aux: torch.Tensor, view: ViewSpec) -> torch.Tensor:
-    """(N, T, H, W, 2) uint8 quantised flow -> (N, 2, T, H, W) float32 in pixels.
-    aux (N, 4): output pixels per source pixel along x (negative when the view was flipped: u changes
-    sign) and y, temporal flip flag (the stack reversed in time and negated), and the bound the sample's
-    flow was quantised with (its KEY.json's). A displacement resized with its frame scales with it."""
-    flow = dequantise(x.float(), aux[:, 3].view(-1, 1, 1, 1, 1))  # (N, T, H, W, 2) in source pixels
-    flow = flow * aux[:, None, None, None, 0:2]  # (N, T, H, W, 2) in output pixels
-    if view.spatial.flow_mean:
-        flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # each frame's mean motion (camera)
-    # Reversed in time, flow t -> t+1 read backwards is t+1 -> t: each field negates too (Cross and Learn's
-    # public code, `rand_timeflip`: s = -s).
-    flipped = aux[:, 2] > 0.5
-    flow = torch.where(flipped.view(-1, 1, 1, 1, 1), -flow.flip(1), flow)
-    return flow.permute(0, 4, 1, 2, 3).contiguous()  # (N, 2, T, H, W)
-
-
-def finish_audio(spec: torch.Tensor, aux: torch.Tensor, freq_masks: int) -> torch.Tensor:
-    """(N, F, T) log-mel -> (N, 1, F, T) with SpecAugment masks set to the spectrogram's mean.
-    aux (N, 2k): (start, width) per frequency mask, then per time mask."""
-    n, f, t = spec.shape
-    fill = spec.mean(dim=(1, 2), keepdim=True)  # (N, 1, 1)
-    bins = torch.arange(f, device=spec.device).view(1, f, 1)
-    steps = torch.arange(t, device=spec.device).view(1, 1, t)
-    masks = aux.view(n, -1, 2)  # (N, masks, 2)
-    masked = torch.zeros_like(spec, dtype=torch.bool)
-    for k in range(masks.shape[1]):
-        start = masks[:, k, 0].view(-1, 1, 1)
-        width = masks[:, k, 1].view(-1, 1, 1)
-        axis = bins if k < freq_masks else steps
-        masked |= (axis >= start) & (axis < start + width)
-    return torch.where(masked, fill, spec).unsqueeze(1)  # (N, 1, F, T)
-
-
-def build_loader(data_cfg: DataConfig, views: list[ViewSpec], *, rank: int = 0, world_size: int = 1,
+def build_loader(data_cfg: DataConfig, views: list[ViewSpec | Plan], *, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu") -> VideoLoader:
-    """The loader of `views` over `data_cfg.shards` for process `rank` of `world_size`."""
-    names = [v.name for v in views]
-    if len(set(names)) != len(names) or {"label", "index"} & set(names):
-        raise ValueError(f"view names must be unique and not 'label'/'index': {names}")
+    """The loader of `views` (specs, or plans of one's own) over `data_cfg.shards` for process `rank` of
+    `world_size`."""
     return VideoLoader(data_cfg, views, rank=rank, world_size=world_size, device=device)

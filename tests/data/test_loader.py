@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fastvid.data import AudioSpec, DataConfig, LoaderError, SpatialSpec, TemporalSpec, ViewSpec, build_loader
-from fastvid.data.sampling import SampleDrawer
+from fastvid.data.plans import SampleDrawer
 from fastvid.data.views import (CrossAndLearnViews, GDTViews, Vi2CLRViews, VideoContrastViews, cross_and_learn_views,
                                 gdt_views, vi2clr_views, video_moco_views, video_simclr_views)
 from fastvid.shard import read_manifest
@@ -101,14 +101,11 @@ def _check_drawn_frames(loader, shards) -> None:
     for batch in loader:
         for n, index in enumerate(batch["index"].tolist()):
             draw = drawer.draw(by_key[key_of[index]], index)
-            first = 0
             for view in TEMPORAL_VIEWS:
-                t = view.temporal.frames
-                want = draw["frames"][draw["frames.order"]][first:first + t].tolist()
-                first += t
+                want = draw[view.name].frames.tolist()
                 frames = pixels(batch[view.name][n])
                 assert [frame_index(f) for f in frames] == want, (view.name, index)
-                y0, x0, y1, x1 = draw[f"{view.name}.roi"][0]
+                y0, x0, y1, x1 = draw[view.name].roi[0]
                 flipped = x1 < x0  # a mirrored region
                 assert {ramp_direction(f) for f in frames} == {-1 if flipped else 1}
                 profiles = np.stack([blue_profile(f) for f in frames])
@@ -152,7 +149,7 @@ def test_colour_jitter_is_the_drawn_map_on_every_frame(request, device):
     key_of = {i: k for k, i in loader.key_index.items()}
     gains = []
     for n, index in enumerate(batches[1]["index"].tolist()):
-        gain = float(drawer.draw(by_key[key_of[index]], index)["v.colour"][0, 0, 0])  # M = b * I
+        gain = float(drawer.draw(by_key[key_of[index]], index)["v"].colour[0, 0, 0])  # M = b * I
         want = np.clip(pixels(batches[0]["v"][n]) * gain, 0, 255)  # (T, H, W, 3)
         got = pixels(batches[1]["v"][n])
         # uint8 rounding only: the plain view was rounded once (then scaled by b), the jittered one once
@@ -246,7 +243,7 @@ def test_flow_is_rescaled_with_its_crop(request, device):
         for batch in loader:
             index = int(batch["index"][0])
             draw = drawer.draw(by_key[key_of[index]], index)
-            y0, x0, y1, x1 = draw["f.roi"][0].tolist()
+            y0, x0, y1, x1 = draw["f"].roi[0].tolist()
             flow = batch["f"][0, :, :, 3:-3, 3:-3]  # (2, T, h, w) away from the borders
             expected = (SHIFT[0] * 24 / (x1 - x0), SHIFT[1] * 16 / (y1 - y0))
             for c in (0, 1):

@@ -2,13 +2,19 @@
 import numpy as np
 import pytest
 
-from fastvid.data.sampling import RGB_TO_YIQ, YIQ_TO_RGB, SampleDrawer, anchor_start, colour, crop_box, view_frames
+from fastvid.data.plans import SampleDrawer, SampleDraws
+from fastvid.data.sampling import RGB_TO_YIQ, YIQ_TO_RGB, anchor_start, colour, crop_box, view_frames
 from fastvid.data.spec import AudioSpec, SpatialSpec, TemporalSpec, ViewSpec
 from fastvid.data.views import GDTViews, VideoContrastViews, Vi2CLRViews, gdt_views, video_simclr_views, vi2clr_views
 
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+def selected(d: SampleDraws) -> np.ndarray:
+    """The RGB views' frames, concatenated in view order, as the decoded selection gives them back."""
+    return d.selections["mp4"].frames[d.selections["mp4"].order]
 
 
 def test_random_m_is_consecutive_and_inside_the_video():
@@ -42,7 +48,7 @@ def simclr_frames(temporal: str, draws: int, num_frames: int = 200, **kw) -> lis
     for epoch in range(draws):
         drawer.epoch = epoch
         d = drawer.draw(meta, 0)
-        frames = d["frames"][d["frames.order"]]  # clip_i then clip_j
+        frames = selected(d)  # clip_i then clip_j
         m = len(frames) // 2
         out.append((frames[:m], frames[m:]))
     return out
@@ -131,10 +137,10 @@ def test_audio_window_starts_at_the_followed_views_first_frame():
     for epoch in range(10):
         drawer.epoch = epoch
         d = drawer.draw(meta, 0)
-        frames = d["frames"][d["frames.order"]]
+        frames = selected(d)
         first = int(frames.min())
-        assert d["a.start"][0] == round(first / 25.0 * 24000)
-        assert d["a.reverse"] == int(frames[0] > frames[-1])  # reversed with its video
+        assert d["a"].start[0] == round(first / 25.0 * 24000)
+        assert d["a"].reverse == int(frames[0] > frames[-1])  # reversed with its video
 
 
 def test_vi2clr_middle_frame_follows_a_looped_clip():
@@ -145,7 +151,7 @@ def test_vi2clr_middle_frame_follows_a_looped_clip():
         for epoch in range(5):
             drawer.epoch = epoch
             d = drawer.draw(meta, 0)
-            frames = d["frames"][d["frames.order"]]  # clip1 (32), frame1 (1), clip2 (32), frame2 (1)
+            frames = selected(d)  # clip1 (32), frame1 (1), clip2 (32), frame2 (1)
             for k in (0, 33):
                 clip, middle = frames[k:k + 32], frames[k + 32]
                 assert np.array_equal(clip, (clip[0] + np.arange(32)) % n) and middle == clip[16], (n, epoch)
@@ -170,7 +176,7 @@ def test_grayscale_and_channel_split_are_colour_maps():
     assert len(kept) == 1 and np.allclose(split[:, :3], np.eye(3)[[kept[0]] * 3], atol=1e-5)
 
 
-def gdt_draws(draws: int) -> list[dict[str, np.ndarray]]:
+def gdt_draws(draws: int) -> list[SampleDraws]:
     """`draws` samples of GDT's views preset on a 320x240, 300-frame video with sound."""
     drawer = SampleDrawer(gdt_views(GDTViews()), seed=0)
     meta = {"key": "k", "num_frames": 300, "width": 320, "height": 240, "fps": 30.0, "audio_rate": 24000}
@@ -187,17 +193,17 @@ def test_gdt_reversals_are_the_same_frames_each_with_its_own_spatial_draw():
     draws = gdt_draws(2000)
     same_flip, x0 = [], []
     for d in draws:
-        frames = d["frames"][d["frames.order"]].reshape(4, 30)  # video1, video1_rev, video2, video2_rev
+        frames = selected(d).reshape(4, 30)  # video1, video1_rev, video2, video2_rev
         for k in (0, 2):
             assert np.array_equal(frames[k + 1], frames[k][::-1])
         for k in (1, 2):
-            fwd, rev = d[f"video{k}.roi"][0], d[f"video{k}_rev.roi"][0]
-            assert not np.array_equal(fwd, rev) and not np.array_equal(d[f"video{k}.colour"], d[f"video{k}_rev.colour"])
+            fwd, rev = d[f"video{k}"].roi[0], d[f"video{k}_rev"].roi[0]
+            assert not np.array_equal(fwd, rev) and not np.array_equal(d[f"video{k}"].colour, d[f"video{k}_rev"].colour)
             same_flip.append((fwd[3] < fwd[1]) == (rev[3] < rev[1]))  # x1 < x0: a mirrored region
             x0.append((min(fwd[1], fwd[3]), min(rev[1], rev[3])))
         # the audio of each reversal: the same window, reversed, with its own gain and masks
-        assert d["audio1.start"] == d["audio1_rev.start"] and (d["audio1.reverse"], d["audio1_rev.reverse"]) == (0, 1)
-        assert d["audio1.gain"] != d["audio1_rev.gain"]
+        assert d["audio1"].start == d["audio1_rev"].start and (d["audio1"].reverse, d["audio1_rev"].reverse) == (0, 1)
+        assert d["audio1"].gain != d["audio1_rev"].gain
     assert 0.45 < np.mean(same_flip) < 0.55  # independent flips agree half the time
     x0 = np.array(x0)
     assert abs(np.corrcoef(x0[:, 0], x0[:, 1])[0, 1]) < 0.1  # independent crop positions

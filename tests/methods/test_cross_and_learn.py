@@ -92,24 +92,24 @@ def test_concat_ablation_labels_same_and_crossed_pairs():
 def test_time_reversed_flow_stack_negates_every_field():
     """Sec. 4.1's "random temporal flips" of the flow stack: reversed in time, each field u, v negated (flow
     t -> t+1 read backwards is t+1 -> t), as the authors' `rand_timeflip` does (`s = -s`)."""
-    from fastvid.data.loader import finish_flow
-    from fastvid.data.sampling import SampleDrawer
+    from fastvid.data.plans import SampleDrawer
+    from fastvid.data.plans.flow import finish_flow
 
     view = cross_and_learn_views(CrossAndLearnViews(weighted=False))[1]  # "flow", uniform window start
     view = replace(view, spatial=replace(view.spatial, flow_flip=1.0, flow_mean=False, flip=0.0))
     meta = {"key": "k", "num_frames": 40, "width": 256, "height": 256, "flow": {"bound": 20.0}}
-    aux = torch.from_numpy(SampleDrawer([view], seed=0).draw(meta, 0)["flow.aux"])[None]  # (1, 4)
+    aux = torch.from_numpy(SampleDrawer([view], seed=0).draw(meta, 0)["flow"].aux)[None]  # (1, 4)
     assert aux[0, 2] == 1.0 and aux[0, 3] == 20.0  # temporal flip, the quantisation bound
     x = torch.randint(0, 256, (1, 10, 4, 4, 2), dtype=torch.uint8)  # (N, T, H, W, 2) quantised u, v
-    forward = finish_flow(x, aux * torch.tensor([1.0, 1.0, 0.0, 1.0]), view)  # the same stack, not reversed
-    torch.testing.assert_close(finish_flow(x, aux, view), -forward.flip(2))  # (N, 2, T, H, W): T reversed
+    forward = finish_flow(x, aux * torch.tensor([1.0, 1.0, 0.0, 1.0]), False)  # the same stack, not reversed
+    torch.testing.assert_close(finish_flow(x, aux, False), -forward.flip(2))  # (N, 2, T, H, W): T reversed
 
 
 def test_flow_is_dequantised_with_the_bound_its_sample_records():
     """A shard written with another bound (KEY.json's `flow.bound`) gives flow in pixels all the same:
     u = (stored - 128) * bound / 127, times the crop's scale."""
-    from fastvid.data.loader import finish_flow
-    from fastvid.data.sampling import SampleDrawer
+    from fastvid.data.plans import SampleDrawer
+    from fastvid.data.plans.flow import finish_flow
 
     view = cross_and_learn_views(CrossAndLearnViews(weighted=False))[1]
     view = replace(view, spatial=replace(view.spatial, flow_flip=0.0, flow_mean=False, flip=0.0))
@@ -117,8 +117,8 @@ def test_flow_is_dequantised_with_the_bound_its_sample_records():
     x = stored.to(torch.uint8).view(1, 1, 1, 4, 1).expand(1, 10, 4, 4, 2)  # (N, T, H, W, 2) u = v
     for bound in (20.0, 7.5):
         meta = {"key": "k", "num_frames": 40, "width": 256, "height": 256, "flow": {"bound": bound}}
-        aux = torch.from_numpy(SampleDrawer([view], seed=0).draw(meta, 0)["flow.aux"])[None]  # (1, 4)
-        flow = finish_flow(x, aux, view)  # (N, 2, T, H, W)
+        aux = torch.from_numpy(SampleDrawer([view], seed=0).draw(meta, 0)["flow"].aux)[None]  # (1, 4)
+        flow = finish_flow(x, aux, False)  # (N, 2, T, H, W)
         for field in (0, 1):  # u, v
             want = (stored - 128.0) * bound / 127.0 * aux[0, field]
             torch.testing.assert_close(flow[0, field, 3, 2], want)

@@ -3,6 +3,7 @@ CenterNCE and the two MIL-NCE losses as eqs. (2)-(4) say, shapes into each encod
 unaugmented clustering inputs, the positive-mining reading order and the pretext accuracies."""
 import copy
 from collections import Counter
+from dataclasses import fields
 
 import numpy as np
 
@@ -12,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from fastvid.data.sampling import SampleDrawer
+from fastvid.data.plans import SampleDrawer
 from fastvid.data.views import Vi2CLRViews
 from fastvid.losses import reference
 from fastvid.methods import get_method
@@ -154,14 +155,15 @@ def test_clusters_come_from_unaugmented_inputs():
     meta = {"key": "k", "num_frames": 100, "width": 160, "height": 120}
     draws = [SampleDrawer(views, seed, epoch).draw(meta, 0) for seed, epoch in ((0, 0), (1, 0), (7, 3))]
     for d in draws[1:]:
-        assert all(np.array_equal(d[name], draws[0][name]) for name in draws[0])
+        assert all(np.array_equal(getattr(d[v.name], f.name), getattr(draws[0][v.name], f.name))
+                   for v in views for f in fields(d[v.name]))
     d = draws[0]
-    frames = d["frames"][d["frames.order"]]  # clip1 (32), then frame1
+    frames = np.concatenate([d["clip1"].frames, d["frame1"].frames])  # clip1 (32), then frame1
     assert frames[:32].tolist() == list(range(34, 66)) and frames[32] == 34 + 16  # centred clip, middle frame
     for v in views:
-        assert np.allclose(d[f"{v.name}.roi"], [[0, 20, 120, 140]])  # the centre 120 x 120 square, unflipped
-        assert np.allclose(d[f"{v.name}.colour"], [np.eye(3, 4)], atol=1e-5)  # identity colour map
-        assert not d[f"{v.name}.blur"]
+        assert np.allclose(d[v.name].roi, [[0, 20, 120, 140]])  # the centre 120 x 120 square, unflipped
+        assert np.allclose(d[v.name].colour, [np.eye(3, 4)], atol=1e-5)  # identity colour map
+        assert not d[v.name].blur
 
 
 def test_sample_order_mines_same_cluster_samples_into_each_batch():
