@@ -2,6 +2,7 @@
 holds the bytes of an uninterrupted local run; `fastvid info --verify` reads it back."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from fastvid.cli import main
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
@@ -81,3 +84,28 @@ def test_a_rerun_redoes_a_damaged_object_and_rewrites_a_missing_index(s3, tmp_pa
     assert "checksum" in summary.redone[0] and "missing" in summary.redone[1]
     assert {n: bucket.read(n) for n in good} == good
     assert check(url) == [] and verify(url) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs `pip install 'fastvid[ray]'`")
+def test_ray_shards_into_the_store_equal_a_local_run(s3, tmp_path, monkeypatch):
+    """`fastvid shard SRC s3://... --ray`: tasks on a cluster started for the run, shards published to the bucket
+    by the driver, byte for byte a local run's."""
+    monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    for i in range(6):
+        write_marked_clip(src / "c" / f"v{i}.mp4", 12, height=48, width=64)
+    ref = tmp_path / "ref"
+    shard_dataset(ShardConfig(src=str(src), out=str(ref), short_side=32, max_samples=2, workers=1, progress=False))
+    url = f"s3://{s3.bucket}/ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # as tests/shard/test_ray.py
+    done = subprocess.run([sys.executable, "-m", "fastvid.cli", "shard", str(src), url, "--short-side", "32",
+                           "--max-samples", "2", "--workers", "2", "--ray", "--no-progress"],
+                          cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    bucket = open_storage(url)
+    listed = bucket.list()
+    names = sorted(p.name for p in ref.iterdir() if p.suffix in (".tar", ".idx"))
+    assert len(names) == 6 and sorted(n for n in listed if n.endswith((".tar", ".idx"))) == names
+    for name in names:
+        assert bucket.read(name) == (ref / name).read_bytes(), name
+    assert read_manifest(url)["options"]["ray"] == "local" and check(url) == []
