@@ -357,7 +357,8 @@ def run_config(method: str, seed: int, minutes: float, output: Path, steps: int 
     return load_config(method, None, [f"output={output}", f"train.seed={seed}", f"data.seed={seed}", *budget,
                                       "train.checkpoint_minutes=0", f"train.checkpoint_every={SCHEDULE_STEPS}",
                                       "train.keep_checkpoints=1", "train.log_every=10",
-                                      "train.val_every=0"], demo=True)  # footage B scores it: no minute on validation
+                                      # footage B scores the run: no clip of A held out, no minute on validation
+                                      "train.val_every=0", "data.val_split=none"], demo=True)
 
 
 def initial_encoders(cfg: RunConfig) -> tuple[Method, dict[str, Encoder]]:

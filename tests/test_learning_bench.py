@@ -151,3 +151,11 @@ def test_footage_b_from_a_folder_or_shards(tmp_path, monkeypatch):
             learning.load_footage_b(str(fake), 16, ProbeConfig(), {})
     manifest.write_text(f"path,label\n{tmp_path / 'videos' / 'a.mp4'},x\n")
     assert not learning.made_from_sample({"options": {"src": str(manifest)}})
+
+
+@pytest.mark.parametrize("steps", [None, 40])
+def test_pretraining_reads_all_of_footage_a_and_ends_by_its_budget(steps, tmp_path):
+    """The demo holds clips out for its validation; pretraining on A must not (B scores it), nor validate."""
+    cfg = learning.run_config("video_simclr", 1, 10.0, tmp_path, steps)
+    assert (cfg.data.val_split, cfg.train.val_every, cfg.train.seed, cfg.data.seed) == ("none", 0, 1, 1)
+    assert (cfg.train.steps, cfg.train.max_minutes) == ((40, None) if steps else (learning.SCHEDULE_STEPS, 10.0))
