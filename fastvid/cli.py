@@ -223,7 +223,8 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from fastvid.train import run_config, train
+    from fastvid.run_config import run_config
+    from fastvid.train import train
 
     flags = {"data.shards": args.data, "output": args.output, "train.max_steps": args.max_steps,
              "data.batch_size": args.batch_size, "train.device": args.device}

@@ -142,7 +142,8 @@ def test_encoders_round_trip_and_crafted_pickle_refused(tmp_path: Path, capsys: 
 def test_resume_after_a_save_killed_midway_falls_back_with_the_same_next_step_loss(shards, tmp_path, capsys) -> None:
     """A save of step 2 killed after one of its files (left as step_00000002.partial) and a damaged later
     checkpoint: --resume takes step 1, says which and why, and step 2 gives the uninterrupted loss."""
-    from fastvid.train import load_config, train
+    from fastvid.run_config import load_config
+    from fastvid.train import train
     from tests.train_helpers import tiny
 
     split = tmp_path / "split"

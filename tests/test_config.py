@@ -106,7 +106,7 @@ def test_a_post_init_error_without_a_key_gets_the_key_it_came_from():
 
 
 def test_a_method_config_check_blames_the_override():
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     with pytest.raises(ConfigError) as err:
         load_config("video_moco", None, ["model.temperature=0.1", "model.bn_splits=0", "train.max_steps=3"])
@@ -115,7 +115,7 @@ def test_a_method_config_check_blames_the_override():
 
 
 def test_an_inverted_crop_range_names_its_override():
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     with pytest.raises(ConfigError, match=r"^override model\.views\.crop_scale=\[0\.9,0\.2\]: .*0 < low <= high <= 1"):
         load_config("video_simclr", None, ["model.views.crop_scale=[0.9,0.2]"])

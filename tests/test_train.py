@@ -15,7 +15,8 @@ from fastvid.checkpoint import load_encoders
 from fastvid.config import ConfigError
 from fastvid.methods.base import OptimConfig
 from fastvid.models import load_backbone
-from fastvid.train import DEMO, DEMO_COMMON, accelerate_precision, latest_checkpoint, load_config, lr_factor, train
+from fastvid.run_config import DEMO, DEMO_COMMON, load_config
+from fastvid.train import accelerate_precision, latest_checkpoint, lr_factor, train
 from tests.train_helpers import CPU, TINY, tiny
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))

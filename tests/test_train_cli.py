@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fastvid.cli import main
-from fastvid.train import latest_checkpoint, run_config, train
+from fastvid.run_config import run_config
+from fastvid.train import latest_checkpoint, train
 from tests.train_helpers import CPU, TINY, tiny
 
 ROOT = Path(__file__).parents[1]

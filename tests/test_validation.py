@@ -18,7 +18,8 @@ from fastvid.data.loader import LoaderError, build_loader
 from fastvid.data.sample import SampleOptions, holdout
 from fastvid.methods import get_method
 from fastvid.plot import CURVES, METRICS, plot_run, read_metrics
-from fastvid.train import load_config, train
+from fastvid.run_config import load_config
+from fastvid.train import train
 from fastvid.validation import KNN_VIEW, Validation, batch_statistics, build_validation, validate
 from tests.train_helpers import CPU, TINY
 

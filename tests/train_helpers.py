@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from fastvid.data.sample import sample_dataset
-from fastvid.train import RunConfig, load_config
+from fastvid.run_config import RunConfig, load_config
 
 TINY = {
     "video_simclr": ["model.views.frames=4", "model.views.size=32"],

@@ -13,7 +13,7 @@ Each method module defines a config dataclass (`Method.Config`) and `configs/<na
     model: {...}              # the method's Config dataclass, field for field
     optim: {...}              # OptimConfig below
     data: {...}               # fastvid.data.DataConfig (the shards path comes from --data)
-    train: {...}              # fastvid.train.TrainConfig
+    train: {...}              # fastvid.run_config.TrainConfig
 
 State that must survive a checkpoint and is not a parameter lives in registered persistent buffers, so
 `state_dict()` carries it. State whose shape is known only at run time (Vi2CLR's clusters) is a buffer

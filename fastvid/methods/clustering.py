@@ -230,69 +230,98 @@ def mined_order(positions: np.ndarray, clusters: np.ndarray, *, positives: int, 
     So every sample outside a split group shares its batch with min(positives, cluster size - 1) or more
     samples of its cluster. positives=0 gives a plain random permutation.
     """
-    n, g = len(positions), positives + 1
-    perm = rng.permutation(n)
-    positions, clusters = np.asarray(positions)[perm], np.asarray(clusters)[perm]
+    groups = _cluster_groups(np.asarray(positions), np.asarray(clusters), positives + 1, rng)
+    capacities = _batch_capacities(len(positions), batch_size, world_size)
+    return np.concatenate(_fill_batches(_GroupPool(groups), capacities, np.asarray(positions)[:0]))
+
+
+def _cluster_groups(positions: np.ndarray, clusters: np.ndarray, size: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Step 1 of `mined_order`: each cluster's members in random order, split into groups of `size` or more
+    (an unclustered sample, -1, is a group of its own); the groups in random order."""
+    perm = rng.permutation(len(positions))
+    positions, clusters = positions[perm], clusters[perm]
     groups: list[np.ndarray] = []
     for c in np.unique(clusters):
         members = positions[clusters == c]  # in random order
         if c < 0:
             groups += [members[i:i + 1] for i in range(len(members))]
         else:
-            groups += np.array_split(members, max(len(members) // g, 1))
-    groups = [groups[i] for i in rng.permutation(len(groups))]
-    capacities = []  # the batches the loader will form, in reading order
+            groups += np.array_split(members, max(len(members) // size, 1))
+    return [groups[i] for i in rng.permutation(len(groups))]
+
+
+def _batch_capacities(n: int, batch_size: int, world_size: int) -> list[int]:
+    """The sizes of the batches the loader will form from n samples, in reading order: rank r's block
+    [rN/W, (r+1)N/W) in batches of `batch_size`, the last one shorter."""
+    capacities = []
     for r in range(world_size):
         size = (r + 1) * n // world_size - r * n // world_size
         capacities += [batch_size] * (size // batch_size) + ([size % batch_size] if size % batch_size else [])
-    by_size: dict[int, list[int]] = {}  # size -> indices of unused groups, the next one last
-    for i in reversed(range(len(groups))):
-        by_size.setdefault(len(groups[i]), []).append(i)
-    left = {size: len(stack) for size, stack in by_size.items()}  # unused groups per size
-    used = np.zeros(len(groups), dtype=bool)
-    following = 0  # the next unused group in random order
+    return capacities
 
-    def use(i: int) -> np.ndarray:
-        used[i] = True
-        left[len(groups[i])] -= 1
-        return groups[i]
 
-    def take(size: int) -> int:
+class _GroupPool:
+    """The groups not yet placed in a batch: the next in random order, or one of a given size when the next
+    would leave a gap no group fills."""
+
+    def __init__(self, groups: list[np.ndarray]) -> None:
+        self.groups = groups
+        self.by_size: dict[int, list[int]] = {}  # size -> indices of unused groups, the next one last
+        for i in reversed(range(len(groups))):
+            self.by_size.setdefault(len(groups[i]), []).append(i)
+        self.left = {size: len(stack) for size, stack in self.by_size.items()}  # unused groups per size
+        self.used = np.zeros(len(groups), dtype=bool)
+        self.following = 0  # the next unused group in random order
+
+    def use(self, i: int) -> np.ndarray:
+        """Group i, marked used."""
+        self.used[i] = True
+        self.left[len(self.groups[i])] -= 1
+        return self.groups[i]
+
+    def _take(self, size: int) -> int:
         """The next unused group of `size` members (one is left)."""
-        stack = by_size[size]
-        while used[stack[-1]]:
+        stack = self.by_size[size]
+        while self.used[stack[-1]]:
             stack.pop()
         return stack.pop()
 
-    def choose(free: int) -> int | None:
+    def choose(self, free: int) -> int | None:
         """A whole group for `free` places: the next in random order unless it would leave a gap no group
-        fills; then one that fills them exactly, or the largest that leaves a fillable gap; None: none fits."""
-        sizes = [size for size, count in left.items() if count > 0 and size <= free]
+        fills; then one that fills them exactly, or the largest that leaves a fillable gap; None: none fits
+        (then `following` is the next unused group, the one to split)."""
+        while self.used[self.following]:
+            self.following += 1
+        sizes = [size for size, count in self.left.items() if count > 0 and size <= free]
         if not sizes:
             return None
-        smallest = min(size for size, count in left.items() if count > 0)
-        nxt = len(groups[following])
+        smallest = min(size for size, count in self.left.items() if count > 0)
+        nxt = len(self.groups[self.following])
         if nxt <= free and (nxt == free or free - nxt >= smallest):
-            return following
+            return self.following
         if free in sizes:
-            return take(free)
+            return self._take(free)
         fillable = [size for size in sizes if free - size >= smallest]
-        return take(max(fillable or sizes))
+        return self._take(max(fillable or sizes))
 
+
+def _fill_batches(pool: _GroupPool, capacities: list[int], empty: np.ndarray) -> list[np.ndarray]:
+    """Step 2 of `mined_order`: whole groups fill each batch's places; when none fits, the next group is
+    split and its rest opens the following batch. Returns the pieces in reading order.
+    empty: a (0,) array of the positions' dtype, the carry before the first batch."""
     out: list[np.ndarray] = []
-    carry = positions[:0]  # the rest of a group split at the last batch boundary
+    carry = empty  # the rest of a group split at the last batch boundary
     for free in capacities:
         out.append(carry[:free])  # opens this batch
         free, carry = free - len(out[-1]), carry[free:]
         while free > 0:
-            while used[following]:
-                following += 1
-            pick = choose(free)
+            pick = pool.choose(free)
             if pick is None:  # no whole group fits: split the next one across this boundary
-                group = use(following)
+                group = pool.use(pool.following)
                 out.append(group[:free])
                 carry = group[free:]
                 break
-            out.append(use(pick))
+            out.append(pool.use(pick))
             free -= len(out[-1])
-    return np.concatenate(out)
+    return out

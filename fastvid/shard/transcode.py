@@ -268,9 +268,9 @@ def _audio(container: av.container.InputContainer) -> av.audio.stream.AudioStrea
     return container.streams.audio[0] if container.streams.audio else None
 
 
-def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
-    """Re-encode `source` per `cfg`; raises Rejected when it cannot give a sample."""
-    path = source.path
+def _check_readable(path: Path) -> None:
+    """Reject, before any decoding, a file that cannot hold a video: unreadable, empty, or without a video
+    stream (the kind tells the summary which)."""
     try:
         size = path.stat().st_size
         with path.open("rb"):
@@ -287,115 +287,177 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
                 raise Rejected("not-a-video", f"no video stream (container {probe.format.name})")
     except av.FFmpegError as err:
         raise Rejected("not-a-video", f"not a readable media container (not a video, truncated or damaged): {_one_line(err)}") from None
-    pts, time_base = _probe_timestamps(path)
-    notes: list[Note] = []
-    audio_chunks: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate, resample, rate_notes = choose_rate(stream, pts, time_base, cfg.fps)
-        notes += rate_notes
-        audio_stream = _audio(container) if cfg.audio else None
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=cfg.audio_rate)
-        graph: av.filter.Graph | None = None
-        sink: _VideoSink | None = None
-        decoded = corrupt = 0
-        audio_error = ""
 
-        def drain() -> None:
-            while True:
-                try:
-                    frame = graph.pull()
-                except (av.BlockingIOError, av.EOFError):
-                    return
-                sink.add(frame)
 
-        streams = [stream] + ([audio_stream] if audio_stream is not None else [])
-        read_error: list[str] = []
-        for packet in _packets(container, streams, read_error):
-            if packet.stream is audio_stream:
-                if audio_error:
-                    continue
-                try:
-                    for frame in packet.decode():
-                        audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
-                except av.FFmpegError as err:
-                    audio_error = _one_line(err)
-                continue
+class _VideoTrack:
+    """The video stream's decoded frames through the filter graph into a `_VideoSink`. The graph and the
+    sink are built at the first frame: its rotation and size decide them. A packet that does not decode
+    is counted and skipped, so a damaged stretch costs frames, not the sample."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, cfg: ShardConfig, rate: Fraction,
+                 resample: bool) -> None:
+        self.stream, self.cfg, self.rate, self.resample = stream, cfg, rate, resample
+        self.graph: av.filter.Graph | None = None
+        self.sink: _VideoSink | None = None
+        self.source_size = (0, 0)  # (W, H) upright, set at the first frame
+        self.decoded = self.corrupt = 0
+        self.notes: list[Note] = []
+
+    def decode(self, packet: av.Packet) -> None:
+        """Push the packet's frames through the graph (stamping frames that have no timestamp)."""
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            self.corrupt += 1
+            return
+        for frame in frames:
+            if self.graph is None:
+                self._start(frame)
+            if frame.pts is None:  # raw streams without timestamps: space the frames at `rate`
+                frame.pts = round(self.decoded / (self.rate * self.stream.time_base))
+            self.decoded += 1
+            self.graph.push(frame)
+            self._drain()
+
+    def _start(self, frame: av.VideoFrame) -> None:
+        """Graph and sink for the stream, from its first frame: its rotation decides the upright size."""
+        turned = -round(frame.rotation) % 360 in (90, 270)
+        w, h = (frame.height, frame.width) if turned else (frame.width, frame.height)
+        if w % 2 or h % 2:
+            self.notes.append(Note("odd-size", f"odd frame size {w}x{h}; scaled to even"))
+        out_size = output_size(w, h, self.cfg.short_side, self.cfg.align)
+        self.source_size = (w, h)
+        self.graph = _build_graph(frame, self.stream.time_base, out_size, self.rate if self.resample else None,
+                                  pix_fmt_of(self.cfg.codec))
+        self.sink = _VideoSink(self.cfg, self.rate, out_size)
+
+    def _drain(self) -> None:
+        """Encode what the graph has ready: the fps filter holds or repeats frames, so a push may give 0 or more."""
+        while True:
             try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                corrupt += 1
-                continue
-            for frame in frames:
-                if graph is None:
-                    turned = -round(frame.rotation) % 360 in (90, 270)
-                    w, h = (frame.height, frame.width) if turned else (frame.width, frame.height)
-                    if w % 2 or h % 2:
-                        notes.append(Note("odd-size", f"odd frame size {w}x{h}; scaled to even"))
-                    out_size = output_size(w, h, cfg.short_side, cfg.align)
-                    source_size = (w, h)
-                    graph = _build_graph(frame, stream.time_base, out_size, rate if resample else None,
-                                         pix_fmt_of(cfg.codec))
-                    sink = _VideoSink(cfg, rate, out_size)
-                if frame.pts is None:  # raw streams without timestamps: space the frames at `rate`
-                    frame.pts = round(decoded / (rate * stream.time_base))
-                decoded += 1
-                graph.push(frame)
-                drain()
-        if read_error and decoded:
-            notes.append(Note("truncated", f"reading stopped after {decoded} frames: {read_error[0]}"))
-        if graph is None:
-            raise Rejected("no-frames", "no decodable video frames" + (f": {read_error[0]}" if read_error else ""))
-        graph.push(None)
-        drain()
+                frame = self.graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+            self.sink.add(frame)
+
+    def finish(self, container: av.container.InputContainer, read_error: str | None) -> list[Note]:
+        """Flush the graph; the notes on what the decode found, checked against what the headers promise."""
+        if read_error is not None and self.decoded:
+            self.notes.append(Note("truncated", f"reading stopped after {self.decoded} frames: {read_error}"))
+        if self.graph is None:
+            reason = "no decodable video frames" + (f": {read_error}" if read_error is not None else "")
+            raise Rejected("no-frames", reason)
+        self.graph.push(None)
+        self._drain()
+        stream, rate, count = self.stream, self.rate, self.sink.video.count
         promised = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
-        if stream.frames and stream.frames != decoded:
-            notes.append(Note("frame-count-header", f"header says {stream.frames} frames, {decoded} decoded"))
-        elif not read_error and promised and sink.video.count / rate < 0.9 * promised - 1 / rate:
-            notes.append(Note("truncated", f"the headers promise {promised:.2f} s, only "
-                                           f"{float(sink.video.count / rate):.2f} s decode"))
-        if corrupt:
-            notes.append(Note("corrupt-packets", f"{corrupt} undecodable video packets skipped"))
-        if audio_stream is not None and not audio_error:
-            audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
-        channels = audio_stream.codec_context.layout.nb_channels if audio_stream is not None else 0
-    num_frames = sink.video.count
-    if cfg.flow and num_frames < 2:
-        raise Rejected("no-frames", f"--flow needs at least 2 frames, the video has {num_frames}")
-    files = {"mp4": sink.video.finish()}
-    if sink.flow is not None:
-        files["flow.mp4"] = sink.flow.finish()
+        if stream.frames and stream.frames != self.decoded:
+            self.notes.append(Note("frame-count-header", f"header says {stream.frames} frames, {self.decoded} decoded"))
+        elif read_error is None and promised and count / rate < 0.9 * promised - 1 / rate:
+            self.notes.append(Note("truncated", f"the headers promise {promised:.2f} s, only "
+                                                f"{float(count / rate):.2f} s decode"))
+        if self.corrupt:
+            self.notes.append(Note("corrupt-packets", f"{self.corrupt} undecodable video packets skipped"))
+        return self.notes
 
-    audio = np.concatenate(audio_chunks) if audio_chunks else np.zeros(0, np.int16)  # (samples,) int16
-    if audio_error:
-        notes.append(Note("audio-error", f"audio dropped, it does not decode: {audio_error}"))
-        audio = audio[:0]
-    elif audio_stream is not None and len(audio) == 0:
-        notes.append(Note("audio-error", "audio stream has no decodable samples; dropped"))
-    elif len(audio) and np.abs(audio.astype(np.int32)).max() <= 1:
-        notes.append(Note("silent-audio", "audio track is silent; stored without audio"))
-        audio = audio[:0]
-    if len(audio) and channels > 2:
-        notes.append(Note("multichannel-audio", f"{channels}-channel audio downmixed to mono"))
-    has_audio = len(audio) > 0
-    if has_audio:
-        files["flac"] = _encode_flac(audio, cfg.audio_rate)
 
+class _AudioTrack:
+    """The audio stream resampled to mono s16 at `rate` alongside the video. An audio error stops the
+    audio only: the sample is kept without it, with a note."""
+
+    def __init__(self, stream: av.audio.stream.AudioStream, rate: int) -> None:
+        self.stream = stream
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        self.chunks: list[np.ndarray] = []  # (n,) int16 each
+        self.error = ""
+
+    def decode(self, packet: av.Packet) -> None:
+        """Resample the packet's audio; after an error, ignore the rest of the stream."""
+        if self.error:
+            return
+        try:
+            for frame in packet.decode():
+                self.chunks += [r.to_ndarray().reshape(-1) for r in self.resampler.resample(frame)]
+        except av.FFmpegError as err:
+            self.error = _one_line(err)
+
+    def finish(self) -> tuple[np.ndarray, list[Note]]:
+        """The samples to store ((N,) int16, empty when dropped) and the notes on what was repaired."""
+        if not self.error:
+            self.chunks += [r.to_ndarray().reshape(-1) for r in self.resampler.resample(None)]
+        channels = self.stream.codec_context.layout.nb_channels
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+        notes: list[Note] = []
+        if self.error:
+            notes.append(Note("audio-error", f"audio dropped, it does not decode: {self.error}"))
+            audio = audio[:0]
+        elif len(audio) == 0:
+            notes.append(Note("audio-error", "audio stream has no decodable samples; dropped"))
+        elif np.abs(audio.astype(np.int32)).max() <= 1:
+            notes.append(Note("silent-audio", "audio track is silent; stored without audio"))
+            audio = audio[:0]
+        if len(audio) and channels > 2:
+            notes.append(Note("multichannel-audio", f"{channels}-channel audio downmixed to mono"))
+        return audio, notes
+
+
+def _demux(container: av.container.InputContainer, video: _VideoTrack, audio: _AudioTrack | None) -> str | None:
+    """One pass over the file, each packet to its track; the read error that ended it early, if any."""
+    streams = [video.stream] + ([audio.stream] if audio is not None else [])
+    read_error: list[str] = []
+    for packet in _packets(container, streams, read_error):
+        if audio is not None and packet.stream is audio.stream:
+            audio.decode(packet)
+        else:
+            video.decode(packet)
+    return read_error[0] if read_error else None
+
+
+def _metadata(source: Source, cfg: ShardConfig, label_index: int, rate: Fraction, video: _VideoTrack,
+              audio_samples: int) -> bytes:
+    """KEY.json: what a reader needs to draw clips without opening the video (README lists the fields)."""
+    sink, (source_w, source_h) = video.sink, video.source_size
+    has_audio = audio_samples > 0
     meta = {
         "key": source.key, "path": source.rel, "label": source.label, "label_index": label_index,
-        "split": source.split, "fps": float(rate), "num_frames": num_frames,
-        "duration": round(num_frames / float(rate), 6), "width": sink.size[0], "height": sink.size[1],
+        "split": source.split, "fps": float(rate), "num_frames": sink.video.count,
+        "duration": round(sink.video.count / float(rate), 6), "width": sink.size[0], "height": sink.size[1],
         # what rounding the frame size to a multiple of --align did to the aspect ratio (out / source - 1)
-        "aspect_change": round(sink.size[0] * source_size[1] / (sink.size[1] * source_size[0]) - 1, 4),
+        "aspect_change": round(sink.size[0] * source_h / (sink.size[1] * source_w) - 1, 4),
         "keyframes": sink.video.keyframes,
         "codec": cfg.codec, "has_audio": has_audio, "audio_rate": cfg.audio_rate if has_audio else None,
-        "audio_samples": int(len(audio)),
+        "audio_samples": audio_samples,
         "flow": {"method": cfg.flow, "bound": BOUND, "magnitude": sink.magnitudes,
                  "keyframes": sink.flow.keyframes} if cfg.flow else None,
     }
-    files["json"] = json.dumps(meta, sort_keys=True).encode()
-    return Sample(key=source.key, split=source.split, rel=source.rel, files=files, frames=num_frames, notes=notes)
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
+    """Re-encode `source` per `cfg`; raises Rejected when it cannot give a sample."""
+    _check_readable(source.path)
+    pts, time_base = _probe_timestamps(source.path)
+    with av.open(str(source.path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate, resample, notes = choose_rate(stream, pts, time_base, cfg.fps)
+        video = _VideoTrack(stream, cfg, rate, resample)
+        audio_stream = _audio(container) if cfg.audio else None
+        audio = _AudioTrack(audio_stream, cfg.audio_rate) if audio_stream is not None else None
+        read_error = _demux(container, video, audio)
+        notes += video.finish(container, read_error)
+        samples, audio_notes = audio.finish() if audio is not None else (np.zeros(0, np.int16), [])
+    num_frames = video.sink.video.count
+    if cfg.flow and num_frames < 2:
+        raise Rejected("no-frames", f"--flow needs at least 2 frames, the video has {num_frames}")
+    files = {"mp4": video.sink.video.finish()}
+    if video.sink.flow is not None:
+        files["flow.mp4"] = video.sink.flow.finish()
+    if len(samples):
+        files["flac"] = _encode_flac(samples, cfg.audio_rate)
+    files["json"] = _metadata(source, cfg, label_index, rate, video, int(len(samples)))
+    return Sample(key=source.key, split=source.split, rel=source.rel, files=files, frames=num_frames,
+                  notes=notes + audio_notes)
 
 
 def process(source: Source, cfg: ShardConfig, label_index: int) -> tuple[Sample | Failure, int]:

@@ -7,7 +7,7 @@ import pytest
 from fastvid.data.sampling import RGB_TO_YIQ, YIQ_TO_RGB, colour, crop_box
 from fastvid.data.spec import SpatialSpec
 from fastvid.methods import get_method
-from fastvid.train import load_config
+from fastvid.run_config import load_config
 
 # (method, overrides) -> largest hue shift in degrees: SimCLR's strength-0.5 jitter (hue 0.1 -> +-36) for
 # videoSimCLR, videoMoCo v2 and Vi2CLR; MoCo v1's ColorJitter(0.4, 0.4, 0.4, 0.4) (+-144); no hue in GDT (the

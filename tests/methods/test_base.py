@@ -61,7 +61,7 @@ def test_registry_names_and_unknown_method():
 ])
 def test_method_config_is_checked_when_it_loads(method, override, message):
     """Checked by the config's __post_init__ (no model is built), reported as the override at fault."""
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     with pytest.raises(ConfigError, match=message) as err:
         load_config(method, None, override.split())
@@ -72,7 +72,7 @@ def test_method_config_is_checked_when_it_loads(method, override, message):
 def test_methods_gathering_negatives_synchronise_bn_by_default(name):
     """Every BatchNorm layer of the methods that gather negatives is a SyncBatchNorm (plain BN on one process;
     tests/test_distributed.py: statistics over both of two processes); `model.sync_bn=false` keeps local BN."""
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     on = get_method(name)(load_config(name).model)
     bns = [m for m in on.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -267,7 +267,7 @@ def test_feature_pass_gathers_uneven_shares_across_two_processes(tmp_path):
 
 
 def test_packaged_config_has_the_papers_defaults():
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     cfg = load_config("vi2clr")
     m = cfg.model

@@ -191,7 +191,7 @@ def test_no_accuracy_when_the_step_is_not_logged():
 def test_packaged_config_follows_the_thesis_code():
     """Values the thesis leaves out come from its videoMOCO_scripts/main_moco.py: tau 0.07 (--moco-t, one
     script for v1 and v2), SGD lr 0.03, momentum 0.9, weight decay 1e-4, m 0.999, 128-d keys."""
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     cfg = load_config("video_moco")
     m = cfg.model

@@ -63,7 +63,7 @@ def test_bf16_autocast_forward():
 def test_packaged_config_follows_the_thesis_code():
     """The optimiser the thesis leaves out is its released train_videos_3d.py's: Adam, lr 3e-4, weight decay
     1e-6; tau 0.5 from its config.txt; the cosine decay of sec. 4."""
-    from fastvid.train import load_config
+    from fastvid.run_config import load_config
 
     cfg = load_config("video_simclr")
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule) == ("adam", 3e-4, 1e-6, "cosine")
