@@ -78,10 +78,12 @@ DEMO: dict[str, list[str]] = {
                      "model.views.shift=4", "model.views.crop_scale=[0.5,1.0]"],
     # MoCo as videoSimCLR's demo, plus what a small run needs: Adam at the thesis code's videoSimCLR rate (SGD at
     # 0.03 x 8 / 128 barely moves), momentum 0.99 so the keys follow within 60 steps, and a queue of two batches
-    # (the sample's 32 clips an epoch would otherwise queue every query's own earlier key as a negative).
+    # (the sample's 32 clips an epoch would otherwise queue every query's own earlier key as a negative); shuffling
+    # BN in 2 groups of 4 clips (4 groups of 2, the paper's split of 128, normalise each channel to the sign of
+    # a difference of two clips; benchmarks/RESULTS.md).
     "video_moco": ["train.steps=60", "train.val_every=10", "model.views.frames=8", "model.views.size=64",
                    "model.views.crop_scale=[0.5,1.0]", "model.queue_size=16", "model.momentum=0.99",
-                   "optim.name=adam", "optim.lr=3e-4", "optim.weight_decay=1e-6"],
+                   "model.bn_splits=2", "optim.name=adam", "optim.lr=3e-4", "optim.weight_decay=1e-6"],
     "gdt": ["train.steps=12", "train.val_every=2", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
             "model.views.short_side=80"],
     "vi2clr": ["train.steps=48", "train.val_every=8", "model.views.frames=8", "model.views.clip_size=64", "model.views.frame_size=64"],
