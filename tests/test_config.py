@@ -114,9 +114,13 @@ def test_a_method_config_check_blames_the_override():
     assert err.value.key == "model.bn_splits"
 
 
-def test_an_inverted_crop_range_names_its_override():
+@pytest.mark.parametrize("method", ["video_simclr", "vi2clr"])
+def test_an_inverted_crop_range_names_its_override(method):
+    from fastvid.data.views import vi2clr_views, video_simclr_views
     from fastvid.run_config import load_config
 
     with pytest.raises(ConfigError, match=r"^override model\.views\.crop_scale=\[0\.9,0\.2\]: .*0 < low <= high <= 1"):
-        load_config("video_simclr", None, ["model.views.crop_scale=[0.9,0.2]"])
-    assert load_config("video_simclr", None, ["model.views.crop_scale=[0.5,1.0]"]).model.views.crop_scale == (0.5, 1.0)
+        load_config(method, None, ["model.views.crop_scale=[0.9,0.2]"])
+    views = load_config(method, None, ["model.views.crop_scale=[0.5,1.0]"]).model.views
+    specs = (vi2clr_views if method == "vi2clr" else video_simclr_views)(views)
+    assert {v.spatial.scale for v in specs} == {(0.5, 1.0)}  # every view's crop draw

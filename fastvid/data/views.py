@@ -64,11 +64,16 @@ class VideoContrastViews:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area range, sec. 5.1: "[0.08, 1] uniform in area"
     dtype: Dtype = "float32"
 
-    def __post_init__(self) -> None:  # at config load, so the override is named, not a sample at read time
-        low, high = self.crop_scale
-        if not 0.0 < low <= high <= 1.0:
-            raise ConfigError(f"model.views.crop_scale: a crop-area range [low, high] with 0 < low <= high <= 1, "
-                              f"got {list(self.crop_scale)}", "model.views.crop_scale")
+    def __post_init__(self) -> None:
+        check_crop_scale(self.crop_scale)
+
+
+def check_crop_scale(scale: tuple[float, float]) -> None:
+    """At config load, so the override is named, not a sample at read time."""
+    low, high = scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"model.views.crop_scale: a crop-area range [low, high] with 0 < low <= high <= 1, "
+                          f"got {list(scale)}", "model.views.crop_scale")
 
 
 def _two_versions(cfg: VideoContrastViews, names: tuple[str, str]) -> list[ViewSpec]:
@@ -133,13 +138,17 @@ class Vi2CLRViews:
     frames: int = 32
     clip_size: int = 128
     frame_size: int = 128
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # "random crop": not stated further; SimCLR's area range
     dtype: Dtype = "float32"
+
+    def __post_init__(self) -> None:
+        check_crop_scale(self.crop_scale)
 
 
 def vi2clr_views(cfg: Vi2CLRViews) -> list[ViewSpec]:
     """"clip1", "clip2": (N, 3, 32, H, W) from two random starts; "frame1", "frame2": (N, 3, H', W'),
     the middle frame of each clip."""
-    spatial = replace(SIMCLR_SPATIAL, grayscale=0.0)
+    spatial = replace(SIMCLR_SPATIAL, grayscale=0.0, scale=cfg.crop_scale)
     views = []
     for k in (1, 2):
         views.append(ViewSpec(f"clip{k}", "rgb", TemporalSpec(frames=cfg.frames, anchor=f"clip{k}"),
