@@ -448,6 +448,8 @@ def transcode(source: Source, cfg: ShardConfig, label_index: int) -> Sample:
         notes += video.finish(container, read_error)
         samples, audio_notes = audio.finish() if audio is not None else (np.zeros(0, np.int16), [])
     num_frames = video.sink.video.count
+    if num_frames == 0:  # frames decoded, none kept: their timestamps span less than one frame at this rate
+        raise Rejected("no-frames", f"no frame left at {float(rate):g} fps ({video.decoded} decoded)")
     if cfg.flow and num_frames < 2:
         raise Rejected("no-frames", f"--flow needs at least 2 frames, the video has {num_frames}")
     files = {"mp4": video.sink.video.finish()}

@@ -198,6 +198,14 @@ def test_wrong_and_missing_headers_are_noted_and_the_decoded_frames_kept(clips: 
     assert meta["num_frames"] == 30 and sample.notes == []
 
 
+def test_no_frame_left_at_the_asked_rate_is_rejected(clips: Path, tmp_path: Path) -> None:
+    """20 frames whose header says 1000 fps span 0.02 s: at --fps 10 nothing is left to encode, which is a
+    rejection, not a sample with an empty video."""
+    failure = run(patched_avi(clips / "ok.avi", tmp_path / "fast.avi", rate=1000), fps=10)
+    assert isinstance(failure, Failure) and failure.kind == "no-frames", failure
+    assert "10 fps" in failure.reason and "20 decoded" in failure.reason
+
+
 def test_variable_frame_rate_resampled_to_its_mean(tmp_path: Path) -> None:
     gaps = [20, 60] * 10  # alternating 50 and 16.7 fps: 19 gaps span 0.74 s
     sample, meta = kept(write_vfr_clip(tmp_path / "vfr.mp4", gaps))
