@@ -24,9 +24,8 @@ from fastvid.config import ConfigError
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.shard.cluster import RETRIES
 from fastvid.shard.config import RUNTIME_FIELDS
-from fastvid.shard.run import JOURNAL
 from tests.clips import write_marked_clip
-from tests.shard.test_shard_dataset import assert_identical_shards
+from tests.shard.test_shard_dataset import assert_identical_shards, journaled_mtimes
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs `pip install 'fastvid[ray]'`")
 
@@ -128,13 +127,7 @@ def test_killed_driver_then_rerun_gives_the_same_bytes(cluster: str, tmp_path: P
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "dataset.json").exists(), "the run ended before it could be killed"
-    journaled = {}
-    for line in (out / JOURNAL).read_text().splitlines()[1:]:
-        try:
-            name = json.loads(line)["tar"]
-        except json.JSONDecodeError:  # the kill tore the last line
-            break
-        journaled[name] = (out / name).stat().st_mtime_ns
+    journaled = journaled_mtimes(out)
     assert 1 <= len(journaled) < 8
     rerun = fastvid_shard(str(videos), str(out), *args, "--ray", cluster)
     assert rerun.wait(timeout=120) == 0, rerun.stderr.read()

@@ -42,6 +42,17 @@ def shard(src: Path, out: Path, **options) -> object:
                                                                     "progress": False, **options}))
 
 
+def journaled_mtimes(out: Path) -> dict[str, int]:
+    """{tar: mtime_ns} of the shards a killed run's journal lists (a line the kill tore ends the list)."""
+    found = {}
+    for line in (out / JOURNAL).read_text().splitlines()[1:]:
+        try:
+            name = json.loads(line)["tar"]
+        except json.JSONDecodeError:
+            break
+        found[name] = (out / name).stat().st_mtime_ns
+    return found
+
 def test_folder_to_shards(src: Path, tmp_path: Path) -> None:
     summary = shard(src, tmp_path, max_samples=4)
     manifest = read_manifest(tmp_path)
@@ -200,13 +211,7 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     assert workers and psutil.wait_procs(workers, timeout=10)[1] == [], "the killed run's workers lingered"
     assert not (out / "dataset.json").exists(), "the run ended before it could be killed"
     # A tar renamed but not yet journaled when the kill came is redone; journaled ones must be kept.
-    before = {}
-    for line in (out / JOURNAL).read_text().splitlines()[1:]:
-        try:
-            name = json.loads(line)["tar"]
-        except json.JSONDecodeError:  # the kill tore the last line
-            break
-        before[name] = (out / name).stat().st_mtime_ns
+    before = journaled_mtimes(out)
     assert 2 <= len(before) < 8
     assert main(["shard", args[0], str(out), *args[1:]]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
