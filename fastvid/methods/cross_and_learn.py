@@ -13,8 +13,8 @@ Ablations (Table 4): `use_cross: false` is "only L_div"; `objective: concat` is 
 both streams concatenated (8192) -> fc7 -> fc8 binary classifier of whether x and y come from the same pair,
 trained with cross-entropy on (x_i, y_i), (x_j, y_j) (same) and (x_i, y_j), (x_j, y_i) (different).
 `acc` is the pretext top-1: how often f(x) is closer (cosine) to its own pair's g(y) than to every other g(y)
-of the batch (chance 1 / 2B; within a tuple alone, chance is 1/2 and two pieces of one video, as a small
-validation set holds, leave it at chance) (the Concat model: how often its classifier is right).
+of the batch (chance 1 / 2B). Within a tuple alone it would be 1 of 2, which two pieces of one video, as a
+small validation set holds, leave at chance. The Concat model's `acc`: how often its classifier is right.
 Time-reversed flow stacks (the loader's random temporal flip, sec. 4.1 "random temporal flips") reverse the
 frame order and negate every field (u, v), as the authors' code does (`rand_timeflip`: `s = -s`).
 """
