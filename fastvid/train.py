@@ -329,7 +329,11 @@ def save_checkpoint(run: Run) -> Path:
 
 class Logger:
     """The run's outputs per logged step and per validation: TensorBoard, METRICS (for `fastvid plot`), the
-    progress bar on a terminal, else a line per logged step. Times the loop's data waits and compute."""
+    progress bar on a terminal, else a line per logged step. Times the loop's data waits and compute.
+
+    A logged loss term is its mean over the optimiser steps since the last log: one small batch's loss is
+    mostly noise (a demo's batch of 4-8 clips varies by 10-20% from step to step), so the mean is what shows a
+    trend. The pretext accuracies are the logged step's own (they are computed on logged steps only)."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -338,6 +342,21 @@ class Logger:
         self.bar = tqdm(total=run.stop, initial=run.progress.step, disable=not (main and self.tty), unit="step")
         self.wait = self.busy = 0.0
         self.clips = 0
+        self.sums: dict[str, list[float]] = {}  # per loss term: [sum, count] over the steps since the last log
+
+    def add(self, terms: dict[str, float]) -> None:
+        """Count an optimiser step's loss terms towards the next logged mean."""
+        for k, v in terms.items():
+            total = self.sums.setdefault(k, [0.0, 0])
+            total[0] += v
+            total[1] += 1
+
+    def means(self, terms: dict[str, float]) -> dict[str, float]:
+        """The logged step's terms, each loss term replaced by its mean since the last log; then a new window."""
+        out = {k: v if k == "acc" or k.endswith("_acc") else self.sums[k][0] / self.sums[k][1]
+               for k, v in terms.items()}
+        self.sums = {}
+        return out
 
     def logged(self, step: int) -> bool:
         """Whether optimiser step `step` (counted from 1) is logged."""
@@ -436,11 +455,12 @@ def loop(run: Run, log: Logger, signals: StopSignals, started: float) -> dict[st
             run.method.after_step()
             progress.step += 1
             log.bar.update(1)
+            log.add(terms)
             if spent:  # train.max_minutes: this step is the last (logged, validated, then the final checkpoint)
                 run.stop = progress.step
             if log.logged(progress.step):
-                last = terms
-                log.step(terms)
+                last = log.means(terms)
+                log.step(last)
             if run.validation and (progress.step % cfg.val_every == 0 or progress.step == run.stop):
                 log.validate()
                 t0 = time.perf_counter()  # validation is not data wait

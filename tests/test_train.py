@@ -15,6 +15,7 @@ from fastvid.checkpoint import load_encoders
 from fastvid.config import ConfigError
 from fastvid.methods.base import OptimConfig
 from fastvid.models import load_backbone
+from fastvid.plot import read_metrics
 from fastvid.run_config import DEMO, DEMO_COMMON, load_config
 from fastvid.train import accelerate_precision, latest_checkpoint, lr_factor, train
 from tests.train_helpers import CPU, TINY, tiny
@@ -118,7 +119,8 @@ def test_resume_gives_the_uninterrupted_next_step_loss(shards, tmp_path):
         torch.testing.assert_close(ends[1]["encoders"]["video"]["state_dict"][name], value, msg=name)
 
 
-def test_pretext_accuracy_is_computed_only_on_logged_steps(shards, tmp_path, monkeypatch):
+def test_logged_losses_are_means_since_the_last_log_and_accuracy_is_the_logged_steps(shards, tmp_path,
+                                                                                       monkeypatch):
     from fastvid.methods.video_simclr import VideoSimCLR
 
     calls = []
@@ -126,13 +128,20 @@ def test_pretext_accuracy_is_computed_only_on_logged_steps(shards, tmp_path, mon
 
     def spy(self, batch):
         out = forward(self, batch)
-        calls.append((self.want_metrics, "acc" in out))
+        calls.append((self.want_metrics, "acc" in out, out["loss"].item(), out["acc"].item() if "acc" in out else -1.0))
         return out
 
     monkeypatch.setattr(VideoSimCLR, "forward", spy)
     last = train(tiny("video_simclr", shards, tmp_path, "train.max_steps=3", "train.log_every=2"))
-    assert calls == [(False, False), (True, True), (True, True)]  # steps 2 (log_every) and 3 (the last) are logged
-    assert "acc" in last and 0.0 <= last["acc"] <= 1.0
+    # steps 2 (log_every) and 3 (the last) are logged, and only they compute the pretext accuracy
+    assert [c[:2] for c in calls] == [(False, False), (True, True), (True, True)]
+    losses = [c[2] for c in calls]
+    assert losses[0] != pytest.approx(losses[1])  # so a mean differs from the logged step's own loss
+    logged = read_metrics(tmp_path)
+    assert logged["loss/loss"][0] == [2, 3]
+    assert logged["loss/loss"][1] == pytest.approx([(losses[0] + losses[1]) / 2, losses[2]], rel=1e-6)
+    assert logged["pretext/acc"][1] == pytest.approx([calls[1][3], calls[2][3]])
+    assert last["loss"] == pytest.approx(losses[2], rel=1e-6) and last["acc"] == pytest.approx(calls[2][3])
 
 
 def test_checkpoints_by_wall_clock_time(shards, tmp_path):
