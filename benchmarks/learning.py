@@ -482,9 +482,10 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"{task} (dotted: chance; *: beats random)", fontsize=9)
         ax.set_ylabel("accuracy, 95% Wilson interval")
         ax.legend(fontsize=8)
-    s = report["settings"]
-    fig.suptitle(f"{s['minutes']:g} min of pretraining per method and seed; footage B: {s['footage_b'].split(':')[0]}",
-                 fontsize=9)
+    steps = ", ".join(f"{m} {'/'.join(str(e['steps']) for _, e in sorted(by_seed.items()))}"
+                      for m, by_seed in sorted(report["runs"].items()))
+    fig.suptitle(f"pretraining steps by method and seed: {steps}; footage B: "
+                 f"{report['settings']['footage_b'].split(':')[0]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
