@@ -327,6 +327,11 @@ def save_checkpoint(run: Run) -> Path:
     return path
 
 
+def is_accuracy(term: str) -> bool:
+    """Whether a method's output term is a pretext accuracy (`acc`, `video_acc`, ...) rather than a loss term."""
+    return term == "acc" or term.endswith("_acc")
+
+
 class Logger:
     """The run's outputs per logged step and per validation: TensorBoard, METRICS (for `fastvid plot`), the
     progress bar on a terminal, else a line per logged step. Times the loop's data waits and compute.
@@ -347,14 +352,14 @@ class Logger:
     def add(self, terms: dict[str, float]) -> None:
         """Count an optimiser step's loss terms towards the next logged mean."""
         for k, v in terms.items():
-            total = self.sums.setdefault(k, [0.0, 0])
-            total[0] += v
-            total[1] += 1
+            if not is_accuracy(k):
+                total = self.sums.setdefault(k, [0.0, 0])
+                total[0] += v
+                total[1] += 1
 
     def means(self, terms: dict[str, float]) -> dict[str, float]:
         """The logged step's terms, each loss term replaced by its mean since the last log; then a new window."""
-        out = {k: v if k == "acc" or k.endswith("_acc") else self.sums[k][0] / self.sums[k][1]
-               for k, v in terms.items()}
+        out = {k: v if is_accuracy(k) else self.sums[k][0] / self.sums[k][1] for k, v in terms.items()}
         self.sums = {}
         return out
 
@@ -372,14 +377,14 @@ class Logger:
         """Log optimiser step progress.step's loss terms and the throughput since the last logged step."""
         run = self.run
         # pretext accuracy (top-1 of the positive among the candidates) apart from the losses
-        logs = {(f"pretext/{k}" if k == "acc" or k.endswith("_acc") else f"loss/{k}"): v for k, v in terms.items()}
+        logs = {(f"pretext/{k}" if is_accuracy(k) else f"loss/{k}"): v for k, v in terms.items()}
         spent = max(self.wait + self.busy, 1e-9)
         logs |= {"lr": run.scheduler.get_last_lr()[0], "clips_per_s": self.clips / spent,
                  "data_wait_fraction": self.wait / spent}
         if run.accelerator.device.type == "cuda":
             logs["gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.accelerator.device) / 2 ** 30
         self.record(logs)
-        accuracy = {k: f"{v:.1%}" for k, v in terms.items() if k == "acc" or k.endswith("_acc")}
+        accuracy = {k: f"{v:.1%}" for k, v in terms.items() if is_accuracy(k)}
         self.bar.set_postfix(loss=f"{terms['loss']:.4f}", **accuracy, wait=f"{logs['data_wait_fraction']:.1%}")
         if not self.tty and run.accelerator.is_main_process:  # a log file gets lines, not a bar
             print(f"step {run.progress.step}/{run.stop}: " + " ".join(f"{k} {v:.6g}" for k, v in terms.items())
