@@ -97,12 +97,12 @@ def run_fastvid(src: Path, out: Path, workers: int, ray: str | None) -> dict:
     start = time.perf_counter()
     summary = shard_dataset(cfg)
     seconds = time.perf_counter() - start
-    driver, workers = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    driver, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     shutil.rmtree(out)
     return {"seconds": seconds, "frames": summary.frames, "bytes": summary.bytes,
             "driver_cpu_s": driver.ru_utime + driver.ru_stime - before[0].ru_utime - before[0].ru_stime,
             # the local pool's workers are this process's children (Ray's are the cluster's: not seen here)
-            "worker_cpu_s": workers.ru_utime + workers.ru_stime - before[1].ru_utime - before[1].ru_stime}
+            "worker_cpu_s": children.ru_utime + children.ru_stime - before[1].ru_utime - before[1].ru_stime}
 
 
 def start_ray_cluster(cpus: int) -> tuple[subprocess.Popen, str, float]:

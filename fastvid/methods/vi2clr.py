@@ -190,11 +190,11 @@ class Vi2CLR(Method):
         if self.training:  # held-out clips are in no cluster: no CenterNCE for them
             out["center_nce"] = center_nce(r_j, ids, self.centroids, self.concentration)  # against all k
             out["loss"] = out["loss"] + w_c * out["center_nce"]
-        if self.want_metrics:
-            if self.training:
+            if self.want_metrics:
                 clusters = torch.arange(self.centroids.shape[0], device=ids.device)  # (k,)
                 out["center_acc"] = top1_accuracy(r_j, self.centroids, ids, clusters,
                                                    beta=1.0 / self.concentration)
+        if self.want_metrics:
             out["video_acc"] = top1_accuracy(r_v_all, r_v_all, ids_all, ids_all, exclude_diag=True)
             out["img_acc"] = top1_accuracy(r_i_all, r_i_all, ids_all, ids_all, exclude_diag=True)
         return out

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from fastvid.errors import RunError
+from fastvid.shard.transcode import _one_line
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -48,10 +49,6 @@ def _call(work: Callable[[Item], Result], item: Item) -> Result:
     return work(item)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
-
-
 def _connect(address: str, workers: int) -> bool:
     """Join the cluster at `address`, or start one on this machine (`LOCAL`, `workers` CPUs, 0: all cores).
     True when this call started Ray in this process, which then stops it."""
@@ -62,7 +59,8 @@ def _connect(address: str, workers: int) -> bool:
     if ray.is_initialized():
         return False
     host, _, port = address.rpartition(":")
-    if host and port.isdigit():  # Ray itself would retry a dead address for minutes
+    if host and port.isdigit() and "://" not in address:  # Ray itself would retry a dead address for minutes;
+        # a ray:// client address goes to Ray as given
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
         except OSError as err:

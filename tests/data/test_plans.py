@@ -2,14 +2,14 @@
 wired fields, its step in the graph), given to `build_loader` in place of the view's spec."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 from nvidia.dali import fn, types
 
 from fastvid.data import SpatialSpec, TemporalSpec, ViewSpec, build_loader
-from fastvid.data.plans import SampleDrawer, ViewPlans
+from fastvid.data.plans import SampleDrawer, ViewPlans, compile_views
 from fastvid.data.plans.base import DrawContext
 from fastvid.data.plans.rgb import RGBClipPlan, RGBDraw
 from tests.data.test_loader import cfg, metas, pixels
@@ -77,3 +77,9 @@ def test_a_plan_wiring_an_unknown_field_fails_when_compiled():
 def test_each_plan_refuses_a_view_it_cannot_make(view, reason):
     with pytest.raises(ValueError, match=reason):
         ViewPlans([view])
+
+
+def test_a_view_of_unknown_modality_is_named_when_the_views_compile():
+    view = replace(ViewSpec("clip"), modality="depth")
+    with pytest.raises(ValueError, match=r"views \['clip'\]: unknown modality \(one of audio, diff, flow, frame, rgb\)"):
+        compile_views([view])

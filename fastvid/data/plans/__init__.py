@@ -24,6 +24,9 @@ PLANS: dict[str, type[Plan]] = {"rgb": RGBClipPlan, "frame": RGBFramePlan, "diff
 
 def compile_views(views: list[ViewSpec | Plan]) -> list[Plan]:
     """One plan per view, in drawing order (views that follow another after the video views, else as given)."""
+    unknown = [v.name for v in views if not isinstance(v, Plan) and v.modality not in PLANS]
+    if unknown:
+        raise ValueError(f"views {unknown}: unknown modality (one of {', '.join(sorted(PLANS))})")
     plans = [v if isinstance(v, Plan) else PLANS[v.modality](v) for v in views]
     names = [p.name for p in plans]
     if len(set(names)) != len(names) or {"label", "index"} & set(names):
