@@ -48,12 +48,10 @@ VAL_SPLITS = ("val", "test")  # what data.val_split=auto looks for, in this orde
 
 @dataclass
 class Validation:
-    """The held-out batches, decoded once. `pretext`: batches of the method's views (with the centre crops when
-    kNN runs); `queries`/`gallery`: centre crops (KNN_VIEW) of the validation and of training clips, empty
-    without labels."""
+    """The held-out batches, decoded once. `pretext`: batches of the method's views, with the centre crops
+    (KNN_VIEW) that kNN queries when it runs; `gallery`: centre crops of training clips, empty without labels."""
 
     pretext: list[dict[str, torch.Tensor]]
-    queries: list[dict[str, torch.Tensor]]
     gallery: list[dict[str, torch.Tensor]]
     encoder: str | None  # role of the encoder kNN reads
     num_classes: int
@@ -124,15 +122,14 @@ def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader
         return None
     views = method.views() + ([knn_view(method.views())] if encoder else [])
     batch = min(data.batch_size, per_process)  # the same batch count on every process: methods gather
-    queries = _batches(val_data, views, held_out, batch, per_process // batch, rank, world, device)
+    pretext = _batches(val_data, views, held_out, batch, per_process // batch, rank, world, device)
     gallery = []
     if encoder:
         keys = spread_keys(train_loader, data.val_gallery)
         size = min(data.batch_size, len(keys) // world)
         gallery = _batches(data, [knn_view(method.views())], keys, size, len(keys) // world // size, rank, world,
                            device) if size else []
-    return Validation(pretext=queries, queries=queries if gallery else [], gallery=gallery, encoder=encoder,
-                      num_classes=classes, source=source)
+    return Validation(pretext=pretext, gallery=gallery, encoder=encoder, num_classes=classes, source=source)
 
 
 @contextmanager
@@ -179,11 +176,8 @@ def validate(method: Method, val: Validation, accelerator: Any) -> dict[str, flo
     finally:
         method.train(training)
         method.want_metrics = want
-    result = {}
-    if values:
-        reduced = accelerator.reduce(torch.stack(list(values.values())), "mean").tolist()  # host sync
-        result = dict(zip(values, reduced))
-    return result | {"seconds": time.perf_counter() - started}
+    reduced = accelerator.reduce(torch.stack(list(values.values())), "mean").tolist()  # host sync
+    return dict(zip(values, reduced)) | {"seconds": time.perf_counter() - started}
 
 
 def knn_top1(method: Method, val: Validation, accelerator: Any) -> float:
@@ -196,7 +190,7 @@ def knn_top1(method: Method, val: Validation, accelerator: Any) -> float:
         labels = torch.cat([b["label"] for b in batches])  # (N,)
         return accelerator.gather(feats).cpu(), accelerator.gather(labels).cpu()
 
-    query, query_labels = embed(val.queries)
+    query, query_labels = embed(val.pretext)
     gallery, gallery_labels = embed(val.gallery)
     votes = knn_votes(query, gallery, gallery_labels, val.num_classes, min(KNN_K, len(gallery)))  # (Q, C)
     return topk_accuracy(votes, query_labels, ks=(1,))["top1"]

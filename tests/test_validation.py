@@ -101,7 +101,7 @@ def test_validation_metrics_equal_a_direct_computation_and_leave_training_state_
                 "index": torch.arange(4)} for l in ([0, 1, 2, 0], [1, 1, 2, 0])]
     gallery = [{KNN_VIEW: clips(6), "label": torch.tensor([0, 1, 2, 0, 1, 2]), "index": torch.arange(6)}
                for _ in range(2)]
-    val = Validation(pretext, pretext, gallery, "video", 3, "test")
+    val = Validation(pretext, gallery, "video", 3, "test")
     method.train()
     rng = torch.get_rng_state()
     running = [b.clone() for n, b in method.named_buffers() if "running" in n]  # BN's, which validation keeps
