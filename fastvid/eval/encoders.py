@@ -11,6 +11,8 @@ over time, as frame-based methods are evaluated on video.
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,33 @@ def clip_features(encoder: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     n, c, t, h, w = clips.shape
     frames = clips.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W)
     return encoder(frames).view(n, t, -1).mean(dim=1)  # (N, D)
+
+
+@torch.no_grad()
+def precise_bn(encoder: nn.Module, batches: Iterable[torch.Tensor],
+               forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] = clip_features) -> nn.Module:
+    """A copy of `encoder` in eval mode whose BN running statistics are each layer's mean over `batches` of the
+    batch mean and variance (precise BN, as PySlowFast recomputes them after training); `encoder` is untouched.
+    Why: eval-mode features are normalised by running statistics, and a short run leaves them near their
+    initial (0, 1) where the BN momentum is small (torchvision's S3D: 0.001, 95% initial after 48 steps), while
+    a random encoder's (0, 1) describe no data at all; giving the pretrained and the random encoder the same
+    pass over the same clips compares their weights, not their statistics. No label is read."""
+    encoder = copy.deepcopy(encoder)
+    layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    encoder.train()
+    seen = 0
+    for x in batches:
+        forward(encoder, x)
+        seen += 1
+    if not seen:
+        raise ValueError("precise BN: no batch to compute statistics from")
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    return encoder.eval()
 
 
 @torch.no_grad()
