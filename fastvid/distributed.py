@@ -43,6 +43,11 @@ def gather(x: Tensor, *, grad: bool) -> Tensor:
     return torch.cat(parts)
 
 
+def own_rows(n: int, device: torch.device) -> Tensor:
+    """(n,) the rows that this process's n samples occupy in a `gather` of equal-sized batches."""
+    return torch.arange(n, device=device) + world()[0] * n
+
+
 def gather_rows(x: Tensor) -> Tensor:
     """(n_p, ...) on process p, n_p may differ (Vi2CLR's feature pass keeps partial batches) -> (sum n_p, ...)
     in rank order on every process, without gradient."""

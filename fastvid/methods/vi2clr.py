@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
-from fastvid.distributed import broadcast_object, gather, gather_rows, sync_batch_norm, world
+from fastvid.distributed import broadcast_object, gather, gather_rows, own_rows, sync_batch_norm, world
 from fastvid.losses import center_nce, mil_nce, top1_accuracy
 from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids, mined_order
@@ -203,7 +203,7 @@ class Vi2CLR(Method):
     def instances(index: Tensor) -> Tensor:
         """(B,) -> (B,) one id per clip, distinct across processes: held-out clips (validation, eval mode) are
         scored on the instance part of eq. (4), each crop's only positive being its twin."""
-        return torch.arange(index.shape[0], device=index.device) + world()[0] * index.shape[0]
+        return own_rows(index.shape[0], index.device)
 
     def _resize_cluster_state(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
                               *args: Any) -> None:

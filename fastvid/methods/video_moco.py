@@ -37,7 +37,7 @@ from torch import nn
 
 from fastvid.data import ViewSpec
 from fastvid.data.views import VideoContrastViews, video_moco_views
-from fastvid.distributed import broadcast, gather, sync_batch_norm, world
+from fastvid.distributed import broadcast, gather, own_rows, sync_batch_norm, world
 from fastvid.losses import info_nce_queue, top1_accuracy
 from fastvid.methods.base import Method, mlp_head, momentum_copy, require, require_arch, split_batch_norm
 from fastvid.models import Encoder
@@ -148,7 +148,7 @@ class VideoMoCo(Method):
         """InfoNCE and top-1 of held-out queries q: (N, D) against every process's keys of the batch, query n's
         positive being its own key; the queue is neither read nor filled."""
         keys = gather(k, grad=False).float()  # (world * N, D)
-        ids = torch.arange(q.shape[0], device=q.device) + world()[0] * q.shape[0]  # (N,) own key's row
+        ids = own_rows(q.shape[0], q.device)  # (N,) each query's own key's row
         logits = F.normalize(q.float(), dim=1) @ F.normalize(keys, dim=1).T / self.cfg.temperature  # (N, world N)
         loss = F.cross_entropy(logits, ids)
         out = {"loss": loss, "info_nce": loss.detach()}
