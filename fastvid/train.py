@@ -234,9 +234,8 @@ def build_data(cfg: RunConfig, method: Method, accelerator: Accelerator
     # Each epoch's reading order: the loader's seeded shuffle, rearranged by the method (Vi2CLR's positive mining).
     loader.set_order(lambda epoch: method.sample_order(epoch, loader.shuffled(epoch), cfg.data.batch_size, world))
     feature_loader = None
-    if method.needs_feature_pass:  # every sample once, unaugmented, for the per-epoch feature pass; shuffled (seeded)
-        # so that its batches mix videos as training's do: the pass normalises each batch by its own BN statistics
-        feature_loader = build_loader(replace(cfg.data, shuffle=True, drop_last=False), method.feature_views(),
+    if method.needs_feature_pass:  # every sample once, in order, unaugmented, for the per-epoch feature pass
+        feature_loader = build_loader(replace(cfg.data, shuffle=False, drop_last=False), method.feature_views(),
                                       rank=rank, world_size=world, device=device)
         feature_loader.keep_only(loader.key_index)
     validation = build_validation(cfg.data, method, loader, held_out, rank, world, device) \

@@ -23,11 +23,14 @@ clusters of the training data: its pretext loss there is the instance part of it
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastvid.data.loader import VideoLoader, build_loader
 from fastvid.data.spec import DataConfig, ViewSpec
@@ -36,7 +39,6 @@ from fastvid.eval.metrics import knn_votes, topk_accuracy
 from fastvid.eval.probe import ClipSpec
 from fastvid.eval.protocols import clip_views
 from fastvid.methods import Method
-from fastvid.methods.base import batch_statistics
 from fastvid.shard import read_manifest
 
 KNN_VIEW = "_knn"  # the centre-crop view's batch key
@@ -128,6 +130,26 @@ def build_validation(data: DataConfig, method: Method, train_loader: VideoLoader
         gallery = _batches(data, [knn_view(method.views())], keys, size, len(keys) // world // size, rank, world,
                            device) if size else []
     return Validation(pretext=pretext, gallery=gallery, encoder=encoder, num_classes=classes, source=source)
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """`module`'s BN layers normalise with the batch's statistics, as in training, without moving their running
+    statistics (momentum 0; the batch counter restored)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in layers]
+    for m in layers:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(layers, saved):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 @torch.no_grad()

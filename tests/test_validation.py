@@ -17,11 +17,10 @@ from fastvid.checkpoint import load_checkpoint
 from fastvid.data.loader import LoaderError, build_loader
 from fastvid.data.sample import SampleOptions, holdout
 from fastvid.methods import get_method
-from fastvid.methods.base import batch_statistics
 from fastvid.plot import CURVES, METRICS, plot_run, read_metrics
 from fastvid.run_config import load_config
 from fastvid.train import train
-from fastvid.validation import KNN_VIEW, Validation, build_validation, validate
+from fastvid.validation import KNN_VIEW, Validation, batch_statistics, build_validation, validate
 from tests.train_helpers import CPU, TINY
 
 SEGMENT, HOP = SampleOptions.segment, SampleOptions.hop

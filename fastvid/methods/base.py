@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
@@ -107,26 +105,6 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
     """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (MoCo eq. 2)."""
     for p_q, p_k in zip(online.parameters(), target.parameters(), strict=True):
         p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
-
-
-@contextmanager
-def batch_statistics(module: nn.Module) -> Iterator[None]:
-    """`module`'s BN layers normalise with the batch's statistics, as in training, without moving their running
-    statistics (momentum 0; the batch counter restored)."""
-    layers = [m for m in module.modules() if isinstance(m, _BatchNorm)]
-    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in layers]
-    for m in layers:
-        m.train()
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (training, momentum, tracked) in zip(layers, saved):
-            m.train(training)
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
 
 
 class SplitBatchNorm(_BatchNorm):

@@ -41,7 +41,7 @@ from fastvid.data.spec import ViewSpec
 from fastvid.data.views import Vi2CLRViews, vi2clr_feature_views, vi2clr_views
 from fastvid.distributed import broadcast_object, gather, gather_rows, own_rows, sync_batch_norm, world
 from fastvid.losses import center_nce, mil_nce, top1_accuracy
-from fastvid.methods.base import batch_statistics, Method, mlp_head, require, require_arch
+from fastvid.methods.base import Method, mlp_head, require, require_arch
 from fastvid.methods.clustering import Clusters, cluster_features, clusters_from_ids, mined_order
 from fastvid.models import Encoder
 
@@ -129,19 +129,15 @@ class Vi2CLR(Method):
     @torch.no_grad()
     def before_epoch(self, epoch: int, feature_batches: Iterable[dict[str, Tensor]] | None) -> None:
         """Algorithm 1's R_J = f_VI(X) and C = Clustering(R_J): every process embeds its share (`feature_views`,
-        eval mode with BN on each batch's own statistics, as the training loss that compares r_J with the
-        centroids normalises it), the shares are gathered, and process 0 clusters them for all. Running
-        statistics would give other features: S3D's (BN momentum 0.001) stay near their initial (0, 1) for
-        thousands of steps, so centroids of those features need not lie near any training-mode r_J."""
+        eval mode), the shares are gathered, and process 0 clusters them for all."""
         if feature_batches is None:
             raise ValueError("vi2clr: before_epoch needs a feature pass over the data (needs_feature_pass)")
         training = self.training
         self.eval()
-        feats, index, previous = [], [], None
+        feats, index = [], []
         for batch in feature_batches:
-            feats.append(self.feature_pass_embed(batch, previous))  # (n, d) r_J
+            feats.append(self.embed(batch["clip1"], batch["frame1"])[2])  # (n, d) r_J
             index.append(batch["index"])
-            previous = batch
         self.train(training)
         if not feats:
             raise ValueError(f"vi2clr: the feature pass before epoch {epoch} yielded no batch")
@@ -154,18 +150,6 @@ class Vi2CLR(Method):
         self.cluster_ids = ids.to(self.centroids.device)
         self.centroids = found.centroids.to(self.centroids)
         self.concentration = found.concentration.to(self.concentration)
-
-    def feature_pass_embed(self, batch: dict[str, Tensor], previous: dict[str, Tensor] | None) -> Tensor:
-        """(n, d) r_J of a feature-pass batch, BN on the batch's statistics. BN needs two samples: a lone one
-        (a last partial batch) is normalised together with the `previous` batch, or, as a process's only
-        sample, with the running statistics."""
-        clips, frames, n = batch["clip1"], batch["frame1"], batch["clip1"].shape[0]
-        if n == 1 and previous is None:
-            return self.embed(clips, frames)[2]
-        if n == 1:
-            clips, frames = torch.cat([previous["clip1"], clips]), torch.cat([previous["frame1"], frames])
-        with batch_statistics(self):
-            return self.embed(clips, frames)[2][-n:]
 
     def cluster(self, r_j: Tensor, epoch: int) -> Clusters:
         """C = Clustering(R_J) with the configured algorithm; ids, centroids and phi come back on the CPU."""
