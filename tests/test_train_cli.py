@@ -155,7 +155,7 @@ def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_next_step_loss(s
 # The sample's 53 clips (13 with sound) less the held-out ends of its videos and the clips overlapping them.
 DEMO_RUNS = {  # method: (shortening overrides, clips in the summary, batch override it shows, --size printed)
     "gdt": (["model.views.frames=4", "model.views.size=32"], "7 clips", "data.batch_size=4", "32"),
-    "cross_and_learn": ([], "36 clips", "data.batch_size=8", "112"),  # CaffeNet: the probe's 64 px is too small
+    "cross_and_learn": ([], "36 clips", "data.batch_size=8", "80"),  # CaffeNet: the probe's 64 px is too small
 }
 
 
