@@ -1,5 +1,6 @@
 """Precise BN for frozen features: running statistics recomputed over given batches, for both encoders alike."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import fastvid.eval.api as api
 from fastvid.checkpoint import save_encoders
 from fastvid.cli import main
 from fastvid.eval.encoders import precise_bn
+from fastvid.eval.probe import ClipSpec
 from fastvid.models import Encoder
 
 
@@ -62,3 +64,24 @@ def test_the_probe_recomputes_both_encoders_over_every_probe_clip_once(bn, passe
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["bn"] == bn
     assert rows == [report["data"]["clips"]] * passes  # pretrained and random: each clip once
+
+
+def test_knn_recomputes_both_encoders_over_the_training_clips_once(shards, tmp_path, monkeypatch):
+    """The protocols' pass reads the --train split, shuffled and complete: each training clip once per encoder."""
+    torch.manual_seed(1)
+    ckpt = tmp_path / "ckpt.pt"
+    save_encoders(ckpt, {"method": "video_simclr", "config": {}}, {"video": Encoder("r3d_18").export()})
+    rows: list[int] = []
+
+    def spy(encoder, batches, *rest):
+        batches = list(batches)
+        rows.append(sum(len(b) for b in batches))
+        return precise_bn(encoder, batches, *rest)
+
+    monkeypatch.setattr(api, "precise_bn", spy)
+    report = api.evaluate(api.EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "knn"), protocol="knn",
+                                         train=shards, test=shards, test_split="train", test_clips=1,
+                                         clip=ClipSpec(frames=4, stride=1, size=32), batch_size=16))
+    clips = json.loads(Path(shards).read_text())["splits"]["train"]
+    assert rows == [clips, clips]  # pretrained and random
+    assert set(report["results"]) == {"pretrained", "random"}
