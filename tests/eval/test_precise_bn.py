@@ -45,8 +45,9 @@ def test_statistics_are_the_mean_over_batches_of_each_batch_s_and_the_encoder_is
         precise_bn(encoder, [])
 
 
-@pytest.mark.parametrize("bn, passes", [("precise", 2), ("running", 0)])
-def test_the_probe_recomputes_both_encoders_over_every_probe_clip_once(bn, passes, tmp_path, monkeypatch):
+@pytest.fixture
+def spied(tmp_path, monkeypatch) -> tuple[str, list[int]]:
+    """An r3d_18 checkpoint, and the rows each precise-BN pass of `fastvid eval` reads (one entry per pass)."""
     torch.manual_seed(1)
     ckpt = tmp_path / "ckpt.pt"
     save_encoders(ckpt, {"method": "video_simclr", "config": {}}, {"video": Encoder("r3d_18").export()})
@@ -58,28 +59,24 @@ def test_the_probe_recomputes_both_encoders_over_every_probe_clip_once(bn, passe
         return precise_bn(encoder, batches, *rest)
 
     monkeypatch.setattr(api, "precise_bn", spy)
+    return str(ckpt), rows
+
+
+@pytest.mark.parametrize("bn, passes", [("precise", 2), ("running", 0)])
+def test_the_probe_recomputes_both_encoders_over_every_probe_clip_once(bn, passes, spied, tmp_path):
+    ckpt, rows = spied
     out = tmp_path / "probe"
-    assert main(["eval", "--checkpoint", str(ckpt), "--probe", "arrow", "--frames", "4", "--size", "32",
+    assert main(["eval", "--checkpoint", ckpt, "--probe", "arrow", "--frames", "4", "--size", "32",
                  "--clips-per-video", "4", "--bn", bn, "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["bn"] == bn
     assert rows == [report["data"]["clips"]] * passes  # pretrained and random: each clip once
 
 
-def test_knn_recomputes_both_encoders_over_the_training_clips_once(shards, tmp_path, monkeypatch):
+def test_knn_recomputes_both_encoders_over_the_training_clips_once(shards, spied, tmp_path):
     """The protocols' pass reads the --train split, shuffled and complete: each training clip once per encoder."""
-    torch.manual_seed(1)
-    ckpt = tmp_path / "ckpt.pt"
-    save_encoders(ckpt, {"method": "video_simclr", "config": {}}, {"video": Encoder("r3d_18").export()})
-    rows: list[int] = []
-
-    def spy(encoder, batches, *rest):
-        batches = list(batches)
-        rows.append(sum(len(b) for b in batches))
-        return precise_bn(encoder, batches, *rest)
-
-    monkeypatch.setattr(api, "precise_bn", spy)
-    report = api.evaluate(api.EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "knn"), protocol="knn",
+    ckpt, rows = spied
+    report = api.evaluate(api.EvalConfig(checkpoint=ckpt, out=str(tmp_path / "knn"), protocol="knn",
                                          train=shards, test=shards, test_split="train", test_clips=1,
                                          clip=ClipSpec(frames=4, stride=1, size=32), batch_size=16))
     clips = json.loads(Path(shards).read_text())["splits"]["train"]
