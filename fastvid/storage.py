@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastvid.errors import MissingFile, UserError
 
@@ -368,6 +369,8 @@ def _one_line(location: str | Path, err: Exception) -> UserError:
     from obstore import exceptions as ob
 
     text = str(err)
+    if "<Code>NoSuchBucket</Code>" in text:  # not a missing object (a StorageError: no file to create)
+        return StorageError(f"{location}: no such bucket {urlsplit(str(location)).netloc!r}")
     if isinstance(err, ob.NotFoundError) or re.search(r"status code: 404|<Code>NoSuch", text):
         return MissingFile(f"{location}: no such object")
     if isinstance(err, (ob.PermissionDeniedError, ob.UnauthenticatedError)) or re.search(r"status code: 40[13]", text):

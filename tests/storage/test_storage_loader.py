@@ -1,5 +1,5 @@
 """The loader, `fastvid info` and `read_manifest` on shards in a real S3 server: the same samples as from the
-local folder, and one-line errors for a missing object, a wrong key and a stopped server."""
+local folder, and one-line errors for a missing object or bucket, a wrong key and a stopped server."""
 from __future__ import annotations
 
 import http.client
@@ -69,6 +69,8 @@ def test_a_missing_object_is_named_and_skipped_with_on_error_skip(s3, s3_shards,
     assert keys == [0, 2, 3, 4, 5]  # dataset positions: the second shard's one sample is left out
     with pytest.raises(MissingFile, match=rf"^s3://{s3.bucket}/nothing/dataset.json: no dataset.json"):
         read_manifest(f"s3://{s3.bucket}/nothing")
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/shards/dataset.json: no such bucket 'no-such-bucket'$"):
+        read_manifest("s3://no-such-bucket/shards")
 
 
 def test_a_wrong_key_is_one_line(s3, s3_shards, monkeypatch, fresh_clients):
