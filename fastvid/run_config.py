@@ -89,7 +89,7 @@ DEMO: dict[str, list[str]] = {
     "video_moco": ["train.steps=200", "train.val_every=25", "model.views.frames=8", "model.views.size=32",
                    "model.views.crop_scale=[0.5,1.0]", "model.queue_size=16", "model.momentum=0.99",
                    "model.bn_splits=2", "optim.name=adam", "optim.lr=3e-4", "optim.weight_decay=1e-6"],
-    # Adam 3e-4 with a cosine decay over 60 steps: with the paper's SGD (0.01, scaled to the batch of 4) its training
+    # Adam 3e-4 with a cosine decay over 60 steps: with the authors' SGD (0.01, scaled to the batch of 4) its training
     # loss fell 4% in 40 steps; in 12 its validation loss moved 7% and its training loss rose (benchmarks/RESULTS.md).
     "gdt": ["train.steps=60", "train.val_every=10", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
             "model.views.short_side=80", "optim.name=adam", "optim.lr=3e-4", "optim.schedule=cosine"],

@@ -69,6 +69,10 @@ def test_a_missing_object_is_named_and_skipped_with_on_error_skip(s3, s3_shards,
     assert keys == [0, 2, 3, 4, 5]  # dataset positions: the second shard's one sample is left out
     with pytest.raises(MissingFile, match=rf"^s3://{s3.bucket}/nothing/dataset.json: no dataset.json"):
         read_manifest(f"s3://{s3.bucket}/nothing")
+
+
+def test_a_missing_bucket_is_named_as_one(s3):
+    """Not as a missing dataset.json: no `fastvid shard` run would put it there."""
     with pytest.raises(StorageError, match=r"^s3://no-such-bucket/shards/dataset.json: no such bucket 'no-such-bucket'$"):
         read_manifest("s3://no-such-bucket/shards")
 
