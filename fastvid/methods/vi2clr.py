@@ -60,6 +60,7 @@ class Vi2CLRConfig:
     num_clusters: int | None = None  # FINCH: the partition nearest this; k-means: K (None: FINCH's estimate)
     kmeans_iters: int = 20
     mined_positives: int = 1  # same-cluster samples read into each sample's batch (0: a plain shuffle)
+    zero_init_residual: bool = True  # SimCLR's ResNet: each residual block starts as the identity (S3D has none)
     sync_bn: bool = True  # BN statistics over every process's batch, as its negatives are (methods/base.py)
     views: Vi2CLRViews = field(default_factory=Vi2CLRViews)
 
@@ -86,8 +87,8 @@ class Vi2CLR(Method):
 
     def __init__(self, cfg: Vi2CLRConfig) -> None:
         super().__init__(cfg)
-        self.video = Encoder(cfg.video_arch)  # f_V
-        self.image = Encoder(cfg.image_arch)  # f_I
+        self.video = Encoder(cfg.video_arch, zero_init_residual=cfg.zero_init_residual)  # f_V
+        self.image = Encoder(cfg.image_arch, zero_init_residual=cfg.zero_init_residual)  # f_I
         dv, di = self.video.out_dim, self.image.out_dim
         self.head_v = mlp_head([dv, dv, cfg.embed_dim])
         self.head_i = mlp_head([di, di, cfg.embed_dim])

@@ -68,12 +68,31 @@ def _set_in_channels(net: nn.Module, path: str, in_channels: int) -> None:
     setattr(parent, leaf, new)
 
 
-def build_backbone(arch: str, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
-    """The full classification model of `arch` with random weights and `in_channels` inputs."""
+def build_backbone(arch: str, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False
+                   ) -> nn.Module:
+    """The full classification model of `arch` with random weights and `in_channels` inputs. With
+    `zero_init_residual` each residual block's last BN scale starts at 0, so the block starts as the identity
+    (Goyal et al. 2017; SimCLR's ResNet); an arch without residual blocks ignores it."""
     spec = _arch(arch)
     net = spec.build(num_classes=num_classes)
+    if zero_init_residual:
+        _zero_init_residual(net)
     _set_in_channels(net, spec.first_conv, in_channels)
     return net
+
+
+# torchvision's residual blocks; its VideoResNet's own zero_init_residual only reaches Bottleneck (0.29), not the
+# BasicBlock of r3d_18 and r2plus1d_18, so the blocks' last BN is found here for every kind.
+RESIDUAL_BLOCKS = (tvm.resnet.BasicBlock, tvm.resnet.Bottleneck, tvv.resnet.BasicBlock, tvv.resnet.Bottleneck)
+
+
+def _zero_init_residual(net: nn.Module) -> None:
+    """Set the scale of each residual block's last BN (outside its shortcut) to 0, in place."""
+    for block in net.modules():
+        if isinstance(block, RESIDUAL_BLOCKS):
+            last = [m for name, m in block.named_modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith("downsample")][-1]
+            nn.init.zeros_(last.weight)
 
 
 def _strip_classifier(net: nn.Module, head: str) -> nn.Module:
@@ -100,11 +119,12 @@ def _classifier_keys(net: nn.Module, head: str) -> tuple[str, ...]:
 class Encoder(nn.Module):
     """A backbone mapping a clip or frame to its representation: forward(x) -> (N, out_dim)."""
 
-    def __init__(self, arch: str, in_channels: int = 3) -> None:
+    def __init__(self, arch: str, in_channels: int = 3, zero_init_residual: bool = False) -> None:
         super().__init__()
         spec = _arch(arch)
         self.arch, self.kind, self.out_dim, self.in_channels = arch, spec.kind, spec.out_dim, in_channels
-        self.net = _strip_classifier(build_backbone(arch, in_channels=in_channels), spec.head)
+        self.net = _strip_classifier(build_backbone(arch, in_channels=in_channels,
+                                                    zero_init_residual=zero_init_residual), spec.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         want = 5 if self.kind == "video" else 4

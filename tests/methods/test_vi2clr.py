@@ -19,6 +19,7 @@ from fastvid.losses import reference
 from fastvid.methods import get_method
 from fastvid.methods.clustering import cluster_features
 from fastvid.methods.vi2clr import Vi2CLR, Vi2CLRConfig
+from fastvid.models import Encoder
 from tests.methods.checks import assert_bf16_forward_matches_fp32
 
 FRAMES, CLIP, FRAME = 8, 32, 32  # tiny inputs: S3D and ResNet-50 on 2 CPU cores
@@ -276,6 +277,10 @@ def test_packaged_config_has_the_papers_defaults():
     assert (m.views.frames, m.views.clip_size, m.views.frame_size) == (32, 128, 128)  # sec. 4.2: 128 x 128
     assert m.views == Vi2CLRViews()  # the dataclass defaults are the paper's too
     assert m.mined_positives == 1
+    assert m.zero_init_residual and Vi2CLRConfig().zero_init_residual  # SimCLR's ResNet init, the dataclass's too
+    image, default = Vi2CLR(m).image.net, Encoder("resnet50").net
+    assert not image.layer1[0].bn3.weight.any() and default.layer1[0].bn3.weight.all()
+    assert torch.equal(image.layer1[0].bn2.weight, default.layer1[0].bn2.weight)  # only each block's last BN
     assert (cfg.train.epochs, cfg.data.batch_size) == (300, 64)
     # no pre-training optimiser in the paper, no released code: CoCLR's (main_nce.py), not the evaluation runs'
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 1e-3, 1e-5)

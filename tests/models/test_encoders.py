@@ -150,3 +150,26 @@ def test_resnet9_export_loads_in_a_process_that_never_imported_audio(tmp_path):
             f"net = load_backbone(torch.load({str(path)!r}), num_classes=3); "
             "assert net(torch.randn(2, 1, 40, 50)).shape == (2, 3)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+@pytest.mark.parametrize("arch, block, x_shape", [
+    ("resnet50", "layer1.1", (2, 256, 8, 8)),  # Bottleneck, no downsample
+    ("r3d_18", "layer1.1", (2, 64, 2, 4, 4)),  # BasicBlock (3D), no downsample
+])
+def test_zero_init_residual_starts_each_block_as_the_identity(arch, block, x_shape):
+    """relu(x + F(x)) with F's last BN scale 0 is relu(x) = x for x >= 0; the default init is not."""
+    torch.manual_seed(0)
+    x = torch.rand(x_shape)
+    zero = Encoder(arch, zero_init_residual=True).net.get_submodule(block).eval()
+    default = Encoder(arch).net.get_submodule(block).eval()
+    with torch.no_grad():
+        assert torch.equal(zero(x), x)
+        assert not torch.allclose(default(x), x, atol=1e-3)
+
+
+def test_zero_init_residual_leaves_an_arch_without_residual_blocks_as_it_was():
+    torch.manual_seed(0)
+    plain = Encoder("s3d").state_dict()
+    torch.manual_seed(0)
+    asked = Encoder("s3d", zero_init_residual=True).state_dict()
+    assert plain.keys() == asked.keys() and all(torch.equal(plain[k], asked[k]) for k in plain)
