@@ -38,7 +38,8 @@ three videos the intervals are optimistic; more videos via --footage make them m
 means the intervals do not overlap (trained low end above random's high end), and "margin" is trained's low
 end minus random's high end.
 Encoders: the one `fastvid eval` evaluates (the first RGB encoder, on clips of the method's clip view; an
-image encoder is run on every frame and averaged, as `fastvid eval` does), and for Cross and Learn also the
+image encoder is run on every frame and averaged, as `fastvid eval` does), for Vi2CLR also its image
+(ResNet-50) encoder on probe clips at its frame size, as its paper evaluates both, and for Cross and Learn also the
 flow stream on flow input, as its paper evaluates it: DIS flow of 11-frame probe clips (the sample's flow
 method), quantised and mean-subtracted as the loader gives it to the stream in training.
 
@@ -294,13 +295,19 @@ class EvalInput:
 
 def eval_inputs(method: Method, ckpt: dict) -> list[EvalInput]:
     """The first RGB encoder on clips of the method's clip view (an image encoder: default probe clips at its
-    frame size), and a flow stream on flow stacks of its view's length."""
+    frame size), an image encoder trained beside a video one on probe clips at its frame size, and a flow
+    stream on flow stacks of its view's length."""
     views = method.views()
     rgb = next(v for v in views if v.modality in ("rgb", "frame"))
     size = rgb.spatial.size[0]
     clip = ClipSpec(rgb.temporal.frames, rgb.temporal.stride, size) if rgb.modality == "rgb" else \
         replace(ClipSpec(), size=size)
     out = [EvalInput(pick_encoder(ckpt, None), "rgb", clip)]
+    frames = [v for v in views if v.modality == "frame"]
+    image = [role for role, enc in method.encoders().items()
+             if enc.kind == "image" and enc.in_channels == 3 and role != out[0].role and role in ckpt["encoders"]]
+    if rgb.modality == "rgb" and frames and image:  # Vi2CLR: its 2D stream, on the frames it was trained on
+        out.append(EvalInput(image[0], "rgb", replace(ClipSpec(), size=frames[0].spatial.size[0])))
     flow = [v for v in views if v.modality == "flow"]
     if flow and "flow" in ckpt["encoders"]:
         v = flow[0]

@@ -178,3 +178,16 @@ def test_population_bn_recomputes_running_statistics_over_the_clips_and_leaves_t
                                torch.stack([b.var(dim=(0, 2, 3, 4), unbiased=True) for b in batches]).mean(0))
     assert done.bn.momentum == 0.001 and not done.training
     assert torch.equal(encoder.bn.running_mean, torch.zeros(4)) and torch.equal(encoder.bn.running_var, torch.ones(4))
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("video_simclr", [("video", "rgb", 8, 64)]),
+    ("vi2clr", [("video", "rgb", 8, 64), ("image", "rgb", ClipSpec().frames, 64)]),  # both encoders, as its paper
+    ("cross_and_learn", [("rgb", "rgb", ClipSpec().frames, 80), ("flow", "flow", 11, 80)]),
+])
+def test_each_encoder_is_scored_on_the_input_it_was_trained_on(method, expected):
+    cfg = learning.run_config(method, seed=0, minutes=1.0, output=Path("unused"), steps=1)  # the demo's views
+    built, init = learning.initial_encoders(cfg)
+    ckpt = {"encoders": {role: {"in_channels": enc.in_channels} for role, enc in init.items()}}
+    got = [(e.role, e.modality, e.clip.frames, e.clip.size) for e in learning.eval_inputs(built, ckpt)]
+    assert got == expected
