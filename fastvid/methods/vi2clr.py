@@ -23,8 +23,11 @@ top-1, how often a sample's nearest centroid is its own, or its nearest other ro
 Held-out clips (validation, eval mode) belong to no cluster: they are scored on VideoNCE + ImgNCE with each
 clip's other temporal crop as its only positive (instance discrimination), without CenterNCE.
 
-Not in the paper: when the clustering finds a single cluster (possible with an untrained network, whose
-features are nearly identical), that epoch uses one cluster per sample instead, with a warning.
+Not in the paper: ResNet encoders start each residual block as the identity (`zero_init_residual`, as SimCLR's
+ResNet, whose heads and encoders the paper follows): at torchvision's init its ResNet-50 stream's embeddings
+became alike for every clip within a few steps (benchmarks/RESULTS.md). When the clustering finds a single
+cluster (possible with an untrained network, whose features are nearly identical), that epoch uses one cluster
+per sample instead, with a warning.
 """
 from __future__ import annotations
 
