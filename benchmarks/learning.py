@@ -71,6 +71,7 @@ import cv2
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from machine_info import cpu_name
 
 from fastvid.checkpoint import load_encoders
 from fastvid.config import from_dict
@@ -525,13 +526,6 @@ def plot(report: dict, path: Path) -> None:
                  f"{report['settings']['footage_b'].split(':')[0]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def cpu_name() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def commit() -> str:

@@ -45,15 +45,16 @@ import cv2
 import numpy as np
 import psutil
 import torch
+from machine_info import cpu_name
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fastvid.data import DataConfig, LoaderError, SpatialSpec, build_loader
+from fastvid.data.plans import SampleDrawer
 from fastvid.data.pyav import decode_runs, plan_runs
 from fastvid.data.sample import CLIPS, clip_dir
-from fastvid.data.plans import SampleDrawer
-from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.data.source import write_order
+from fastvid.data.views import VideoContrastViews, video_simclr_views
 from fastvid.shard import ShardConfig, read_manifest, shard_dataset
 from fastvid.storage import ObjectStorage, open_storage
 
@@ -353,7 +354,7 @@ def main() -> None:
     samples = samples_of(shards)
     lengths = [m["num_frames"] for _, m in samples]
     options = read_manifest(shards)["options"]
-    machine = {"cpus": os.cpu_count(), "cpu": _cpu_name(), "gpu": torch.cuda.get_device_name() if cuda else None}
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if cuda else None}
     say(f"machine: {machine['cpu']}, {machine['cpus']} cores, GPU: {machine['gpu'] or 'none'}")
     say(f"shards: {shards}: {len(samples)} videos of {min(lengths)}-{max(lengths)} frames, {options['codec']}, "
         f"short side {options['short_side']}, GOP {options['gop']}")
@@ -531,13 +532,6 @@ def store_requests(url: str, batch: int, workers: int) -> dict:
     samples = real // batch * batch
     return {"samples": samples, "requests_per_sample": counts["requests"] / samples,
             "bytes_per_sample": counts["bytes"] / samples}
-
-
-def _cpu_name() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def plot(report: dict, path: Path) -> None:

