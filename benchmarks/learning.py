@@ -519,12 +519,12 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{task} (dotted: chance; *: beats random)", fontsize=9)
         ax.set_ylabel("accuracy, 95% Wilson interval")
-        ax.legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", ncol=2, fontsize=8)  # over no point
     steps = ", ".join(f"{m} {'/'.join(str(e['steps']) for _, e in sorted(by_seed.items()))}"
                       for m, by_seed in sorted(report["runs"].items()))
     fig.suptitle(f"pretraining steps by method and seed: {steps}; footage B: "
-                 f"{report['settings']['footage_b'].split(':')[0]}", fontsize=9)
-    fig.tight_layout()
+                 f"{report['settings']['footage_b'].split(':')[0]}", fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=120)
 
 
