@@ -94,8 +94,9 @@ DEMO: dict[str, list[str]] = {
     "gdt": ["train.steps=60", "train.val_every=10", "data.batch_size=4", "model.views.frames=8", "model.views.size=64",
             "model.views.short_side=80", "optim.name=adam", "optim.lr=3e-4", "optim.schedule=cosine"],
     # Adam 3e-4 with a cosine decay over 96 steps and crops of at least half the area, as videoSimCLR's: with the
-    # model's zero-init residual blocks its validation loss falls 19% (13% below chance); CoCLR's constant 1e-3, the
-    # [0.08, 1] crops or torchvision's init, any one of them, leave it at chance (benchmarks/RESULTS.md).
+    # model's zero-init residual blocks its validation loss falls 19% (13% below chance); zero-init residual blocks
+    # with CoCLR's constant 1e-3 and [0.08, 1] crops, or these settings at torchvision's init, stay at chance
+    # (benchmarks/RESULTS.md).
     "vi2clr": ["train.steps=96", "train.val_every=16", "model.views.frames=8", "model.views.clip_size=64",
                "model.views.frame_size=64", "model.views.crop_scale=[0.5,1.0]", "optim.lr=3e-4",
                "optim.schedule=cosine"],

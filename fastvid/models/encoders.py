@@ -81,8 +81,8 @@ def build_backbone(arch: str, num_classes: int = 1000, in_channels: int = 3, zer
     return net
 
 
-# torchvision's residual blocks; its VideoResNet's own zero_init_residual only reaches Bottleneck (0.29), not the
-# BasicBlock of r3d_18 and r2plus1d_18, so the blocks' last BN is found here for every kind.
+# torchvision's residual blocks. Its VideoResNet's own zero_init_residual (torchvision 0.29) reaches only
+# Bottleneck, not the BasicBlock of r3d_18 and r2plus1d_18, so the blocks' last BN is found here for every kind.
 RESIDUAL_BLOCKS = (tvm.resnet.BasicBlock, tvm.resnet.Bottleneck, tvv.resnet.BasicBlock, tvv.resnet.Bottleneck)
 
 
